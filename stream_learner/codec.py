@@ -1,0 +1,180 @@
+"""Bytes to records and back, following the topic contract in the README.
+
+Decoders never raise on bad input: a record that cannot be used comes back as a
+:class:`~stream_learner.records.Rejected` with a reason, and every good record
+around it is decoded as usual.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import orjson
+
+from .records import EventBatch, LabelBatch, Predictions, RawRecord, Rejected
+
+_NUMBER = (int, float)
+
+
+def decode_events(records: Sequence[RawRecord], input_dim: int, now: float) -> tuple[EventBatch, list[Rejected]]:
+    """Decode event records into one batch; bad ones are rejected with a reason."""
+    ids: list[str] = []
+    rows: list[list[Any]] = []
+    ts: list[float] = []
+    keep: list[RawRecord] = []
+    rejected: list[Rejected] = []
+    for record in records:
+        obj, problem = _load_object(record)
+        if problem is None:
+            problem = _check_event(obj, input_dim)
+        if problem is not None:
+            rejected.append(Rejected(record, *problem))
+            continue
+        ids.append(obj["id"])
+        rows.append(obj["features"])
+        ts.append(_event_time(obj.get("ts")))
+        keep.append(record)
+    features, bad_rows = _feature_matrix(rows, input_dim)
+    if bad_rows:
+        rejected.extend(Rejected(keep[i], reason, detail) for i, (reason, detail) in bad_rows.items())
+        good = [i for i in range(len(ids)) if i not in bad_rows]
+        ids, features, ts = [ids[i] for i in good], features[good], [ts[i] for i in good]
+    batch = EventBatch(ids, features, np.asarray(ts, dtype=np.float64), np.full(len(ids), now))
+    return batch, rejected
+
+
+def decode_labels(
+    records: Sequence[RawRecord], task: str, num_classes: int
+) -> tuple[LabelBatch, list[Rejected]]:
+    """Decode label records; ids and values are checked against the task."""
+    ids: list[str] = []
+    labels: list[float] = []
+    rejected: list[Rejected] = []
+    for record in records:
+        obj, problem = _load_object(record)
+        if problem is None:
+            problem = _check_id(obj) or _check_label(obj, task, num_classes)
+        if problem is not None:
+            rejected.append(Rejected(record, *problem))
+            continue
+        ids.append(obj["id"])
+        labels.append(float(obj["label"]))
+    return LabelBatch(ids, np.asarray(labels, dtype=np.float64)), rejected
+
+
+def encode_predictions(predictions: Predictions, task: str) -> list[bytes]:
+    """One JSON value per event: id, prediction, scores (classification), model_version, ts."""
+    events = predictions.events
+    version = predictions.model_version
+    has_ts = ~np.isnan(events.ts)
+    ts = events.ts.tolist()
+    if task == "classification":
+        classes = predictions.scores.argmax(axis=1).tolist()
+        scores = np.round(predictions.scores.astype(np.float64), 6).tolist()
+        out = [{"id": i, "prediction": c, "scores": s, "model_version": version} for i, c, s in zip(events.ids, classes, scores)]
+    else:
+        values = predictions.scores[:, 0].astype(np.float64).tolist()
+        out = [{"id": i, "prediction": v, "model_version": version} for i, v in zip(events.ids, values)]
+    for row, given, t in zip(out, has_ts.tolist(), ts):
+        if given:
+            row["ts"] = t
+    return [orjson.dumps(row) for row in out]
+
+
+def _load_object(record: RawRecord) -> tuple[dict[str, Any], None] | tuple[None, tuple[str, str]]:
+    if record.value is None:
+        return None, ("empty_value", "the record has no value (tombstone)")
+    try:
+        obj = orjson.loads(record.value)
+    except orjson.JSONDecodeError as exc:
+        return None, ("invalid_json", f"value is not JSON: {exc}")
+    if not isinstance(obj, dict):
+        return None, ("not_an_object", f"value is a JSON {type(obj).__name__}, not an object")
+    return obj, None
+
+
+def _check_id(obj: dict[str, Any]) -> tuple[str, str] | None:
+    if "id" not in obj:
+        return "missing_id", "the object has no 'id'"
+    if not isinstance(obj["id"], str) or not obj["id"]:
+        return "bad_id", "'id' must be a non-empty string"
+    return None
+
+
+def _check_event(obj: dict[str, Any], input_dim: int) -> tuple[str, str] | None:
+    problem = _check_id(obj)
+    if problem is not None:
+        return problem
+    features = obj.get("features")
+    if features is None:
+        return "missing_features", "the object has no 'features'"
+    if not isinstance(features, list):
+        return "bad_features", "'features' must be an array of numbers"
+    if len(features) != input_dim:
+        return "wrong_feature_length", f"'features' has {len(features)} values, expected {input_dim}"
+    ts = obj.get("ts")
+    if ts is not None and (not isinstance(ts, _NUMBER) or isinstance(ts, bool) or not math.isfinite(ts)):
+        return "bad_ts", "'ts' must be a finite number of epoch seconds"
+    return None
+
+
+def _check_label(obj: dict[str, Any], task: str, num_classes: int) -> tuple[str, str] | None:
+    if "label" not in obj:
+        return "missing_label", "the object has no 'label'"
+    label = obj["label"]
+    if not isinstance(label, _NUMBER) or isinstance(label, bool) or not math.isfinite(label):
+        return "bad_label", "'label' must be a finite number"
+    if task == "classification":
+        if label != int(label):
+            return "bad_label", f"class label must be an integer, got {label!r}"
+        if not 0 <= label < num_classes:
+            return "label_out_of_range", f"class label {label!r} is outside [0, {num_classes})"
+    return None
+
+
+def _event_time(ts: Any) -> float:
+    return float(ts) if ts is not None else math.nan
+
+
+def _feature_matrix(rows: list[list[Any]], input_dim: int) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+    """Stack rows into float32 ``[n, input_dim]``; rows that are not all finite numbers are named."""
+    if not rows:
+        return np.zeros((0, input_dim), np.float32), {}
+    try:
+        matrix = np.asarray(rows, dtype=np.float32)
+        if matrix.shape != (len(rows), input_dim) or _has_non_numbers(rows):
+            raise ValueError("ragged or non-numeric")
+    except (ValueError, TypeError, OverflowError):
+        return _feature_matrix_row_by_row(rows, input_dim)
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(matrix).all(axis=1)
+    bad = {int(i): _NON_FINITE for i in np.flatnonzero(~finite)}
+    return matrix, bad
+
+
+_NON_FINITE = ("non_finite_features", "'features' holds a value that is not a finite float32")
+
+
+def _has_non_numbers(rows: list[list[Any]]) -> bool:
+    # numpy turns booleans and numeric strings into numbers; the contract does not.
+    return any(type(v) not in (int, float) for row in rows for v in row)
+
+
+def _feature_matrix_row_by_row(rows: list[list[Any]], input_dim: int) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+    matrix = np.zeros((len(rows), input_dim), np.float32)
+    bad: dict[int, tuple[str, str]] = {}
+    for i, row in enumerate(rows):
+        if any(type(v) not in (int, float) for v in row):
+            bad[i] = ("bad_features", "'features' must hold only numbers")
+            continue
+        try:
+            with np.errstate(over="ignore"):
+                matrix[i] = np.asarray(row, dtype=np.float32)
+        except (OverflowError, ValueError):
+            bad[i] = _NON_FINITE
+            continue
+        if not np.isfinite(matrix[i]).all():
+            bad[i] = _NON_FINITE
+    return matrix, bad

@@ -1,0 +1,45 @@
+"""Errors raised by stream_learner.
+
+    StreamLearnerError              base; ``retriable`` says whether a restart may help
+    ├── ConfigError                 settings that cannot work together
+    ├── CheckpointError             a checkpoint cannot be written or read
+    │   └── CheckpointMismatchError the newest checkpoint does not fit the settings
+    └── DeliveryError               the broker did not acknowledge a produced record
+
+Bad records are not errors: they are values (:class:`stream_learner.records.Rejected`)
+that go to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+
+class StreamLearnerError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(StreamLearnerError):
+    """The settings are inconsistent or name something that does not exist."""
+
+
+class CheckpointError(StreamLearnerError):
+    """A checkpoint could not be written or read back."""
+
+    retriable = True
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The newest checkpoint was made for another model shape or task.
+
+    Raised instead of silently starting a fresh model, which would throw away
+    everything the saved model learned.
+    """
+
+    retriable = False
+
+
+class DeliveryError(StreamLearnerError):
+    """A produced record was not acknowledged; the cut cannot move past it."""
+
+    retriable = True

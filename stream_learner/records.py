@@ -1,0 +1,114 @@
+"""Small immutable record types that flow between the parts.
+
+The hot path carries arrays (:class:`EventBatch`, :class:`LabelBatch`), never one
+Python object per record; only a rejected record becomes an object of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """A consumed Kafka record, as far as stream_learner cares."""
+
+    topic: str
+    """Topic it was read from."""
+    partition: int
+    """Partition it was read from."""
+    offset: int
+    """Its offset in that partition."""
+    key: bytes | None
+    """Key bytes as produced (the event id by contract)."""
+    value: bytes | None
+    """Value bytes as produced."""
+    headers: Sequence[tuple[str, bytes]] = ()
+    """Headers as produced."""
+    timestamp_ms: int = -1
+    """Kafka timestamp (CreateTime unless the topic says otherwise)."""
+
+    @property
+    def where(self) -> str:
+        """``topic[partition]@offset``, for logs."""
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record that cannot be used, and why. It goes to the dead-letter topic unchanged."""
+
+    record: RawRecord
+    """The record exactly as consumed."""
+    reason: str
+    """Short machine-readable reason, e.g. ``wrong_feature_length``."""
+    detail: str
+    """One human-readable sentence."""
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """Decoded events, row i of every array belonging to ``ids[i]``."""
+
+    ids: list[str]
+    """Event ids."""
+    features: np.ndarray
+    """float32 ``[n, input_dim]``, all finite."""
+    ts: np.ndarray
+    """float64 ``[n]`` event time in epoch seconds; NaN where the event had none."""
+    received_at: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """float64 ``[n]`` wall-clock time the service read each event."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @staticmethod
+    def empty(input_dim: int) -> "EventBatch":
+        """A batch of no events."""
+        return EventBatch([], np.zeros((0, input_dim), np.float32), np.zeros(0), np.zeros(0))
+
+    @staticmethod
+    def concat(batches: Sequence["EventBatch"]) -> "EventBatch":
+        """One batch holding every row of ``batches`` in order."""
+        if len(batches) == 1:
+            return batches[0]
+        return EventBatch(
+            ids=[i for b in batches for i in b.ids],
+            features=np.concatenate([b.features for b in batches]),
+            ts=np.concatenate([b.ts for b in batches]),
+            received_at=np.concatenate([b.received_at for b in batches]),
+        )
+
+    def slice(self, start: int, stop: int) -> "EventBatch":
+        """Rows ``start:stop`` as a batch of their own."""
+        return EventBatch(
+            self.ids[start:stop], self.features[start:stop], self.ts[start:stop], self.received_at[start:stop]
+        )
+
+
+@dataclass(frozen=True)
+class LabelBatch:
+    """Decoded labels, row i belonging to event ``ids[i]``."""
+
+    ids: list[str]
+    """Event ids the labels belong to."""
+    labels: np.ndarray
+    """float64 ``[n]``: class indices (exact integers) or regression targets."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What the model made of an :class:`EventBatch`."""
+
+    events: EventBatch
+    """The events predicted."""
+    scores: np.ndarray
+    """float32 ``[n, output_dim]``: class probabilities, or the regression output."""
+    model_version: int
+    """Optimizer steps applied to the weights that made these predictions."""
