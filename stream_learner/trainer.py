@@ -1,0 +1,192 @@
+"""Trainer: the model, its optimizer and the queue of joined examples awaiting a step.
+
+Guarantees:
+- ``model_version`` counts the optimizer steps applied to the weights.
+- A step whose loss is not finite is skipped (counted); the weights stay as they were.
+- Methods that touch torch must run on the device thread (:mod:`stream_learner.device`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import Settings
+from .join import Examples
+from .model import StandardizedModel
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+}
+
+
+@dataclass
+class TrainCounters:
+    """Training totals since the service first started."""
+
+    optimizer_steps: int = 0
+    skipped_steps: int = 0
+    examples_trained: int = 0
+    examples_skipped: int = 0
+    last_loss: float = math.nan
+
+
+class Trainer:
+    """Predicts with and learns into one model on one device."""
+
+    def __init__(self, model: nn.Module, settings: Settings, device: torch.device) -> None:
+        self.device = device
+        self.task = settings.task
+        self.grad_clip_norm = settings.grad_clip_norm
+        self.model = model.to(device)
+        self.optimizer = OPTIMIZERS[settings.optimizer](
+            self.model.parameters(), lr=settings.effective_learning_rate, weight_decay=settings.weight_decay
+        )
+        self.counters = TrainCounters()
+
+    @property
+    def model_version(self) -> int:
+        """Optimizer steps applied to the current weights."""
+        return self.counters.optimizer_steps
+
+    def predict_many(self, features: np.ndarray) -> np.ndarray:
+        """Scores ``[n, output_dim]``: class probabilities, or the regression output."""
+        self.model.eval()
+        with torch.inference_mode():
+            out = self.model(self._to_device(features))
+            if self.task == "classification":
+                out = torch.softmax(out.float(), dim=1)
+            return out.float().cpu().numpy()
+
+    def learn_many(self, examples: Examples) -> float:
+        """One optimizer step on ``examples``; returns the loss (NaN when the step was skipped)."""
+        self.model.train()
+        x = self._to_device(examples.features)
+        if isinstance(self.model, StandardizedModel):
+            self.model.standardizer.update(x)
+        loss = self._loss(self.model(x), torch.from_numpy(examples.labels).to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return self._skip(len(examples))
+        loss.backward()
+        loss = loss.detach()
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._skip(len(examples))
+        self.optimizer.step()
+        self.counters.optimizer_steps += 1
+        self.counters.examples_trained += len(examples)
+        self.counters.last_loss = loss.item()
+        return self.counters.last_loss
+
+    def _loss(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.task == "classification":
+            return nn.functional.cross_entropy(out.float(), labels.long())
+        return nn.functional.mse_loss(out[:, 0].float(), labels.float())
+
+    def _skip(self, count: int) -> float:
+        self.counters.skipped_steps += 1
+        self.counters.examples_skipped += count
+        return math.nan
+
+    def _to_device(self, features: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x
+
+    def state_dict(self) -> dict[str, object]:
+        """Model and optimizer state copied to CPU, plus the counters."""
+        return {
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "counters": dict(vars(self.counters)),
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore a :meth:`state_dict` onto this trainer's device."""
+        self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
+        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        self.counters = TrainCounters(**state["counters"])  # type: ignore[arg-type]
+
+
+class ExampleQueue:
+    """Joined examples waiting for an optimizer step, oldest first.
+
+    Due when ``batch_size`` examples wait, or when the oldest has waited ``max_wait_s``.
+    """
+
+    def __init__(self, input_dim: int, output_dim: int, batch_size: int, max_wait_s: float) -> None:
+        self.batch_size, self.max_wait_s = batch_size, max_wait_s
+        self._empty = Examples(np.zeros((0, input_dim), np.float32), np.zeros(0), np.zeros((0, output_dim), np.float32))
+        self._queued = self._empty
+        self._oldest = math.inf
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def add(self, examples: Examples, now: float) -> None:
+        """Queue ``examples`` that were joined at ``now`` (monotonic seconds)."""
+        if len(examples) == 0:
+            return
+        if len(self._queued) == 0:
+            self._oldest = now
+        self._queued = _concat(self._queued, examples)
+
+    def take_due(self, now: float) -> list[Examples]:
+        """Full batches, plus the remainder once it has waited long enough."""
+        due = []
+        while len(self._queued) >= self.batch_size:
+            due.append(self._take(self.batch_size, now))
+        if len(self._queued) and now - self._oldest >= self.max_wait_s:
+            due.append(self._take(len(self._queued), now))
+        return due
+
+    def take_all(self) -> list[Examples]:
+        """Everything queued, in batches of at most ``batch_size`` (for a clean shutdown)."""
+        due = []
+        while len(self._queued):
+            due.append(self._take(min(self.batch_size, len(self._queued)), math.inf))
+        return due
+
+    def _take(self, count: int, now: float) -> Examples:
+        q = self._queued
+        head = Examples(q.features[:count], q.labels[:count], q.scores[:count])
+        self._queued = Examples(q.features[count:], q.labels[count:], q.scores[count:])
+        self._oldest = now if len(self._queued) else math.inf
+        return head
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The waiting examples as tensors."""
+        q = self._queued
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in vars(q).items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Replace the queue with a :meth:`state_dict`; they count as just joined."""
+        self._queued = Examples(**{k: v.numpy().copy() for k, v in state.items()})
+        self._oldest = -math.inf if len(self._queued) else math.inf
+
+
+def _concat(a: Examples, b: Examples) -> Examples:
+    return Examples(
+        np.concatenate([a.features, b.features]),
+        np.concatenate([a.labels, b.labels]),
+        np.concatenate([a.scores, b.scores]),
+    )
+
+
+def _to_cpu(obj: object) -> object:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
