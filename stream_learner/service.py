@@ -1,0 +1,306 @@
+"""The service: one run loop wiring the parts together.
+
+    events -> codec -> batcher -> model (device thread) -> predictions + join
+    labels -> codec -> join -> trainer (optimizer step) -> checkpoint -> offset commit
+
+Each turn of the loop: fetch, decode (rejects go to the dead-letter topic),
+predict the batches that are due, join labels, train the examples that are due,
+expire what waited too long, and checkpoint when due. The checkpoint protocol
+(``shared/CHECKPOINT.md``) is :meth:`Service.checkpoint`; everything that mutates
+state runs under one lock, so a rebalance callback sees a consistent cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any, Iterable
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from .batcher import MicroBatcher
+from .checkpoint import CheckpointStore
+from .codec import decode_events, decode_labels, encode_predictions
+from .config import Settings
+from .device import DeviceThread
+from .errors import DeliveryError
+from .evaluation import PrequentialMetrics
+from .join import Examples, JoinBuffer
+from .kafka import RebalanceHooks, dead_letter_headers, make_consumer, make_producer, to_raw
+from .model import build_model, resolve_device
+from .records import EventBatch, Predictions, RawRecord, Rejected
+from .snapshot import restore_state, snapshot_state
+from .trainer import ExampleQueue, Trainer
+
+log = structlog.get_logger(__name__)
+CHECKPOINT_RETRY_S = 5.0
+
+
+class Service:
+    """Predicts every event, trains on every label once, checkpoints with offsets."""
+
+    def __init__(self, settings: Settings) -> None:
+        s = settings
+        self.settings = s
+        self.trainer = Trainer(build_model(s), s, resolve_device(s.device))
+        default_label = s.default_label if s.missing_label_policy == "default" else None
+        self.join = JoinBuffer(s.input_dim, s.output_dim, s.max_pending, s.label_ttl_s, default_label=default_label)
+        self.batcher = MicroBatcher(s.max_batch_size, s.max_batch_delay_ms / 1000)
+        self.examples = ExampleQueue(s.input_dim, s.output_dim, s.train_batch_size, s.max_batch_delay_ms / 1000)
+        self.metrics = PrequentialMetrics(s.task, s.metrics_window)
+        self.store = CheckpointStore(s.checkpoint_dir, s.keep_checkpoints)
+        self.counters: Counter[str] = Counter()
+        self.offsets: dict[TopicPartition, int] = {}
+        self.last_checkpoint: dict[str, Any] = {}
+        self._device = DeviceThread()
+        self._deliveries: list[asyncio.Future[Any]] = []
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._failed = False
+        self._dirty = False
+        self._next_checkpoint = time.monotonic() + s.checkpoint_interval_s
+        self._next_log = time.monotonic() + s.log_interval_s
+        self._started_at = time.monotonic()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    def stop(self) -> None:
+        """Ask the run loop to finish: drain, final checkpoint, exit."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop`; raises if the service fails (no checkpoint is written then)."""
+        await self._restore()
+        self._producer = make_producer(self.settings)
+        self._consumer = make_consumer(self.settings)
+        try:
+            await self._producer.start()
+            self._consumer.subscribe(
+                [self.settings.events_topic, self.settings.labels_topic],
+                listener=RebalanceHooks(self._on_revoked, self._on_assigned),
+            )
+            await self._consumer.start()
+            log.info("service_started", bootstrap_servers=self.settings.bootstrap_servers, device=str(self.trainer.device))
+            while not self._stop.is_set():
+                await self._turn()
+        except BaseException:
+            self._failed = True
+            raise
+        finally:
+            await self._close()
+
+    async def _turn(self) -> None:
+        assert self._consumer is not None
+        timeout = min(self.batcher.seconds_until_due(time.monotonic()), 0.05)
+        fetched = await self._consumer.getmany(timeout_ms=int(timeout * 1000), max_records=self.settings.fetch_max_records)
+        async with self._lock:
+            assigned = self._consumer.assignment()
+            for tp, records in fetched.items():
+                if tp in assigned and records:
+                    await self._ingest(tp, [to_raw(r) for r in records])
+            await self._predict(self.batcher.take_due(time.monotonic()))
+            await self._expire()
+            await self._train(self.examples.take_due(time.monotonic()))
+            self._check_deliveries()
+            if self._dirty and time.monotonic() >= self._next_checkpoint:
+                await self.checkpoint("interval")
+        if time.monotonic() >= self._next_log:
+            self._next_log = time.monotonic() + self.settings.log_interval_s
+            log.info("progress", **self.stats())
+
+    async def _ingest(self, tp: TopicPartition, records: list[RawRecord]) -> None:
+        s = self.settings
+        if tp.topic == s.events_topic:
+            events, rejected = decode_events(records, s.input_dim, time.time())
+            self.counters["events_consumed"] += len(records)
+            self.batcher.add(events, time.monotonic())
+        else:
+            labels, rejected = decode_labels(records, s.task, s.num_classes)
+            self.counters["labels_consumed"] += len(records)
+            self._learn_from(self.join.add_labels(labels.ids, labels.labels, time.time()))
+        await self._dead_letter(rejected)
+        self.offsets[tp] = records[-1].offset + 1
+        self._dirty = True
+
+    async def _predict(self, batches: list[EventBatch]) -> None:
+        assert self._producer is not None
+        for events in batches:
+            scores, version = await self._device.run(self._predict_on_device, events.features)
+            predictions = Predictions(events, scores, version)
+            for event_id, value in zip(events.ids, encode_predictions(predictions, self.settings.task)):
+                key = event_id.encode()
+                self._deliveries.append(await self._producer.send(self.settings.predictions_topic, value, key=key))
+            self.counters["events_predicted"] += len(events)
+            self._learn_from(self.join.add_predictions(events.ids, events.features, scores, time.time()))
+            # Test-then-train per batch: in catch-up, the next batch is predicted by weights
+            # that already learned from the labels joined so far.
+            await self._train(self.examples.take_due(time.monotonic()))
+
+    def _predict_on_device(self, features: Any) -> tuple[Any, int]:
+        return self.trainer.predict_many(features), self.trainer.model_version
+
+    def _learn_from(self, examples: Examples) -> None:
+        """Score the predictions made before these labels were known, then queue them for training."""
+        self.metrics.update(examples.scores, examples.labels)
+        self.examples.add(examples, time.monotonic())
+
+    async def _train(self, batches: list[Examples]) -> None:
+        for examples in batches:
+            loss = await self._device.run(self.trainer.learn_many, examples)
+            if loss != loss:
+                log.warning("training_step_skipped", reason="non-finite loss or gradient", examples=len(examples))
+            self._dirty = True
+
+    async def _expire(self) -> None:
+        before = self.join.counters.events_expired + self.join.counters.labels_expired
+        self.join.expire(time.time())
+        unlabeled = self.join.take_unlabeled() if self.join.default_label is not None else None
+        if unlabeled is not None and len(unlabeled):
+            self._learn_from(unlabeled)
+        if self.join.counters.events_expired + self.join.counters.labels_expired != before:
+            self._dirty = True
+
+    async def _dead_letter(self, rejected: list[Rejected]) -> None:
+        assert self._producer is not None
+        for item in rejected:
+            r = item.record
+            log.warning("record_dead_lettered", where=r.where, reason=item.reason, detail=item.detail)
+            future = await self._producer.send(
+                self.settings.dead_letter_topic, r.value, key=r.key, headers=dead_letter_headers(item)
+            )
+            self._deliveries.append(future)
+            self.counters[f"dead_lettered.{item.reason}"] += 1
+            self.counters["dead_lettered"] += 1
+
+    def _check_deliveries(self) -> None:
+        """Forget acknowledged sends; a failed one fails the service (the cut cannot pass it)."""
+        pending = []
+        for future in self._deliveries:
+            if not future.done():
+                pending.append(future)
+            elif future.exception() is not None:
+                raise DeliveryError(f"a produced record was not acknowledged: {future.exception()!r}")
+        self._deliveries = pending
+
+    async def _flush_deliveries(self) -> None:
+        deliveries, self._deliveries = self._deliveries, []
+        results = await asyncio.gather(*deliveries, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise DeliveryError(f"{len(errors)} produced records were not acknowledged: {errors[0]!r}")
+        self.counters["predictions_acknowledged"] = self.counters["events_predicted"]
+
+    async def checkpoint(self, reason: str) -> None:
+        """Take a checkpoint; the caller holds ``self._lock``, which is Step 1, stopping intake."""
+        assert self._consumer is not None
+        started = time.monotonic()
+        # Step 2. Drain: every batched event predicted, every produced record acknowledged.
+        await self._predict(self.batcher.take_all())
+        await self._flush_deliveries()
+        # Step 3. Snapshot on the device thread: no inference or training step runs meanwhile.
+        state = await self._device.run(snapshot_state, self)
+        # Step 4. Write atomically; on failure keep serving and retry soon, committing nothing.
+        try:
+            path = await asyncio.to_thread(self.store.write, state)
+        except OSError as exc:
+            log.error("checkpoint_write_failed", reason=reason, error=str(exc), retry_in_s=CHECKPOINT_RETRY_S)
+            self._next_checkpoint = time.monotonic() + CHECKPOINT_RETRY_S
+            return
+        # Step 5. Commit the same offsets to Kafka, for lag tools; the checkpoint is the source of truth.
+        await self._commit(state["offsets"])
+        # Step 6. Prune old checkpoints.
+        await asyncio.to_thread(self.store.prune)
+        self._dirty = False
+        self._next_checkpoint = time.monotonic() + self.settings.checkpoint_interval_s
+        self.last_checkpoint = {"path": str(path), "reason": reason, "at": time.time()}
+        log.info("checkpoint_written", reason=reason, path=str(path), seconds=round(time.monotonic() - started, 3))
+        # Step 7. Resume intake: the caller releases the lock.
+
+    async def _commit(self, offsets: dict[str, dict[int, int]]) -> None:
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        to_commit = {
+            tp: offset
+            for topic, parts in offsets.items()
+            for partition, offset in parts.items()
+            if (tp := TopicPartition(topic, partition)) in assigned
+        }
+        if not to_commit:
+            return
+        try:
+            await self._consumer.commit(to_commit)
+        except Exception as exc:  # noqa: BLE001 - Kafka's offsets are advisory; the checkpoint is durable
+            log.warning("offset_commit_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def _restore(self) -> None:
+        loaded = await asyncio.to_thread(self.store.load_latest)
+        if loaded is None:
+            log.info("no_checkpoint", directory=str(self.store.directory))
+            return
+        await self._device.run(restore_state, self, loaded.state)
+        log.info("checkpoint_restored", path=str(loaded.path), model_version=self.trainer.model_version)
+
+    async def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        assert self._consumer is not None
+        for tp in assigned:
+            if tp in self.offsets:
+                self._consumer.seek(tp, self.offsets[tp])
+        log.info("partitions_assigned", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+    async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        revoked = list(revoked)
+        if not revoked or self._failed:
+            return
+        async with self._lock:
+            if self._dirty:
+                await self.checkpoint("revoked")
+        log.info("partitions_revoked", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+
+    async def _close(self) -> None:
+        try:
+            if not self._failed:
+                async with self._lock:
+                    await self._predict(self.batcher.take_all())
+                    await self._train(self.examples.take_all())
+                    await self.checkpoint("shutdown")
+        except BaseException:
+            self._failed = True
+            raise
+        finally:
+            if self._consumer is not None:
+                await self._consumer.stop()
+            if self._producer is not None:
+                await self._producer.stop()
+            self._device.close()
+            log.info("service_stopped", failed=self._failed, **self.stats())
+
+    def lag(self) -> int:
+        """Records not yet read: high watermark minus next offset, summed over assigned partitions."""
+        if self._consumer is None:
+            return 0
+        total = 0
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                total += max(0, high - self.offsets.get(tp, 0))
+        return total
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, join and training state, prequential metrics and lag, for logs and the demo."""
+        j, t = self.join.counters, self.trainer.counters
+        return {
+            "events_consumed": self.counters["events_consumed"],
+            "events_predicted": self.counters["events_predicted"],
+            "labels_consumed": self.counters["labels_consumed"],
+            "labels_joined": j.labels_joined,
+            "examples_trained": t.examples_trained,
+            "model_version": self.trainer.model_version,
+            "pending_events": self.join.pending_events,
+            "early_labels": self.join.early_labels,
+            "dead_lettered": self.counters["dead_lettered"],
+            "skipped_steps": t.skipped_steps,
+            "lag": self.lag(),
+            **{f"prequential_{k}": v for k, v in self.metrics.summary().items()},
+        }
