@@ -4,7 +4,6 @@ written from the topic contract alone."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -14,41 +13,14 @@ from aiokafka import AIOKafkaProducer
 from stream_learner.synthetic import DriftingStream
 
 from .conftest import BrokerInfo, TestTopics
+from .service_fixtures import INPUT_DIM, start_service  # noqa: F401 - fixture
 from .service_process import ServiceProcess, checkpoint_show
 from .stream_io import produce_events, produce_labels, read_predictions
 
 pytestmark = pytest.mark.integration
 
-INPUT_DIM = 8
 CHUNK = 100
 LABEL_DELAY_CHUNKS = 3
-
-
-@pytest.fixture
-def start_service(kafka_broker: BrokerInfo, topics: TestTopics, tmp_path: Path) -> Iterator[Callable[[], ServiceProcess]]:
-    """Starts ``stream-learner run`` children on this test's topics; all are stopped at teardown."""
-    started: list[ServiceProcess] = []
-    env = {
-        "STREAM_LEARNER_BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers,
-        "STREAM_LEARNER_EVENTS_TOPIC": topics.events,
-        "STREAM_LEARNER_LABELS_TOPIC": topics.labels,
-        "STREAM_LEARNER_PREDICTIONS_TOPIC": topics.predictions,
-        "STREAM_LEARNER_DEAD_LETTER_TOPIC": topics.dead_letter,
-        "STREAM_LEARNER_GROUP_ID": f"group-{topics.events}",
-        "STREAM_LEARNER_INPUT_DIM": str(INPUT_DIM),
-        "STREAM_LEARNER_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
-        "STREAM_LEARNER_CHECKPOINT_INTERVAL_S": "2",
-        "STREAM_LEARNER_LOG_INTERVAL_S": "0.5",
-    }
-
-    def start() -> ServiceProcess:
-        service = ServiceProcess(env, tmp_path / f"service-{len(started)}.log").start()
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        service.kill()
 
 
 async def produce_stream(bootstrap: str, topics: TestTopics, stream: DriftingStream, start: int, count: int) -> None:
