@@ -143,13 +143,13 @@ def _feature_matrix(rows: list[list[Any]], input_dim: int) -> tuple[np.ndarray, 
     if not rows:
         return np.zeros((0, input_dim), np.float32), {}
     try:
-        matrix = np.asarray(rows, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            matrix = np.asarray(rows, dtype=np.float32)
         if matrix.shape != (len(rows), input_dim) or _has_non_numbers(rows):
             raise ValueError("ragged or non-numeric")
     except (ValueError, TypeError, OverflowError):
         return _feature_matrix_row_by_row(rows, input_dim)
-    with np.errstate(over="ignore"):
-        finite = np.isfinite(matrix).all(axis=1)
+    finite = np.isfinite(matrix).all(axis=1)
     bad = {int(i): _NON_FINITE for i in np.flatnonzero(~finite)}
     return matrix, bad
 

@@ -2,7 +2,8 @@
 
 Guarantees:
 - ``model_version`` counts the optimizer steps applied to the weights.
-- A step whose loss is not finite is skipped (counted); the weights stay as they were.
+- A step whose loss or gradient is not finite is skipped (counted); the weights and the
+  standardizer's moments stay as they were.
 - Methods that touch torch must run on the device thread (:mod:`stream_learner.device`).
 """
 
@@ -68,18 +69,22 @@ class Trainer:
         """One optimizer step on ``examples``; returns the loss (NaN when the step was skipped)."""
         self.model.train()
         x = self._to_device(examples.features)
-        if isinstance(self.model, StandardizedModel):
-            self.model.standardizer.update(x)
+        standardizer = self.model.standardizer if isinstance(self.model, StandardizedModel) else None
+        moments_before = {k: v.clone() for k, v in standardizer.state_dict().items()} if standardizer is not None else None
+        if standardizer is not None:
+            standardizer.update(x)
         loss = self._loss(self.model(x), torch.from_numpy(examples.labels).to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            return self._skip(len(examples))
-        loss.backward()
-        loss = loss.detach()
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-        if not torch.isfinite(grad_norm):
+        grad_norm = torch.tensor(0.0)
+        if torch.isfinite(loss):
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
+            if standardizer is not None and moments_before:
+                standardizer.load_state_dict(moments_before)
             return self._skip(len(examples))
+        loss = loss.detach()
         self.optimizer.step()
         self.counters.optimizer_steps += 1
         self.counters.examples_trained += len(examples)
