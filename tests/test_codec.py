@@ -1,0 +1,188 @@
+"""Codec: decoders never raise; bad records come back as Rejected, good ones around them decode in order."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_learner.codec import decode_events, decode_labels, encode_predictions
+from stream_learner.records import EventBatch, Predictions, RawRecord
+
+DIM = 3
+
+
+def record(value: bytes | None, offset: int = 0) -> RawRecord:
+    return RawRecord("events", 1, offset, b"key", value, (("h", b"v"),), 1234)
+
+
+def event(event_id: str, features: list[float], **extra: object) -> bytes:
+    return orjson.dumps({"id": event_id, "features": features, **extra})
+
+
+def test_good_events_decode_to_float32_rows_with_ts_and_received_at() -> None:
+    records = [record(event("a", [1, 2.5, -3], ts=1700000000.5)), record(event("b", [0, 0, 1e-3]))]
+    batch, rejected = decode_events(records, DIM, now=42.0)
+    assert rejected == []
+    assert batch.ids == ["a", "b"]
+    assert batch.features.dtype == np.float32
+    np.testing.assert_array_equal(batch.features, np.array([[1, 2.5, -3], [0, 0, 1e-3]], np.float32))
+    assert batch.ts[0] == 1700000000.5 and math.isnan(batch.ts[1])
+    np.testing.assert_array_equal(batch.received_at, [42.0, 42.0])
+
+
+BAD_EVENTS = [
+    pytest.param(b"not json", "invalid_json", id="not-json"),
+    pytest.param(b'{"id": "x", "features": [1, 2, NaN]}', "invalid_json", id="nan-literal"),
+    pytest.param(b'{"id": "x", "features": [1, 2, Infinity]}', "invalid_json", id="infinity-literal"),
+    pytest.param(b'{"id": "x", "features": [1, 2, 1e400]}', "invalid_json", id="float64-overflow"),
+    pytest.param(None, "empty_value", id="tombstone"),
+    pytest.param(b"[1, 2, 3]", "not_an_object", id="json-array"),
+    pytest.param(b'"x"', "not_an_object", id="json-string"),
+    pytest.param(b'{"features": [1, 2, 3]}', "missing_id", id="missing-id"),
+    pytest.param(b'{"id": 7, "features": [1, 2, 3]}', "bad_id", id="int-id"),
+    pytest.param(b'{"id": "", "features": [1, 2, 3]}', "bad_id", id="empty-id"),
+    pytest.param(b'{"id": "x"}', "missing_features", id="missing-features"),
+    pytest.param(b'{"id": "x", "features": "1,2,3"}', "bad_features", id="features-string"),
+    pytest.param(b'{"id": "x", "features": {"a": 1}}', "bad_features", id="features-object"),
+    pytest.param(b'{"id": "x", "features": [1, 2]}', "wrong_feature_length", id="too-short"),
+    pytest.param(b'{"id": "x", "features": [1, 2, 3, 4]}', "wrong_feature_length", id="too-long"),
+    pytest.param(b'{"id": "x", "features": [1, "2", 3]}', "bad_features", id="numeric-string"),
+    pytest.param(b'{"id": "x", "features": [1, true, 3]}', "bad_features", id="boolean"),
+    pytest.param(b'{"id": "x", "features": [1, null, 3]}', "bad_features", id="null"),
+    pytest.param(b'{"id": "x", "features": [[1], [2], [3]]}', "bad_features", id="nested-lists"),
+    pytest.param(b'{"id": "x", "features": [[1, 2], [3, 4], [5, 6]]}', "bad_features", id="nested-rectangular"),
+    pytest.param(b'{"id": "x", "features": [1, 2, 3], "ts": "yesterday"}', "bad_ts", id="ts-string"),
+    pytest.param(b'{"id": "x", "features": [1, 2, 3], "ts": true}', "bad_ts", id="ts-bool"),
+]
+
+
+@pytest.mark.parametrize(("value", "reason"), BAD_EVENTS)
+def test_bad_event_is_rejected_unchanged_and_neighbours_still_decode(value: bytes | None, reason: str) -> None:
+    bad = record(value, offset=1)
+    records = [record(event("before", [1, 2, 3]), 0), bad, record(event("after", [4, 5, 6]), 2)]
+    batch, rejected = decode_events(records, DIM, now=0.0)
+    assert batch.ids == ["before", "after"]
+    np.testing.assert_array_equal(batch.features, [[1, 2, 3], [4, 5, 6]])
+    assert len(rejected) == 1
+    assert rejected[0].reason == reason
+    assert rejected[0].record is bad and rejected[0].record == record(value, offset=1)
+    assert rejected[0].detail
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(b'{"id": "x", "features": [1, 2, 1e39]}', id="1e39"),
+        pytest.param(b'{"id": "x", "features": [1, 2, -1e39]}', id="minus-1e39"),
+        pytest.param(b'{"id": "x", "features": [1, 2, 1' + b"0" * 60 + b"]}", id="huge-int"),
+    ],
+)
+def test_value_overflowing_float32_is_rejected_as_non_finite(value: bytes) -> None:
+    records = [record(event("before", [1, 2, 3])), record(value), record(event("after", [4, 5, 6]))]
+    batch, rejected = decode_events(records, DIM, now=0.0)
+    assert batch.ids == ["before", "after"]
+    assert [r.reason for r in rejected] == ["non_finite_features"]
+    assert np.isfinite(batch.features).all()
+
+
+def test_uint64_sized_int_within_float32_range_is_accepted() -> None:
+    batch, rejected = decode_events([record(event("x", [18446744073709551615, 0, 0]))], DIM, now=0.0)
+    assert rejected == []
+    assert batch.features[0, 0] == np.float32(18446744073709551615)
+
+
+def test_several_bad_records_keep_good_ones_in_order() -> None:
+    values = [event("a", [1, 2, 3]), b"{", event("b", [1, 2]), event("c", [7, 8, 9]), b'{"id": "d", "features": [1, "x", 3]}', event("e", [0, 0, 0])]
+    records = [record(v, offset=i) for i, v in enumerate(values)]
+    batch, rejected = decode_events(records, DIM, now=0.0)
+    assert batch.ids == ["a", "c", "e"]
+    np.testing.assert_array_equal(batch.features, [[1, 2, 3], [7, 8, 9], [0, 0, 0]])
+    assert sorted((r.record.offset, r.reason) for r in rejected) == [(1, "invalid_json"), (2, "wrong_feature_length"), (4, "bad_features")]
+
+
+def test_all_records_bad_gives_an_empty_batch_of_the_right_width() -> None:
+    batch, rejected = decode_events([record(b"x"), record(b"[]")], DIM, now=0.0)
+    assert len(batch) == 0 and batch.features.shape == (0, DIM)
+    assert len(rejected) == 2
+
+
+FEATURE_VALUES = st.one_of(
+    st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.text(max_size=3)
+)
+JSON_EVENTS = st.builds(lambda f: orjson.dumps({"id": "x", "features": f}), st.lists(FEATURE_VALUES, max_size=4))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.binary(max_size=64), JSON_EVENTS), max_size=8))
+def test_decode_events_never_raises_and_accounts_for_every_record(values: list[bytes | None]) -> None:
+    records = [record(v, offset=i) for i, v in enumerate(values)]
+    batch, rejected = decode_events(records, DIM, now=0.0)
+    assert len(batch) + len(rejected) == len(records)
+    assert batch.features.shape == (len(batch), DIM) and np.isfinite(batch.features).all()
+
+
+def label(event_id: object, value: object) -> bytes:
+    return orjson.dumps({"id": event_id, "label": value})
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        pytest.param(b'{"id": "x"}', "missing_label", id="missing-label"),
+        pytest.param(b'{"label": 1}', "missing_id", id="missing-id"),
+        pytest.param(label(3, 1), "bad_id", id="int-id"),
+        pytest.param(label("x", True), "bad_label", id="bool"),
+        pytest.param(label("x", "1"), "bad_label", id="string"),
+        pytest.param(label("x", None), "bad_label", id="null"),
+        pytest.param(label("x", 1.5), "bad_label", id="non-integer-class"),
+        pytest.param(label("x", 3), "label_out_of_range", id="too-big"),
+        pytest.param(label("x", -1), "label_out_of_range", id="negative"),
+        pytest.param(b'{"id": "x", "label": NaN}', "invalid_json", id="nan"),
+        pytest.param(b"[1]", "not_an_object", id="array"),
+    ],
+)
+def test_bad_classification_label_is_rejected(value: bytes, reason: str) -> None:
+    bad = record(value, offset=1)
+    batch, rejected = decode_labels([record(label("a", 0)), bad, record(label("b", 2.0))], "classification", num_classes=3)
+    assert batch.ids == ["a", "b"]
+    np.testing.assert_array_equal(batch.labels, [0.0, 2.0])
+    assert [(r.record, r.reason) for r in rejected] == [(bad, reason)]
+
+
+def test_regression_label_accepts_any_finite_float() -> None:
+    values = [-1e300, 0.25, 3, 1e30, -7.5]
+    batch, rejected = decode_labels([record(label(f"e{i}", v)) for i, v in enumerate(values)], "regression", num_classes=2)
+    assert rejected == []
+    assert batch.labels.dtype == np.float64
+    np.testing.assert_array_equal(batch.labels, values)
+
+
+def test_regression_label_still_rejects_non_numbers() -> None:
+    _, rejected = decode_labels([record(label("x", False)), record(label("y", [1.0]))], "regression", num_classes=2)
+    assert [r.reason for r in rejected] == ["bad_label", "bad_label"]
+
+
+def predictions(scores: list[list[float]], ts: list[float]) -> Predictions:
+    n = len(scores)
+    events = EventBatch([f"e-{i}" for i in range(n)], np.zeros((n, DIM), np.float32), np.asarray(ts, np.float64), np.zeros(n))
+    return Predictions(events, np.asarray(scores, np.float32), model_version=17)
+
+
+def test_encode_classification_predictions() -> None:
+    out = [orjson.loads(b) for b in encode_predictions(predictions([[0.2, 0.7, 0.1], [0.9, 0.05, 0.05]], [1700000000.25, math.nan]), "classification")]
+    assert out[0] == {"id": "e-0", "prediction": 1, "scores": pytest.approx([0.2, 0.7, 0.1], abs=1e-6), "model_version": 17, "ts": 1700000000.25}
+    assert out[1] == {"id": "e-1", "prediction": 0, "scores": pytest.approx([0.9, 0.05, 0.05], abs=1e-6), "model_version": 17}
+    assert isinstance(out[0]["prediction"], int)
+
+
+def test_encode_regression_predictions_have_no_scores() -> None:
+    out = [orjson.loads(b) for b in encode_predictions(predictions([[2.5], [-1.0]], [math.nan, 5.0]), "regression")]
+    assert out == [
+        {"id": "e-0", "prediction": 2.5, "model_version": 17},
+        {"id": "e-1", "prediction": -1.0, "model_version": 17, "ts": 5.0},
+    ]

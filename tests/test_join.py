@@ -1,0 +1,211 @@
+"""JoinBuffer: each label meets its event once; memory is bounded by max_pending and ttl_s."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from stream_learner.join import JoinBuffer
+
+DIM, OUT = 3, 2
+
+
+def buffer(max_pending: int = 100, ttl_s: float = 60.0, default_label: float | None = None) -> JoinBuffer:
+    return JoinBuffer(DIM, OUT, max_pending, ttl_s, default_label=default_label)
+
+
+def features_of(n: int) -> np.ndarray:
+    """Row for event n: [n, n + 0.5, -n]."""
+    return np.array([n, n + 0.5, -n], np.float32)
+
+
+def scores_of(n: int) -> np.ndarray:
+    return np.array([n / 100, 1 - n / 100], np.float32)
+
+
+def predict(buf: JoinBuffer, numbers: list[int], now: float):
+    ids = [f"e-{n}" for n in numbers]
+    return buf.add_predictions(ids, np.stack([features_of(n) for n in numbers]), np.stack([scores_of(n) for n in numbers]), now)
+
+
+def label(buf: JoinBuffer, numbers: list[int], labels: list[float], now: float):
+    return buf.add_labels([f"e-{n}" for n in numbers], np.asarray(labels, np.float64), now)
+
+
+def test_label_after_event_joins_with_that_events_features_and_scores() -> None:
+    buf = buffer()
+    assert len(predict(buf, [1, 2, 3], now=0.0)) == 0
+    joined = label(buf, [2], [1.0], now=1.0)
+    np.testing.assert_array_equal(joined.features, features_of(2)[None])
+    np.testing.assert_array_equal(joined.scores, scores_of(2)[None])
+    np.testing.assert_array_equal(joined.labels, [1.0])
+    assert buf.pending_events == 2
+    assert buf.counters.labels_joined == 1
+
+
+def test_early_label_waits_and_joins_when_its_event_is_predicted() -> None:
+    buf = buffer()
+    assert len(label(buf, [5], [1.0], now=0.0)) == 0
+    assert buf.early_labels == 1
+    joined = predict(buf, [4, 5], now=1.0)
+    np.testing.assert_array_equal(joined.features, features_of(5)[None])
+    np.testing.assert_array_equal(joined.scores, scores_of(5)[None])
+    np.testing.assert_array_equal(joined.labels, [1.0])
+    assert buf.early_labels == 0
+    assert buf.pending_events == 1  # e-4 waits; e-5 was never stored
+    assert buf.counters.labels_joined == 1
+
+
+def test_second_label_after_join_is_a_dropped_duplicate() -> None:
+    buf = buffer()
+    predict(buf, [1], now=0.0)
+    assert len(label(buf, [1], [1.0], now=1.0)) == 1
+    assert len(label(buf, [1], [0.0], now=2.0)) == 0
+    assert buf.counters.labels_duplicate == 1
+    assert buf.early_labels == 0  # not kept as an early label either
+
+
+def test_second_label_in_the_same_batch_is_a_duplicate() -> None:
+    buf = buffer()
+    predict(buf, [1], now=0.0)
+    joined = label(buf, [1, 1], [1.0, 0.0], now=1.0)
+    np.testing.assert_array_equal(joined.labels, [1.0])
+    assert buf.counters.labels_duplicate == 1
+
+
+def test_second_early_label_is_a_duplicate_and_the_first_one_wins() -> None:
+    buf = buffer()
+    label(buf, [7], [1.0], now=0.0)
+    label(buf, [7], [0.0], now=1.0)
+    assert buf.counters.labels_duplicate == 1
+    assert buf.early_labels == 1
+    np.testing.assert_array_equal(predict(buf, [7], now=2.0).labels, [1.0])
+
+
+def test_events_expire_after_ttl() -> None:
+    buf = buffer(ttl_s=10.0)
+    predict(buf, [1], now=0.0)
+    predict(buf, [2], now=5.0)
+    buf.expire(now=10.0)
+    assert buf.pending_events == 2  # exactly ttl old is not yet expired
+    buf.expire(now=12.0)
+    assert buf.pending_events == 1
+    assert buf.counters.events_expired == 1
+    assert len(label(buf, [2], [1.0], now=12.0)) == 1
+    assert len(label(buf, [1], [1.0], now=12.0)) == 0  # e-1 is gone: its label now waits as early
+    assert buf.early_labels == 1
+
+
+def test_early_labels_expire_after_ttl() -> None:
+    buf = buffer(ttl_s=10.0)
+    label(buf, [1], [1.0], now=0.0)
+    label(buf, [2], [1.0], now=8.0)
+    buf.expire(now=15.0)
+    assert buf.early_labels == 1
+    assert buf.counters.labels_expired == 1
+    assert len(predict(buf, [1], now=15.0)) == 0
+    assert len(predict(buf, [2], now=15.0)) == 1
+
+
+def test_max_pending_evicts_the_oldest_event_first() -> None:
+    buf = buffer(max_pending=3)
+    predict(buf, [1, 2, 3], now=0.0)
+    predict(buf, [4, 5], now=1.0)
+    assert buf.pending_events == 3
+    assert buf.counters.events_evicted == 2
+    assert len(label(buf, [1, 2], [1.0, 1.0], now=2.0)) == 0
+    joined = label(buf, [3, 4, 5], [0.0, 1.0, 0.0], now=2.0)
+    np.testing.assert_array_equal(joined.features, np.stack([features_of(n) for n in (3, 4, 5)]))
+
+
+def test_early_labels_are_capped_and_the_oldest_is_evicted() -> None:
+    buf = buffer(max_pending=2)
+    label(buf, [1, 2, 3], [1.0, 0.0, 1.0], now=0.0)
+    assert buf.early_labels == 2
+    assert buf.counters.labels_evicted == 1
+    joined = predict(buf, [1, 2, 3], now=1.0)
+    np.testing.assert_array_equal(joined.labels, [0.0, 1.0])  # e-2 and e-3; e-1's label was evicted
+    np.testing.assert_array_equal(joined.features, np.stack([features_of(2), features_of(3)]))
+
+
+def test_default_label_policy_returns_evicted_and_expired_events() -> None:
+    buf = buffer(max_pending=2, ttl_s=10.0, default_label=1.0)
+    predict(buf, [1, 2], now=0.0)
+    predict(buf, [3], now=5.0)  # evicts e-1
+    buf.expire(now=11.0)  # expires e-2 (arrived 0.0), keeps e-3
+    unlabeled = buf.take_unlabeled()
+    np.testing.assert_array_equal(unlabeled.features, np.stack([features_of(1), features_of(2)]))
+    np.testing.assert_array_equal(unlabeled.scores, np.stack([scores_of(1), scores_of(2)]))
+    np.testing.assert_array_equal(unlabeled.labels, [1.0, 1.0])
+    assert buf.counters.events_defaulted == 2
+    assert len(buf.take_unlabeled()) == 0
+
+
+def test_without_default_label_dropped_events_are_not_returned() -> None:
+    buf = buffer(max_pending=1)
+    predict(buf, [1, 2], now=0.0)
+    assert len(buf.take_unlabeled()) == 0
+    assert buf.counters.events_defaulted == 0
+
+
+def test_features_are_stored_as_float32_arrays() -> None:
+    buf = buffer()
+    predict(buf, [1, 2], now=0.0)
+    assert isinstance(buf._features, np.ndarray) and buf._features.dtype == np.float32
+    assert buf._features.shape[1] == DIM
+    assert buf.state_dict()["features"].dtype == torch.float32
+
+
+def restored_from(buf: JoinBuffer) -> JoinBuffer:
+    """A fresh buffer loaded from ``buf``'s state, through torch.save and torch.load(weights_only=True)."""
+    blob = io.BytesIO()
+    torch.save(buf.state_dict(), blob)
+    blob.seek(0)
+    restored = buffer(buf.max_pending, buf.ttl_s, buf.default_label)
+    restored.load_state_dict(torch.load(blob, weights_only=True))
+    return restored
+
+
+def busy_buffer() -> JoinBuffer:
+    buf = buffer(max_pending=3, ttl_s=10.0, default_label=0.0)
+    predict(buf, [1, 2, 3, 4], now=0.0)  # e-1 evicted -> unlabeled
+    label(buf, [2], [1.0], now=1.0)  # joined
+    label(buf, [8, 9], [1.0, 0.0], now=2.0)  # early
+    label(buf, [9], [1.0], now=2.0)  # duplicate
+    return buf
+
+
+def test_state_dict_round_trip_keeps_pending_early_duplicates_and_counters() -> None:
+    buf = busy_buffer()
+    restored = restored_from(buf)
+    assert restored.counters == buf.counters
+    assert (restored.pending_events, restored.early_labels) == (2, 2)
+    assert len(label(restored, [2], [0.0], now=3.0)) == 0  # still known as joined
+    assert len(label(restored, [9], [0.0], now=3.0)) == 0  # still known as early
+    assert restored.counters.labels_duplicate == buf.counters.labels_duplicate + 2
+    joined = label(restored, [3, 4], [1.0, 0.0], now=3.0)
+    np.testing.assert_array_equal(joined.features, np.stack([features_of(3), features_of(4)]))
+    np.testing.assert_array_equal(joined.scores, np.stack([scores_of(3), scores_of(4)]))
+    np.testing.assert_array_equal(predict(restored, [9, 8], now=3.0).labels, [0.0, 1.0])
+    np.testing.assert_array_equal(restored.take_unlabeled().features, features_of(1)[None])
+    predict(restored, [10, 11, 12, 13], now=4.0)  # the buffer still grows and evicts after loading
+    assert restored.pending_events == 3
+
+
+def test_state_dict_round_trip_keeps_arrival_times() -> None:
+    restored = restored_from(busy_buffer())
+    restored.expire(now=10.5)  # events arrived at 0.0, early labels at 2.0
+    assert (restored.pending_events, restored.early_labels) == (0, 2)
+    restored.expire(now=12.5)
+    assert restored.early_labels == 0
+    assert restored.counters.events_expired == 2
+    assert restored.counters.labels_expired == 2
+
+
+def test_empty_state_dict_round_trip() -> None:
+    restored = restored_from(buffer())
+    assert (restored.pending_events, restored.early_labels) == (0, 0)
+    predict(restored, [1], now=0.0)
+    assert len(label(restored, [1], [1.0], now=1.0)) == 1

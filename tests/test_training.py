@@ -1,0 +1,196 @@
+"""Standardizer, Trainer, build_model and PrequentialMetrics."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from stream_learner.config import Settings
+from stream_learner.errors import ConfigError
+from stream_learner.evaluation import PrequentialMetrics
+from stream_learner.join import Examples
+from stream_learner.model import Standardizer, build_model
+from stream_learner.synthetic import DriftingStream
+from stream_learner.trainer import Trainer
+
+DIM = 8
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def clean_settings_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Settings read STREAM_LEARNER_* variables and ./.env; the tests want the defaults."""
+    for name in [n for n in os.environ if n.startswith("STREAM_LEARNER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def trainer(**overrides: object) -> Trainer:
+    settings = Settings(input_dim=DIM, **overrides)  # type: ignore[arg-type]
+    return Trainer(build_model(settings), settings, CPU)
+
+
+def examples(features: np.ndarray, labels: np.ndarray, output_dim: int = 2) -> Examples:
+    return Examples(features.astype(np.float32), labels.astype(np.float64), np.zeros((len(labels), output_dim), np.float32))
+
+
+def stream_examples(stream: DriftingStream, start: int, n: int) -> Examples:
+    batch = stream.batch(start, n)
+    return examples(batch.features, batch.labels)
+
+
+def test_standardizer_matches_numpy_over_batches_of_different_sizes() -> None:
+    rng = np.random.default_rng(3)
+    data = rng.normal(50.0, 7.0, (1 + 5 + 17 + 3 + 40, 4)) * np.array([1, 10, 0.1, 1000])
+    standardizer = Standardizer(4)
+    start = 0
+    for size in (1, 5, 0, 17, 3, 40):
+        standardizer.update(torch.from_numpy(data[start : start + size]))
+        start += size
+    assert standardizer.count.item() == len(data)
+    np.testing.assert_allclose(standardizer.mean.numpy(), data.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(standardizer.std().numpy() ** 2, data.var(axis=0, ddof=1), rtol=1e-10)
+    out = standardizer(torch.from_numpy(data))
+    np.testing.assert_allclose(out.mean(dim=0).numpy(), 0.0, atol=1e-9)
+
+
+def test_linear_model_learns_a_separable_stream_from_a_few_hundred_labels() -> None:
+    stream = DriftingStream(DIM, drift_at=None)
+    model = trainer()
+    for start in range(0, 512, 32):
+        assert math.isfinite(model.learn_many(stream_examples(stream, start, 32)))
+    held_out = stream.batch(1_000_000, 2000)
+    accuracy = (model.predict_many(held_out.features).argmax(axis=1) == held_out.labels).mean()
+    assert accuracy > 0.9
+    assert model.model_version == model.counters.optimizer_steps == 16
+    assert model.counters.examples_trained == 512
+
+
+def parameters(model: Trainer) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.model.named_parameters()}
+
+
+def test_step_with_non_finite_loss_is_skipped_and_weights_stay() -> None:
+    model = trainer(task="regression")
+    stream = DriftingStream(DIM, drift_at=None)
+    good = stream.batch(0, 16)
+    model.learn_many(examples(good.features, good.labels, output_dim=1))
+    before = parameters(model)
+    labels = np.full(16, 1e30)  # fits float32, but its square does not: the MSE is inf
+    assert math.isnan(model.learn_many(examples(good.features, labels, output_dim=1)))
+    assert model.counters.skipped_steps == 1 and model.counters.examples_skipped == 16
+    assert model.model_version == 1
+    after = parameters(model)
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_step_on_inf_features_is_skipped_and_leaves_the_model_usable() -> None:
+    model = trainer()
+    stream = DriftingStream(DIM, drift_at=None)
+    model.learn_many(stream_examples(stream, 0, 32))
+    probe = stream.batch(500, 8).features
+    state_before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    predictions_before = model.predict_many(probe)
+    poisoned = stream_examples(stream, 32, 32)
+    poisoned.features[0, 0] = np.inf
+    assert math.isnan(model.learn_many(poisoned))
+    assert model.counters.skipped_steps == 1
+    assert all(torch.equal(v, state_before[k]) for k, v in model.model.state_dict().items())
+    np.testing.assert_array_equal(model.predict_many(probe), predictions_before)
+
+
+def test_state_dict_survives_weights_only_load_and_restores_identical_behaviour() -> None:
+    stream = DriftingStream(DIM, drift_at=None)
+    original = trainer(model="mlp")
+    for start in range(0, 96, 32):
+        original.learn_many(stream_examples(stream, start, 32))
+    blob = io.BytesIO()
+    torch.save(original.state_dict(), blob)
+    blob.seek(0)
+    restored = trainer(model="mlp", seed=99)
+    probe = stream.batch(10_000, 64).features
+    assert not np.array_equal(restored.predict_many(probe), original.predict_many(probe))
+    restored.load_state_dict(torch.load(blob, weights_only=True))
+
+    np.testing.assert_array_equal(restored.predict_many(probe), original.predict_many(probe))
+    assert restored.counters == original.counters
+    # The optimizer state came back too: the next step lands on the same weights.
+    step = stream_examples(stream, 96, 32)
+    assert restored.learn_many(step) == original.learn_many(step)
+    np.testing.assert_array_equal(restored.predict_many(probe), original.predict_many(probe))
+
+
+def factory(settings: Settings) -> nn.Module:
+    return nn.Sequential(nn.Linear(settings.input_dim, 4), nn.Tanh(), nn.Linear(4, settings.output_dim))
+
+
+def wrong_shape_factory(settings: Settings) -> nn.Module:
+    return nn.Linear(settings.input_dim, settings.output_dim + 1)
+
+
+def not_a_module(settings: Settings) -> object:
+    return "linear"
+
+
+def test_build_model_loads_a_custom_factory() -> None:
+    model = build_model(Settings(input_dim=DIM, model=f"{__name__}:factory"))
+    assert isinstance(model, nn.Sequential)
+    assert model(torch.zeros(5, DIM)).shape == (5, 2)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [f"{__name__}:wrong_shape_factory", f"{__name__}:not_a_module", f"{__name__}:missing", "no_such_module_xyz:factory", f"{__name__}:DIM"],
+)
+def test_build_model_rejects_a_bad_factory(spec: str) -> None:
+    with pytest.raises(ConfigError):
+        build_model(Settings(input_dim=DIM, model=spec))
+
+
+def test_classification_metrics_against_hand_computed_values() -> None:
+    metrics = PrequentialMetrics("classification", window=2)
+    assert metrics.summary() == {"examples": 0, "accuracy": None, "log_loss": None, "recent_accuracy": None, "recent_log_loss": None}
+    metrics.update(np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]], np.float32), np.array([0.0, 0.0, 1.0]))
+    summary = metrics.summary()
+    assert summary["examples"] == 3
+    assert summary["accuracy"] == pytest.approx(1 / 3)
+    assert summary["log_loss"] == pytest.approx(-(math.log(0.8) + math.log(0.3) + math.log(0.4)) / 3, rel=1e-6)
+    assert summary["recent_accuracy"] == 0.0
+    assert summary["recent_log_loss"] == pytest.approx(-(math.log(0.3) + math.log(0.4)) / 2, rel=1e-6)
+
+
+def test_log_loss_of_a_zero_probability_is_clipped() -> None:
+    metrics = PrequentialMetrics("classification", window=10)
+    metrics.update(np.array([[1.0, 0.0]], np.float32), np.array([1.0]))
+    assert metrics.summary()["log_loss"] == pytest.approx(-math.log(1e-7))
+
+
+def test_regression_metrics_against_hand_computed_values() -> None:
+    metrics = PrequentialMetrics("regression", window=2)
+    assert metrics.summary() == {"examples": 0, "mae": None, "rmse": None, "recent_mae": None, "recent_rmse": None}
+    metrics.update(np.array([[1.0], [2.0], [4.0]], np.float32), np.array([0.0, 2.0, 1.0]))  # errors 1, 0, 3
+    summary = metrics.summary()
+    assert summary["mae"] == pytest.approx(4 / 3)
+    assert summary["rmse"] == pytest.approx(math.sqrt(10 / 3))
+    assert summary["recent_mae"] == pytest.approx(1.5)
+    assert summary["recent_rmse"] == pytest.approx(math.sqrt(4.5))
+
+
+def test_window_keeps_only_the_last_n_across_updates() -> None:
+    metrics = PrequentialMetrics("regression", window=3)
+    for error in (100.0, 100.0, 1.0, 2.0):
+        metrics.update(np.array([[error]], np.float32), np.array([0.0]))
+    metrics.update(np.array([[3.0], [4.0], [5.0], [6.0]], np.float32), np.zeros(4))  # bigger than the window
+    summary = metrics.summary()
+    assert summary["examples"] == 8
+    assert summary["recent_mae"] == pytest.approx(5.0)  # 4, 5, 6
+    assert summary["mae"] == pytest.approx((100 + 100 + 1 + 2 + 3 + 4 + 5 + 6) / 8)
+    metrics.update(np.array([[9.0]], np.float32), np.zeros(1))
+    assert metrics.summary()["recent_mae"] == pytest.approx(20 / 3)  # 5, 6, 9
