@@ -8,8 +8,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from .conftest import BrokerInfo, TestTopics
-from .service_fixtures import INPUT_DIM, StartService, start_service  # noqa: F401 - fixture
+from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
 from .service_process import checkpoint_show
 from .stream_io import read_predictions, read_topic
 

@@ -12,8 +12,7 @@ from aiokafka import AIOKafkaProducer
 
 from stream_learner.synthetic import DriftingStream
 
-from .conftest import BrokerInfo, TestTopics
-from .service_fixtures import INPUT_DIM, start_service  # noqa: F401 - fixture
+from .conftest import INPUT_DIM, BrokerInfo, TestTopics
 from .service_process import ServiceProcess, checkpoint_show
 from .stream_io import produce_events, produce_labels, read_predictions
 
