@@ -10,11 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Sequence
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Task = Literal["classification", "regression"]
 OptimizerName = Literal["adam", "sgd", "adagrad"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+GuardrailAction = Literal["skip", "rollback"]
+Delivery = Literal["at_least_once", "exactly_once"]
 MissingLabelPolicy = Literal["drop", "default"]
 
 # Tuned on the synthetic stream for accuracy after a few hundred labels and recovery after drift.
@@ -51,6 +55,22 @@ class Settings(BaseSettings):
     """Kafka consumer group. One service instance per group."""
     client_id: str = "stream-learner"
     """Kafka client id."""
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    """PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."""
+    sasl_mechanism: SaslMechanism = "PLAIN"
+    """SASL mechanism when security_protocol is SASL_*."""
+    sasl_username: str | None = None
+    """SASL user name."""
+    sasl_password: SecretStr | None = None
+    """SASL password (a secret: never logged)."""
+    ssl_cafile: Path | None = None
+    """CA bundle to verify the brokers' certificates (SSL, SASL_SSL)."""
+    ssl_certfile: Path | None = None
+    """Client certificate for mutual TLS."""
+    ssl_keyfile: Path | None = None
+    """Client private key for mutual TLS."""
+    delivery: Delivery = "at_least_once"
+    """at_least_once, or exactly_once: predictions in Kafka transactions aligned with checkpoints (needs Apache Kafka)."""
 
     task: Task = "classification"
     """classification (class index labels) or regression (numeric labels)."""
@@ -70,6 +90,10 @@ class Settings(BaseSettings):
     """L2 penalty passed to the optimizer."""
     grad_clip_norm: float = Field(default=5.0, gt=0)
     """Gradients are clipped to this global norm before each step."""
+    loss_spike_factor: float = Field(default=20.0, gt=1)
+    """A step whose loss exceeds this many times the recent median loss is treated as poisoned."""
+    guardrail_action: GuardrailAction = "skip"
+    """What a poisoned step does: skip it, or roll the model back to the last good checkpoint."""
     seed: int = 0
     """Seed for model initialisation."""
 
@@ -98,6 +122,12 @@ class Settings(BaseSettings):
     keep_checkpoints: int = Field(default=3, ge=1)
     """How many checkpoint files to keep."""
 
+    metrics_port: int = Field(default=9400, ge=0, le=65535)
+    """Port of /metrics, /healthz and /readyz (0 disables)."""
+    metrics_host: str = "0.0.0.0"
+    """Address the metrics endpoint listens on."""
+    tensorboard_dir: Path | None = None
+    """When set, loss, prequential metrics and weight histograms are written here for TensorBoard."""
     device: str = "auto"
     """auto (cuda when available, else cpu), cpu, cuda or cuda:N."""
     metrics_window: int = Field(default=1000, gt=0)
