@@ -7,6 +7,9 @@ Guarantees:
   ``max_pending`` early labels; beyond that the oldest is evicted first (counted),
   and anything older than ``ttl_s`` expires (counted).
 - Features are kept in preallocated float32 arrays, never as Python lists.
+- Every joined example carries its label's position (partition, offset), so the
+  trainer can order steps by the data rather than by arrival timing; the lowest
+  offset still waiting for its event is known per partition.
 """
 
 from __future__ import annotations
@@ -14,8 +17,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import heapq
+
 import numpy as np
 import torch
+
+UNLABELED_PARTITION = -1
+"""Label partition of examples labelled by the missing-label policy (they have no label record)."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,10 @@ class Examples:
     """float64 ``[k]``."""
     scores: np.ndarray
     """float32 ``[k, output_dim]``: what the model predicted before the label was known."""
+    partitions: np.ndarray | None = None
+    """int64 ``[k]``: partition of each label record (``UNLABELED_PARTITION`` for defaulted events)."""
+    offsets: np.ndarray | None = None
+    """int64 ``[k]``: offset of each label record in its partition."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -56,7 +68,8 @@ class JoinBuffer:
         self.default_label = default_label
         self.counters = JoinCounters()
         self._slot_of: OrderedDict[str, int] = OrderedDict()
-        self._early: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._early: OrderedDict[str, tuple[float, float, int, int]] = OrderedDict()
+        self._early_heaps: dict[int, list[tuple[int, str]]] = {}
         self._joined: OrderedDict[str, float] = OrderedDict()
         self._features = np.zeros((0, input_dim), np.float32)
         self._scores = np.zeros((0, output_dim), np.float32)
@@ -77,20 +90,26 @@ class JoinBuffer:
     def add_predictions(self, ids: list[str], features: np.ndarray, scores: np.ndarray, now: float) -> Examples:
         """Store predicted events; those whose label came early are joined and returned."""
         matched: list[int] = []
-        matched_labels: list[float] = []
+        early_rows: list[tuple[float, float, int, int]] = []
         for row, event_id in enumerate(ids):
             early = self._early.pop(event_id, None)
             if early is not None:
                 matched.append(row)
-                matched_labels.append(early[0])
+                early_rows.append(early)
                 self._remember_joined(event_id, now)
                 continue
             self._store(event_id, features[row], scores[row], now)
         self.counters.labels_joined += len(matched)
-        return Examples(features[matched], np.asarray(matched_labels, np.float64), scores[matched])
+        found = np.asarray(early_rows, np.float64).reshape(-1, 4)
+        return Examples(
+            features[matched], found[:, 0], scores[matched], found[:, 2].astype(np.int64), found[:, 3].astype(np.int64)
+        )
 
-    def add_labels(self, ids: list[str], labels: np.ndarray, now: float) -> Examples:
-        """Join labels to waiting events; the rest wait as early labels or are duplicates."""
+    def add_labels(
+        self, ids: list[str], labels: np.ndarray, now: float, partition: int = 0, offsets: np.ndarray | None = None
+    ) -> Examples:
+        """Join labels (read from ``partition`` at ``offsets``) to waiting events; the rest wait or are duplicates."""
+        offsets = np.arange(len(ids), dtype=np.int64) if offsets is None else offsets
         slots: list[int] = []
         rows: list[int] = []
         for row, event_id in enumerate(ids):
@@ -102,11 +121,24 @@ class JoinBuffer:
             elif event_id in self._joined or event_id in self._early:
                 self.counters.labels_duplicate += 1
             else:
-                self._store_early(event_id, float(labels[row]), now)
-        joined = Examples(self._features[slots], labels[rows], self._scores[slots])
+                self._store_early(event_id, float(labels[row]), now, partition, int(offsets[row]))
+        joined = Examples(
+            self._features[slots], labels[rows], self._scores[slots], np.full(len(rows), partition, np.int64), offsets[rows]
+        )
         self._free.extend(slots)
         self.counters.labels_joined += len(rows)
         return joined
+
+    def lowest_waiting_label(self, partition: int) -> tuple[int, float] | None:
+        """Offset and arrival time of the lowest-offset label of ``partition`` still waiting for its event."""
+        heap = self._early_heaps.get(partition)
+        while heap:
+            offset, event_id = heap[0]
+            early = self._early.get(event_id)
+            if early is not None and early[2] == partition and early[3] == offset:
+                return offset, early[1]
+            heapq.heappop(heap)
+        return None
 
     def expire(self, now: float) -> None:
         """Drop events, early labels and remembered ids older than ``ttl_s``."""
@@ -124,7 +156,11 @@ class JoinBuffer:
         """Events dropped without a label, labelled ``default_label`` (missing-label policy "default")."""
         slots, self._unlabeled = self._unlabeled, []
         examples = Examples(
-            self._features[slots], np.full(len(slots), self.default_label or 0.0), self._scores[slots]
+            self._features[slots],
+            np.full(len(slots), self.default_label or 0.0),
+            self._scores[slots],
+            np.full(len(slots), UNLABELED_PARTITION, np.int64),
+            np.arange(self.counters.events_defaulted, self.counters.events_defaulted + len(slots), dtype=np.int64),
         )
         self._free.extend(slots)
         self.counters.events_defaulted += len(slots)
@@ -142,11 +178,23 @@ class JoinBuffer:
         self._slot_of[event_id] = slot
         self._features[slot], self._scores[slot], self._arrived[slot] = features, scores, now
 
-    def _store_early(self, event_id: str, label: float, now: float) -> None:
+    def _store_early(self, event_id: str, label: float, now: float, partition: int, offset: int) -> None:
         if len(self._early) >= self.max_pending:
             self._early.popitem(last=False)
             self.counters.labels_evicted += 1
-        self._early[event_id] = (label, now)
+        self._early[event_id] = (label, now, partition, offset)
+        heap = self._early_heaps.setdefault(partition, [])
+        heapq.heappush(heap, (offset, event_id))
+        if len(heap) > 2 * len(self._early) + 1024:
+            self._rebuild_early_heaps()
+
+    def _rebuild_early_heaps(self) -> None:
+        """Drop stale heap entries (labels joined or expired since); keeps the heaps within 2x the early labels."""
+        self._early_heaps = {}
+        for event_id, (_, _, partition, offset) in self._early.items():
+            self._early_heaps.setdefault(partition, []).append((offset, event_id))
+        for heap in self._early_heaps.values():
+            heapq.heapify(heap)
 
     def _remember_joined(self, event_id: str, now: float) -> None:
         self._joined[event_id] = now
@@ -185,7 +233,7 @@ class JoinBuffer:
             "scores": torch.from_numpy(self._scores[slots].copy()),
             "arrived": torch.from_numpy(self._arrived[slots].copy()),
             "early_ids": [k for k, _ in early],
-            "early": torch.tensor([v for _, v in early], dtype=torch.float64).reshape(-1, 2),
+            "early": torch.tensor([v for _, v in early], dtype=torch.float64).reshape(-1, 4),
             "joined_ids": list(self._joined.keys()),
             "joined_at": torch.tensor(list(self._joined.values()), dtype=torch.float64),
             "counters": dict(vars(self.counters)),
@@ -204,7 +252,10 @@ class JoinBuffer:
         self._slot_of = OrderedDict(zip(ids, range(len(ids))))
         self._unlabeled = list(range(len(ids), n))
         early = state["early"].tolist()  # type: ignore[attr-defined]
-        self._early = OrderedDict((k, (v[0], v[1])) for k, v in zip(state["early_ids"], early))  # type: ignore[call-overload]
+        self._early = OrderedDict(
+            (k, (v[0], v[1], int(v[2]), int(v[3]))) for k, v in zip(state["early_ids"], early)  # type: ignore[call-overload]
+        )
+        self._rebuild_early_heaps()
         self._joined = OrderedDict(zip(state["joined_ids"], state["joined_at"].tolist()))  # type: ignore[call-overload, attr-defined]
         self.counters = JoinCounters(**state["counters"])  # type: ignore[arg-type]
 
