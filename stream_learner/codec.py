@@ -51,6 +51,7 @@ def decode_labels(
     """Decode label records; ids and values are checked against the task."""
     ids: list[str] = []
     labels: list[float] = []
+    offsets: list[int] = []
     rejected: list[Rejected] = []
     for record in records:
         obj, problem = _load_object(record)
@@ -61,7 +62,8 @@ def decode_labels(
             continue
         ids.append(obj["id"])
         labels.append(float(obj["label"]))
-    return LabelBatch(ids, np.asarray(labels, dtype=np.float64)), rejected
+        offsets.append(record.offset)
+    return LabelBatch(ids, np.asarray(labels, dtype=np.float64), np.asarray(offsets, dtype=np.int64)), rejected
 
 
 def encode_predictions(predictions: Predictions, task: str) -> list[bytes]:

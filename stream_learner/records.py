@@ -97,6 +97,8 @@ class LabelBatch:
     """Event ids the labels belong to."""
     labels: np.ndarray
     """float64 ``[n]``: class indices (exact integers) or regression targets."""
+    offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """int64 ``[n]``: offset of each label record in its partition."""
 
     def __len__(self) -> int:
         return len(self.ids)
