@@ -1,18 +1,27 @@
-"""aiokafka adapters: client construction, record conversion, dead letters, rebalance hooks.
+"""aiokafka adapters: client construction (with SASL/SSL), record conversion, dead letters, rebalance hooks.
 
 The service owns offsets: auto-commit is off, reading resumes where the
 checkpoint says, and Kafka's committed offsets only follow durable checkpoints.
+The SASL password stays a ``SecretStr`` until :func:`security_kwargs` hands it to
+aiokafka; nothing here logs it.
 """
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.helpers import create_ssl_context
+from pydantic import SecretStr
 
 from .config import Settings
+from .errors import ConfigError
 from .records import RawRecord, Rejected
+
+log = structlog.get_logger(__name__)
 
 DLQ_REASON = "dlq.reason"
 DLQ_DETAIL = "dlq.detail"
@@ -22,9 +31,77 @@ DLQ_OFFSET = "dlq.source.offset"
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 
 
+class SecuritySettings(Protocol):
+    """The connection-security part of :class:`~stream_learner.config.Settings`."""
+
+    @property
+    def security_protocol(self) -> str: ...
+    @property
+    def sasl_mechanism(self) -> str: ...
+    @property
+    def sasl_username(self) -> str | None: ...
+    @property
+    def sasl_password(self) -> SecretStr | None: ...
+    @property
+    def ssl_cafile(self) -> Path | None: ...
+    @property
+    def ssl_certfile(self) -> Path | None: ...
+    @property
+    def ssl_keyfile(self) -> Path | None: ...
+
+
+def security_kwargs(settings: SecuritySettings) -> dict[str, Any]:
+    """The aiokafka keyword arguments for ``settings.security_protocol`` (consumer, producer, admin alike).
+
+    SSL and SASL_SSL get an :class:`ssl.SSLContext` that verifies the brokers (against
+    ``ssl_cafile``, else the system CAs) and presents ``ssl_certfile``/``ssl_keyfile`` for
+    mutual TLS. SASL_* need ``sasl_username`` and ``sasl_password``; the password is
+    unwrapped here and nowhere else. Settings that the protocol does not use are ignored
+    (see :func:`unused_security_settings`). Raises :class:`ConfigError` on settings that
+    cannot work: SASL without credentials, a key without a certificate, a file that is missing.
+    """
+    protocol = settings.security_protocol
+    kwargs: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        if settings.ssl_keyfile is not None and settings.ssl_certfile is None:
+            raise ConfigError("ssl_keyfile is set without ssl_certfile: mutual TLS needs the client certificate too")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(settings, name)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{name} {str(path)!r} is not a readable file")
+        try:
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=settings.ssl_cafile, certfile=settings.ssl_certfile, keyfile=settings.ssl_keyfile
+            )
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(f"cannot build the TLS context from the ssl_* settings: {exc}") from exc
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        if not settings.sasl_username or settings.sasl_password is None:
+            raise ConfigError(f"security_protocol {protocol} needs sasl_username and sasl_password")
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        kwargs["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return kwargs
+
+
+def unused_security_settings(settings: SecuritySettings) -> list[str]:
+    """Names of security settings that are set but that ``security_protocol`` does not use."""
+    protocol = settings.security_protocol
+    unused = []
+    if not protocol.startswith("SASL_"):
+        unused += [n for n in ("sasl_username", "sasl_password") if getattr(settings, n) is not None]
+    if protocol not in ("SSL", "SASL_SSL"):
+        unused += [n for n in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(settings, n) is not None]
+    return unused
+
+
 def make_consumer(settings: Settings) -> AIOKafkaConsumer:
     """A group consumer with manual offsets, starting from the earliest record it has no offset for."""
+    unused = unused_security_settings(settings)
+    if unused:
+        log.warning("security_settings_unused", security_protocol=settings.security_protocol, settings=unused)
     return AIOKafkaConsumer(
+        **security_kwargs(settings),
         bootstrap_servers=settings.bootstrap_servers,
         group_id=settings.group_id,
         client_id=settings.client_id,
@@ -38,6 +115,7 @@ def make_consumer(settings: Settings) -> AIOKafkaConsumer:
 def make_producer(settings: Settings) -> AIOKafkaProducer:
     """A producer that batches for throughput and waits for every replica's acknowledgement."""
     return AIOKafkaProducer(
+        **security_kwargs(settings),
         bootstrap_servers=settings.bootstrap_servers,
         client_id=settings.client_id,
         acks="all",
@@ -89,3 +167,17 @@ class RebalanceHooks(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         await self._on_assigned(assigned)
+
+
+def known_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+    """The consumer's position on ``tp`` if it already has one, without waiting (None otherwise).
+
+    ``AIOKafkaConsumer.position`` waits until the fetcher has resolved the position,
+    which can stall the run loop; this reads the same state without waiting.
+    """
+    try:
+        assignment = consumer._subscription.subscription.assignment  # noqa: SLF001 - no public non-blocking API
+        state = assignment.state_value(tp)
+        return int(state.position) if state is not None and state.has_valid_position else None
+    except AttributeError:
+        return None
