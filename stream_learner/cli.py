@@ -1,4 +1,4 @@
-"""The ``stream-learner`` command: ``run``, ``demo`` and ``checkpoint show``."""
+"""The ``stream-learner`` command: ``run``, ``demo``, ``produce`` and ``checkpoint show``."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stream-learner`` script."""
     args = list(sys.argv[1:] if argv is None else argv)
     command, rest = (args[0], args[1:]) if args else ("--help", [])
-    handlers = {"run": _run, "demo": _demo, "checkpoint": _checkpoint}
+    handlers = {"run": _run, "demo": _demo, "produce": _produce, "checkpoint": _checkpoint}
     if command not in handlers:
-        print("usage: stream-learner {run,demo,checkpoint} [options]   (each takes --help)", file=sys.stderr)
+        print("usage: stream-learner {run,demo,produce,checkpoint} [options]   (each takes --help)", file=sys.stderr)
         return 0 if command in ("-h", "--help") else EXIT_CONFIG
     try:
         return handlers[command](rest)
@@ -68,6 +68,35 @@ def _demo(args: list[str]) -> int:
     from .demo import run_demo
 
     return asyncio.run(run_demo(options))
+
+
+def _produce(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="stream-learner produce",
+        description="Send the demo's synthetic drifting stream to a running Kafka: events now, their labels later.",
+        epilog="Brokers, topics, INPUT_DIM and SASL/SSL settings not given as flags come from the "
+        "STREAM_LEARNER_* environment, as for `stream-learner run`.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--bootstrap-servers", default=None, help="default: STREAM_LEARNER_BOOTSTRAP_SERVERS or localhost:9092")
+    parser.add_argument("--events-topic", default=None, help="default: STREAM_LEARNER_EVENTS_TOPIC or events")
+    parser.add_argument("--labels-topic", default=None, help="default: STREAM_LEARNER_LABELS_TOPIC or labels")
+    parser.add_argument("--input-dim", type=int, default=None, help="features per event (default: STREAM_LEARNER_INPUT_DIM)")
+    parser.add_argument("--rate", type=float, default=400.0, help="events per second (default 400)")
+    parser.add_argument("--label-delay", type=float, default=2.0, help="seconds from an event to its label (default 2)")
+    parser.add_argument("--drift-after", type=float, default=120.0, help="seconds until the concept drifts; 0: never (default 120)")
+    parser.add_argument("--duration", type=float, default=0.0, help="seconds to run; 0: until SIGTERM/SIGINT (default 0)")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the stream (default 7)")
+    parser.add_argument("--report-every", type=float, default=10.0, help="seconds between progress lines (default 10)")
+    options = parser.parse_args(args)
+    if options.rate <= 0 or options.label_delay < 0 or options.report_every <= 0:
+        parser.error("--rate and --report-every must be positive, --label-delay not negative")
+    configure_logging("warning")
+    names = ("bootstrap_servers", "events_topic", "labels_topic", "input_dim")
+    settings = load_settings(**{n: getattr(options, n) for n in names if getattr(options, n) is not None})
+    from .demo import run_producer
+
+    return asyncio.run(run_producer(options, settings))
 
 
 def _checkpoint(args: list[str]) -> int:

@@ -1,7 +1,8 @@
 """``stream-learner demo``: an embedded broker, a drifting stream with delayed labels, and the service.
 
 Prints a progress line every few seconds; accuracy climbs from chance to above
-90%, dips when the concept drifts half-way, and recovers.
+90%, dips when the concept drifts half-way, and recovers. ``stream-learner produce``
+sends the same stream into a running cluster (the docker compose stack's producer).
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import signal
 import tempfile
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-from aiokafka import AIOKafkaProducer
-
 from .broker import EmbeddedBroker, ensure_topics
+from .client import EventProducer
 from .config import Settings
 from .service import Service
 from .synthetic import DriftingStream
@@ -57,29 +57,79 @@ async def run_demo(options: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass
+class ProducerProgress:
+    """What :func:`produce_stream` has sent so far."""
+
+    events: int = 0
+    labels: int = 0
+
+
+async def produce_stream(
+    producer: EventProducer,
+    stream: DriftingStream,
+    rate: float,
+    label_delay: float,
+    stop: asyncio.Event,
+    progress: ProducerProgress | None = None,
+) -> ProducerProgress:
+    """Send ``stream`` at ``rate`` events/s (``ts`` = send time), each label ``label_delay`` s after its event, until ``stop``.
+
+    Sends are not awaited one by one: a failed delivery surfaces as DeliveryError on a later send
+    or on the producer's flush. Labels still waiting when ``stop`` is set are not sent.
+    """
+    progress = progress or ProducerProgress()
+    labels: deque[tuple[float, list[str], list[int]]] = deque()
+    started = time.monotonic()
+    while not stop.is_set():
+        due = int((time.monotonic() - started) * rate) - progress.events
+        if due > 0:
+            batch = stream.batch(progress.events, due)
+            await producer.send_events(batch.ids, batch.features, ts=time.time())
+            labels.append((time.monotonic() + label_delay, batch.ids, batch.labels.tolist()))
+            progress.events += due
+        while labels and labels[0][0] <= time.monotonic():
+            _, ids, values = labels.popleft()
+            await producer.send_labels(ids, values)
+            progress.labels += len(ids)
+        await asyncio.sleep(TICK_S)
+    return progress
+
+
 async def _produce(bootstrap: str, stream: DriftingStream, rate: float, label_delay: float, stop: asyncio.Event) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        labels: deque[tuple[float, list[str], list[int]]] = deque()
-        sent, started = 0, time.monotonic()
-        while not stop.is_set():
-            due = int((time.monotonic() - started) * rate) - sent
-            if due > 0:
-                batch = stream.batch(sent, due)
-                now = time.time()
-                for event_id, features in zip(batch.ids, batch.features.tolist()):
-                    value = orjson.dumps({"id": event_id, "features": features, "ts": now})
-                    await producer.send("events", value, key=event_id.encode())
-                labels.append((time.monotonic() + label_delay, batch.ids, batch.labels.tolist()))
-                sent += due
-            while labels and labels[0][0] <= time.monotonic():
-                _, ids, values = labels.popleft()
-                for event_id, label in zip(ids, values):
-                    await producer.send("labels", orjson.dumps({"id": event_id, "label": label}), key=event_id.encode())
-            await asyncio.sleep(TICK_S)
-    finally:
-        await producer.stop()
+    async with EventProducer(bootstrap, input_dim=stream.input_dim, num_classes=2) as producer:
+        await produce_stream(producer, stream, rate, label_delay, stop)
+
+
+async def run_producer(options: argparse.Namespace, settings: Settings) -> int:
+    """``stream-learner produce``: the demo's drifting stream into a running cluster, until SIGTERM/SIGINT or ``duration``."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    drift_at = int(options.rate * options.drift_after) if options.drift_after > 0 else None
+    stream = DriftingStream(settings.input_dim, seed=options.seed, drift_at=drift_at)
+    progress = ProducerProgress()
+    drift = f"concept drift at event {drift_at}" if drift_at is not None else "no concept drift"
+    print(
+        f"producing {options.rate:g} events/s to {settings.events_topic!r} on {settings.bootstrap_servers}, "
+        f"labels {options.label_delay:g} s later to {settings.labels_topic!r}; {drift}",
+        flush=True,
+    )
+    async with EventProducer.from_settings(settings) as producer:
+        producing = asyncio.create_task(produce_stream(producer, stream, options.rate, options.label_delay, stop, progress))
+        started = time.monotonic()
+        deadline = started + options.duration if options.duration > 0 else float("inf")
+        while not producing.done():
+            await asyncio.wait({producing}, timeout=max(0.0, min(options.report_every, deadline - time.monotonic())))
+            if time.monotonic() >= deadline:
+                stop.set()
+                break
+            if not producing.done():
+                print(f"{time.monotonic() - started:6.0f}s  events {progress.events}  labels {progress.labels}", flush=True)
+        await producing
+    print(f"done: {progress.events} events, {progress.labels} labels sent and acknowledged", flush=True)
+    return 0
 
 
 async def _report(service: Service, options: argparse.Namespace, stop: asyncio.Event, serving: asyncio.Task[None]) -> None:

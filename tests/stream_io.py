@@ -1,33 +1,27 @@
-"""Producing contract records and reading predictions back, as a user's client would."""
+"""Producing contract records and reading predictions back, as a user's client would (stream_learner.client)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import defaultdict
 from typing import Any, Iterable
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from stream_learner.client import EventProducer, PredictionConsumer
 from stream_learner.synthetic import SyntheticBatch
 
 
 async def produce_events(producer: AIOKafkaProducer, topic: str, batch: SyntheticBatch, ts: float | None = None) -> None:
-    futures = []
-    for event_id, features in zip(batch.ids, batch.features.tolist()):
-        value: dict[str, Any] = {"id": event_id, "features": features}
-        if ts is not None:
-            value["ts"] = ts
-        futures.append(await producer.send(topic, orjson.dumps(value), key=event_id.encode()))
-    await asyncio.gather(*futures)
+    """Send ``batch`` as events and wait for every acknowledgement."""
+    events = EventProducer(producer=producer, events_topic=topic)
+    await (await events.send_events(batch.ids, batch.features, ts=ts))
 
 
 async def produce_labels(producer: AIOKafkaProducer, topic: str, ids: Iterable[str], labels: Iterable[int]) -> None:
-    futures = [
-        await producer.send(topic, orjson.dumps({"id": i, "label": int(y)}), key=i.encode()) for i, y in zip(ids, labels)
-    ]
-    await asyncio.gather(*futures)
+    """Send the labels and wait for every acknowledgement."""
+    sender = EventProducer(producer=producer, labels_topic=topic)
+    await (await sender.send_labels(list(ids), [int(y) for y in labels]))
 
 
 async def read_topic(bootstrap: str, topic: str, *, until_count: int, timeout: float) -> list[Any]:
@@ -49,10 +43,11 @@ async def read_topic(bootstrap: str, topic: str, *, until_count: int, timeout: f
 
 
 async def read_predictions(bootstrap: str, topic: str, *, expected: int, timeout: float) -> dict[str, list[dict[str, Any]]]:
-    """Predictions grouped by event id."""
+    """Predictions grouped by event id, as contract JSON objects (the consumer checks key == id)."""
     by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for record in await read_topic(bootstrap, topic, until_count=expected, timeout=timeout):
-        value = orjson.loads(record.value)
-        assert record.key == value["id"].encode(), "prediction key must be the event id"
-        by_id[value["id"]].append(value)
+    async with PredictionConsumer(bootstrap, topic=topic) as consumer:
+        read = await consumer.read(expected, timeout)
+        read += await consumer.getmany(timeout_s=0.2)  # and whatever follows at once: duplicates must show
+        for prediction in read:
+            by_id[prediction.id].append(prediction.to_dict())
     return by_id
