@@ -1,4 +1,4 @@
-"""The ``stream-learner`` command: ``run``, ``demo``, ``produce`` and ``checkpoint show``."""
+"""The ``stream-learner`` command: ``run``, ``demo``, ``produce``, ``export`` and ``checkpoint show``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -24,9 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stream-learner`` script."""
     args = list(sys.argv[1:] if argv is None else argv)
     command, rest = (args[0], args[1:]) if args else ("--help", [])
-    handlers = {"run": _run, "demo": _demo, "produce": _produce, "checkpoint": _checkpoint}
+    handlers = {"run": _run, "demo": _demo, "produce": _produce, "export": _export, "checkpoint": _checkpoint}
     if command not in handlers:
-        print("usage: stream-learner {run,demo,produce,checkpoint} [options]   (each takes --help)", file=sys.stderr)
+        print("usage: stream-learner {run,demo,produce,export,checkpoint} [options]   (each takes --help)", file=sys.stderr)
         return 0 if command in ("-h", "--help") else EXIT_CONFIG
     try:
         return handlers[command](rest)
@@ -97,6 +98,37 @@ def _produce(args: list[str]) -> int:
     from .demo import run_producer
 
     return asyncio.run(run_producer(options, settings))
+
+
+def _export(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="stream-learner export",
+        description="Export the latest checkpoint's model (standardizer included) as TorchScript or ONNX: "
+        "float32 features [batch, INPUT_DIM] in, the scores the service publishes out.",
+        epilog="Every other flag is a setting, as for `stream-learner run` (see its --help): the model settings "
+        "(INPUT_DIM, TASK, NUM_CLASSES, MODEL, HIDDEN_DIM) must be those the service ran with, and "
+        "CHECKPOINT_DIR says where the checkpoints are.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--format", choices=("torchscript", "onnx"), required=True, help="file format")
+    parser.add_argument("--out", type=Path, required=True, help="file to write")
+    parser.add_argument("--json", action="store_true", help="print what was exported as JSON")
+    options, rest = parser.parse_known_args(args)
+    settings = load_settings(rest, prog="stream-learner export")
+    configure_logging("warning")
+    from .export import export_model
+
+    info = export_model(settings, options.format, options.out)
+    if options.json:
+        sys.stdout.write(orjson.dumps(asdict(info), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        checked = "checked against the live model" if info.verified else "not checked (onnxruntime is not installed)"
+        print(
+            f"exported model version {info.model_version} (checkpoint {info.checkpoint_id}) to {info.path} "
+            f"as {info.format}: {info.input_name} [batch, {info.input_dim}] -> {info.output_name} "
+            f"[batch, {info.output_dim}]; {checked}"
+        )
+    return 0
 
 
 def _checkpoint(args: list[str]) -> int:

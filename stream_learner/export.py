@@ -1,0 +1,221 @@
+"""``stream-learner export``: the latest checkpoint's model as one TorchScript or ONNX file.
+
+The exported module maps float32 ``features [batch, input_dim]`` to ``scores
+[batch, output_dim]``, exactly what the service publishes: class probabilities
+(softmax) for classification, the raw output for regression. The online
+standardizer is folded in with the moments it had at the checkpoint, so the file
+needs nothing else: no stream_learner, no settings, no checkpoint.
+
+The export checks itself: the file is loaded back and must give the live model's
+scores on a random batch (ONNX when onnxruntime is installed).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointStore
+from .config import Settings
+from .errors import CheckpointError, CheckpointMismatchError, ConfigError
+from .model import StandardizedModel, Standardizer, build_model
+
+Format = Literal["torchscript", "onnx"]
+FORMATS: tuple[Format, ...] = ("torchscript", "onnx")
+INPUT_NAME, OUTPUT_NAME = "features", "scores"
+METADATA_FILE = "stream_learner.json"
+"""Name of the metadata entry in a TorchScript file's extra files."""
+CHECK_ATOL = 1e-5
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What was exported, also stored in the file (ONNX metadata, TorchScript extra file)."""
+
+    format: str
+    path: str
+    checkpoint: str
+    checkpoint_id: int
+    model_version: int
+    task: str
+    model: str
+    input_dim: int
+    output_dim: int
+    input_name: str = INPUT_NAME
+    output_name: str = OUTPUT_NAME
+    verified: bool = False
+    """Loaded back and compared with the live model (False: ONNX without onnxruntime)."""
+
+
+class FrozenStandardizer(nn.Module):
+    """A :class:`Standardizer`'s transform with its moments frozen as float32 constants."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, standardizer: Standardizer) -> None:
+        super().__init__()
+        with torch.no_grad():
+            # The same conversions as Standardizer.forward on float32 input, so outputs match bit for bit.
+            self.register_buffer("mean", standardizer.mean.detach().to(torch.float32).clone())
+            self.register_buffer("std", standardizer.std().detach().to(torch.float32).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / self.std).clamp(-10.0, 10.0)
+
+
+class ScoringModule(nn.Module):
+    """The model as the service scores with it: ``features -> scores`` (probabilities or regression output)."""
+
+    def __init__(self, model: nn.Module, task: str) -> None:
+        super().__init__()
+        if isinstance(model, StandardizedModel):
+            self.standardizer: nn.Module = FrozenStandardizer(model.standardizer)
+            self.net = model.net
+        else:
+            self.standardizer = nn.Identity()
+            self.net = model
+        self.classification = task == "classification"
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        out = self.net(self.standardizer(features)).float()
+        return torch.softmax(out, dim=1) if self.classification else out
+
+
+def load_latest_model(settings: Settings) -> tuple[nn.Module, dict[str, Any], Path]:
+    """The model built from ``settings`` with the weights of the newest checkpoint in ``settings.checkpoint_dir``.
+
+    Returns the model (CPU, eval mode), the checkpoint's state and its path. A checkpoint for
+    another task or shape is refused like ``run`` refuses it.
+    """
+    loaded = CheckpointStore(settings.checkpoint_dir, keep=settings.keep_checkpoints).load_latest()
+    if loaded is None:
+        raise CheckpointError(f"no checkpoint in {settings.checkpoint_dir} to export")
+    saved, wanted = loaded.state.get("model_spec", {}), model_spec(settings)
+    if saved != wanted:
+        diff = {k: (saved.get(k), wanted[k]) for k in wanted if saved.get(k) != wanted[k]}
+        raise CheckpointMismatchError(
+            f"the newest checkpoint does not fit the settings (checkpoint vs settings: {diff}); "
+            "export with the settings the service ran with"
+        )
+    model = build_model(settings)
+    try:
+        model.load_state_dict(loaded.state["trainer"]["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointMismatchError(f"the checkpoint's model state does not fit the model: {exc}") from exc
+    return model.eval(), loaded.state, loaded.path
+
+
+def model_spec(settings: Settings) -> dict[str, Any]:
+    """What a checkpoint's model must match (the keys of :func:`stream_learner.snapshot.model_spec`)."""
+    return {"task": settings.task, "input_dim": settings.input_dim, "output_dim": settings.output_dim, "model": settings.model}
+
+
+def export_model(settings: Settings, fmt: Format, out: Path) -> ExportInfo:
+    """Export the newest checkpoint's model to ``out`` as ``fmt``; verifies the file and returns what it holds."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"export format must be one of {FORMATS}, got {fmt!r}")
+    model, state, path = load_latest_model(settings)
+    module = ScoringModule(model, settings.task).eval()
+    info = ExportInfo(
+        format=fmt,
+        path=str(out),
+        checkpoint=str(path),
+        checkpoint_id=int(state["checkpoint_id"]),
+        model_version=int(state["trainer"]["counters"]["optimizer_steps"]),
+        task=settings.task,
+        model=settings.model,
+        input_dim=settings.input_dim,
+        output_dim=settings.output_dim,
+    )
+    example = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (3, settings.input_dim)).astype(np.float32))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "torchscript":
+        _export_torchscript(module, example, out, info)
+    else:
+        _export_onnx(module, example, out, info)
+    verified = _verify(module, fmt, out, settings.input_dim)
+    return ExportInfo(**{**asdict(info), "verified": verified})
+
+
+def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """A TorchScript export and its metadata (torch marks ``torch.jit`` deprecated; the warning is silenced here)."""
+    extra = {METADATA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return module, orjson.loads(extra[METADATA_FILE] or b"{}")
+
+
+def _export_torchscript(module: ScoringModule, example: torch.Tensor, out: Path, info: ExportInfo) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+        traced = torch.jit.trace(module, example, check_inputs=[(example[:1],), (torch.cat([example] * 3),)])
+        traced.save(str(out), _extra_files={METADATA_FILE: orjson.dumps(asdict(info))})
+
+
+def _export_onnx(module: ScoringModule, example: torch.Tensor, out: Path, info: ExportInfo) -> None:
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ConfigError("ONNX export needs the onnx and onnxscript packages: pip install 'stream-learner[export]'") from exc
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)  # "torchvision is not installed" notes and the like
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # torch.export's internal FutureWarnings
+            torch.onnx.export(
+                module,
+                (example,),
+                str(out),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    except ImportError as exc:
+        raise ConfigError(f"ONNX export needs onnxscript: pip install 'stream-learner[export]' ({exc})") from exc
+    finally:
+        onnx_logger.setLevel(level)
+    proto = onnx.load(str(out))
+    for key, value in asdict(info).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"stream_learner.{key}", str(value)
+    proto.producer_name = "stream_learner"
+    onnx.save(proto, str(out))
+
+
+def _verify(module: ScoringModule, fmt: Format, out: Path, input_dim: int) -> bool:
+    """Run the file on a batch the trace never saw and compare with the live module; raises on a mismatch."""
+    x = np.random.default_rng(1).normal(0, 3, (5, input_dim)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    if fmt == "torchscript":
+        loaded, _ = load_torchscript(out)
+        with torch.no_grad():
+            got = loaded(torch.from_numpy(x)).numpy()
+    else:
+        try:
+            import onnxruntime
+        except ImportError:
+            return False
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    if got.shape != expected.shape or not np.allclose(got, expected, atol=CHECK_ATOL, rtol=0):
+        raise ConfigError(
+            f"the exported {fmt} model does not reproduce the live model (largest difference "
+            f"{np.abs(got - expected).max() if got.shape == expected.shape else got.shape}); the model may hold "
+            "input-dependent control flow that tracing cannot capture"
+        )
+    return True
