@@ -1,0 +1,85 @@
+"""Instrumentation of an in-process :class:`~stream_learner.service.Service`, from outside it.
+
+Wraps the trainer's ``learn_many`` (it runs on the device thread) and the training queue's
+``add`` to measure examples trained per second and the lag from the moment a label meets
+its event (label arrival, when the event was already predicted) to the end of the
+optimizer step that uses it. Nothing in the service is changed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+
+class TrainingProbe:
+    """Steps and per-example join-to-step lags of one service."""
+
+    def __init__(self, service: Any) -> None:
+        self.steps: list[tuple[float, int]] = []
+        self.lags: list[float] = []
+        self._fifo: deque[list[float]] = deque()  # [joined_at, count] in queue order
+        self._keyed: dict[tuple[int, int], float] = {}
+        queue = getattr(service, "schedule", None) or getattr(service, "examples", None)
+        self._by_offset = hasattr(service, "schedule")
+        if queue is not None:
+            add = queue.add
+
+            def probed_add(examples: Any, now: float, *args: Any, **kwargs: Any) -> Any:
+                self._joined(examples, time.monotonic())
+                return add(examples, now, *args, **kwargs)
+
+            queue.add = probed_add
+        trainer = service.trainer
+        learn = trainer.learn_many
+
+        def probed_learn(examples: Any) -> Any:
+            loss = learn(examples)
+            self._stepped(examples, time.monotonic())
+            return loss
+
+        trainer.learn_many = probed_learn
+
+    def _joined(self, examples: Any, now: float) -> None:
+        n = len(examples)
+        if not n:
+            return
+        if self._by_offset and getattr(examples, "offsets", None) is not None:
+            for key in zip(examples.partitions.tolist(), examples.offsets.tolist()):
+                self._keyed[key] = now
+        else:
+            self._fifo.append([now, n])
+
+    def _stepped(self, examples: Any, now: float) -> None:
+        n = len(examples)
+        self.steps.append((now, n))
+        if self._by_offset and getattr(examples, "offsets", None) is not None:
+            for key in zip(examples.partitions.tolist(), examples.offsets.tolist()):
+                joined = self._keyed.pop(key, None)
+                if joined is not None:
+                    self.lags.append(now - joined)
+            return
+        while n and self._fifo:
+            head = self._fifo[0]
+            take = min(n, int(head[1]))
+            self.lags.extend([now - head[0]] * take)
+            head[1] -= take
+            n -= take
+            if not head[1]:
+                self._fifo.popleft()
+
+    def trained(self) -> int:
+        return sum(n for _, n in self.steps)
+
+    def examples_per_s(self) -> float:
+        """Examples trained per second between the first and the last step."""
+        if len(self.steps) < 2:
+            return float("nan")
+        span = self.steps[-1][0] - self.steps[0][0]
+        return sum(n for _, n in self.steps[1:]) / span if span > 0 else float("nan")
+
+    def lag_array(self) -> np.ndarray:
+        return np.asarray(self.lags, np.float64)

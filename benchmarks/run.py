@@ -1,0 +1,422 @@
+"""One command for every figure in ``docs/benchmarks.md``.
+
+    .venv/bin/python -m benchmarks.run            # full: about 10 minutes on 2 cores
+    .venv/bin/python -m benchmarks.run --quick    # smoke run: about 2 minutes
+
+Starts its own embedded broker (Tansu, in memory), pre-fills the topics, and runs, side by
+side in this one process:
+
+1. catch-up: the service (``stream_learner.service.Service``, in-process) over pre-filled
+   events and a label for every one of them, timed from its first prediction to its last
+   (Kafka timestamps of the prediction records), beside the bare pass-through
+   (``benchmarks.passthrough``) over the same events;
+2. latency: a producer in a child process paced at half the catch-up rate, event produced ->
+   prediction received, beside the pass-through at the same rate;
+3. training: examples trained per second in catch-up, and the lag from a label meeting its
+   event to the end of the optimizer step that uses it (in the paced run); the trainer alone;
+4. memory: bytes per pending join entry (features of dim 32).
+
+For each model (``linear``, ``mlp``) and micro-batch size (``MAX_BATCH_SIZE``: 1, 32, 256,
+1024; batch size 1 is what a per-record implementation does, so it runs over fewer events).
+Everything else is the service's default. Prints markdown tables; ``--json PATH`` also
+writes the raw figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+
+from stream_learner.broker import EmbeddedBroker, ensure_topics
+from stream_learner.config import Settings
+from stream_learner.join import Examples
+from stream_learner.model import build_model
+from stream_learner.service import Service
+from stream_learner.trainer import Trainer
+
+from .common import INPUT_DIM, PARTITIONS, make_stream, percentiles, prefill, read_timestamps
+from .memory import bytes_per_pending_entry
+from .passthrough import passthrough
+from .probe import TrainingProbe
+
+ROOT = Path(__file__).resolve().parent.parent
+DLQ = "bench.dlq"
+
+
+@dataclass(frozen=True)
+class Mode:
+    events: int
+    events_batch1: int
+    models: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    duration_s: float
+    warmup_s: float
+    passthrough_repeats: int
+    memory_entries: int
+    trainer_seconds: float = 2.0
+
+
+MODES = {
+    "full": Mode(200_000, 20_000, ("linear", "mlp"), (1, 32, 256, 1024), 10.0, 2.0, 2, 200_000),
+    "quick": Mode(40_000, 4_000, ("linear", "mlp"), (1, 256), 5.0, 1.5, 1, 200_000),
+    "smoke": Mode(2_000, 500, ("linear",), (256,), 1.5, 0.3, 1, 20_000, 0.3),
+}
+
+
+@dataclass
+class Row:
+    model: str
+    batch: int
+    events: int
+    catch_up: dict[str, Any] = field(default_factory=dict)
+    latency: dict[str, Any] = field(default_factory=dict)
+    passthrough_latency: dict[str, Any] = field(default_factory=dict)
+
+
+SHUTDOWN_ERRORS: list[str] = []
+
+
+async def _stop(service: Service, task: asyncio.Task[None]) -> None:
+    """Stop the service; a failure while shutting down (after the figures are taken) is noted, not fatal."""
+    service.stop()
+    try:
+        await task
+    except Exception as exc:  # noqa: BLE001 - reported under the table
+        SHUTDOWN_ERRORS.append(f"{type(exc).__name__}: {exc}")
+
+
+def _name(kind: str) -> str:
+    return f"bench.{kind}.{uuid.uuid4().hex[:8]}"
+
+
+def _settings(bootstrap: str, events: str, labels: str, outputs: str, model: str, batch: int, checkpoints: Path) -> Settings:
+    group = _name("group")
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        bootstrap_servers=bootstrap,
+        events_topic=events,
+        labels_topic=labels,
+        predictions_topic=outputs,
+        dead_letter_topic=DLQ,
+        group_id=group,
+        client_id=group,
+        input_dim=INPUT_DIM,
+        model=model,
+        max_batch_size=batch,
+        checkpoint_dir=checkpoints,
+        metrics_port=0,
+        log_level="warning",
+    )
+
+
+async def _window(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
+    """Rate from the first to the last output record's Kafka timestamp, and a completeness check."""
+    stamps, keys = await read_timestamps(bootstrap, topic, expected)
+    span = (stamps.max() - stamps.min()) / 1000 if stamps.size else math.nan
+    return {"outputs": int(stamps.size), "distinct_keys": keys, "seconds": span, "rate": expected / span if span else math.nan}
+
+
+async def _wait_assigned(service: Service, task: asyncio.Task[None], partitions: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if task.done():
+            task.result()
+        consumer = getattr(service, "_consumer", None)
+        if consumer is not None and len(consumer.assignment()) >= partitions:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the service was not assigned its partitions")
+
+
+async def service_catch_up(bootstrap: str, events: str, labels: str, n: int, model: str, batch: int, tmp: Path) -> dict[str, Any]:
+    outputs = _name("predictions")
+    await ensure_topics(bootstrap, {outputs: PARTITIONS})
+    service = Service(_settings(bootstrap, events, labels, outputs, model, batch, tmp / uuid.uuid4().hex))
+    probe = TrainingProbe(service)
+    task = asyncio.create_task(service.run())
+    deadline = time.monotonic() + max(120.0, n / 200)
+    predicted_at = None
+    try:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if task.done():
+                task.result()
+                raise RuntimeError("the service stopped by itself")
+            if predicted_at is None and service.counters["events_predicted"] >= n:
+                predicted_at = time.monotonic()
+            if predicted_at is not None and (
+                service.trainer.counters.examples_trained >= n or time.monotonic() - predicted_at > 30
+            ):
+                break
+        else:
+            raise TimeoutError(f"catch-up of {n} events did not finish: {service.stats()}")
+    finally:
+        await _stop(service, task)
+    window = await _window(bootstrap, outputs, n)
+    stats = service.stats()
+    return {
+        **window,
+        "trained": stats["examples_trained"],
+        "joined": stats["labels_joined"],
+        "train_rate": probe.examples_per_s(),
+        "accuracy": stats.get("prequential_accuracy"),
+    }
+
+
+async def passthrough_catch_up(bootstrap: str, events: str, n: int, tmp: Path) -> dict[str, Any]:
+    outputs = _name("passthrough")
+    await ensure_topics(bootstrap, {outputs: PARTITIONS})
+    await passthrough(_settings(bootstrap, events, events, outputs, "linear", 1, tmp), expected=n)
+    return await _window(bootstrap, outputs, n)
+
+
+async def _loadgen(bootstrap: str, events: str, labels: str, outputs: str, rate: float, mode: Mode) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.loadgen",
+        "--bootstrap", bootstrap, "--events", events, "--labels", labels, "--outputs", outputs,
+        "--rate", f"{rate:.1f}", "--duration", str(mode.duration_s), "--warmup", str(mode.warmup_s),
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"loadgen failed with exit code {proc.returncode}")
+    return orjson.loads(out.strip().splitlines()[-1])
+
+
+async def _fresh_topics(bootstrap: str) -> tuple[str, str, str]:
+    events, labels, outputs = _name("live-events"), _name("live-labels"), _name("live-outputs")
+    await ensure_topics(bootstrap, {events: PARTITIONS, labels: PARTITIONS, outputs: PARTITIONS})
+    return events, labels, outputs
+
+
+async def service_latency(bootstrap: str, model: str, batch: int, rate: float, mode: Mode, tmp: Path) -> dict[str, Any]:
+    events, labels, outputs = await _fresh_topics(bootstrap)
+    service = Service(_settings(bootstrap, events, labels, outputs, model, batch, tmp / uuid.uuid4().hex))
+    probe = TrainingProbe(service)
+    task = asyncio.create_task(service.run())
+    try:
+        await _wait_assigned(service, task, 2 * PARTITIONS)
+        await asyncio.sleep(0.5)
+        result = await _loadgen(bootstrap, events, labels, outputs, rate, mode)
+    finally:
+        await _stop(service, task)
+    lags = percentiles(probe.lag_array())
+    return {**result, "train_lag": lags, "trained": service.trainer.counters.examples_trained}
+
+
+async def passthrough_latency(bootstrap: str, rate: float, mode: Mode, tmp: Path) -> dict[str, Any]:
+    events, labels, outputs = await _fresh_topics(bootstrap)
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    task = asyncio.create_task(
+        passthrough(_settings(bootstrap, events, labels, outputs, "linear", 1, tmp), stop=stop, ready=ready, idle_timeout_s=math.inf)
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        await asyncio.sleep(0.5)
+        return await _loadgen(bootstrap, events, labels, outputs, rate, mode)
+    finally:
+        stop.set()
+        await task
+
+
+def trainer_alone(model: str, seconds: float = 2.0) -> float:
+    """Examples per second of ``Trainer.learn_many`` on steps of TRAIN_BATCH_SIZE, nothing else running."""
+    settings = Settings(_env_file=None, input_dim=INPUT_DIM, model=model)  # type: ignore[call-arg]
+    trainer = Trainer(build_model(settings), settings, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    k = settings.train_batch_size
+    steps = [
+        Examples(rng.normal(size=(k, INPUT_DIM)).astype(np.float32), rng.integers(0, 2, k).astype(np.float64), np.full((k, 2), 0.5, np.float32))
+        for _ in range(64)
+    ]
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for examples in steps:
+            trainer.learn_many(examples)
+        done += len(steps) * k
+    return done / (time.perf_counter() - started)
+
+
+def _fmt(x: Any, digits: int = 0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def render(rows: list[Row], passthrough_rates: dict[int, list[float]], memory: dict[int, float], alone: dict[str, float], settings: Settings) -> str:
+    delay = settings.max_batch_delay_ms
+    out = ["### Catch-up throughput (events/s, first prediction to last)", ""]
+    out += ["| model | MAX_BATCH_SIZE | events | service | pass-through | ratio | labels trained | target ≥ 0.8× |", "|---|---:|---:|---:|---:|---:|---:|:-:|"]
+    for r in rows:
+        pt = float(np.mean(passthrough_rates[r.events]))
+        c = r.catch_up
+        ratio = c["rate"] / pt
+        out.append(
+            f"| {r.model} | {r.batch} | {r.events:,} | {_fmt(c['rate'])} | {_fmt(pt)} | {ratio:.2f}× | "
+            f"{c['trained']:,} / {r.events:,} | {'yes' if ratio >= 0.8 and c['trained'] >= r.events else 'no'} |"
+        )
+    out += ["", f"### Latency at half the catch-up rate (ms, event produced → prediction received; MAX_BATCH_DELAY_MS = {delay:g})", ""]
+    out += [
+        "| model | MAX_BATCH_SIZE | rate (ev/s) | service p50 | p99 | max | pass-through p50 | p99 | max | p99 above pass-through | target ≤ " + f"{delay + 20:g} ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+    ]
+    for r in rows:
+        s, p = r.latency, r.passthrough_latency
+        if not s:
+            continue
+        gap = s["p99"] - p["p99"]
+        lost = "" if s["received"] >= s["produced"] else f" ({s['produced'] - s['received']} not received)"
+        out.append(
+            f"| {r.model} | {r.batch} | {_fmt(s['rate'])} | {_fmt(s['p50'], 1)} | {_fmt(s['p99'], 1)} | {_fmt(s['max'], 1)} | "
+            f"{_fmt(p['p50'], 1)} | {_fmt(p['p99'], 1)} | {_fmt(p['max'], 1)} | {_fmt(gap, 1)}{lost} | {'yes' if gap <= delay + 20 else 'no'} |"
+        )
+    out += ["", "### Training", ""]
+    out += [
+        "| model | MAX_BATCH_SIZE | examples/s in catch-up | label → step lag p50 (ms, paced) | p99 | max | prequential accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lag = r.latency.get("train_lag", {})
+        acc = r.catch_up.get("accuracy")
+        out.append(
+            f"| {r.model} | {r.batch} | {_fmt(r.catch_up['train_rate'])} | {_fmt(lag.get('p50'), 1)} | {_fmt(lag.get('p99'), 1)} | "
+            f"{_fmt(lag.get('max'), 1)} | {'-' if acc is None else f'{acc:.1%}'} |"
+        )
+    out += [""] + [f"Trainer alone (`learn_many`, steps of {settings.train_batch_size}, CPU): {m} {_fmt(v)} examples/s" + "  " for m, v in alone.items()]
+    out += ["", "### Memory per pending join entry (dim 32, 2 classes, ids like `e-123456`, tracemalloc)", ""]
+    out += ["| pending events | bytes / entry | target ≤ 4 × 32 + 64 = 192 |", "|---:|---:|:-:|"]
+    for n, b in memory.items():
+        out.append(f"| {n:,} | {b:.1f} | {'yes' if b <= 4 * INPUT_DIM + 64 else 'no'} |")
+    if SHUTDOWN_ERRORS:
+        out += ["", f"Note: the service failed while shutting down (after its figures were taken) {len(SHUTDOWN_ERRORS)} time(s): {SHUTDOWN_ERRORS[0]}"]
+    return "\n".join(out)
+
+
+async def run(mode: Mode, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    settings = Settings(_env_file=None, input_dim=INPUT_DIM)  # type: ignore[call-arg]
+    rows = [
+        Row(m, b, mode.events_batch1 if b == 1 else mode.events) for m in mode.models for b in mode.batch_sizes
+    ]
+    sizes = sorted({r.events for r in rows})
+    passthrough_rates: dict[int, list[float]] = {n: [] for n in sizes}
+    log = _progress(args.quiet)
+    with tempfile.TemporaryDirectory(prefix="stream-learner-bench-") as tmpdir, EmbeddedBroker() as broker:
+        tmp = Path(tmpdir)
+        bootstrap = broker.bootstrap_servers
+        log(f"embedded broker on {bootstrap}")
+        await ensure_topics(bootstrap, {DLQ: 1})
+        topics: dict[int, tuple[str, str]] = {}
+        for n in sizes:
+            stream = make_stream(n)
+            events, labels = _name(f"events-{n}"), _name(f"labels-{n}")
+            await ensure_topics(bootstrap, {events: PARTITIONS, labels: PARTITIONS})
+            await prefill(bootstrap, stream, events, labels)
+            topics[n] = (events, labels)
+            log(f"pre-filled {n:,} events ({stream.mean_event_bytes():.0f} bytes each) and their labels")
+
+        async def passthrough_round() -> None:
+            for n in sizes:
+                result = await passthrough_catch_up(bootstrap, topics[n][0], n, tmp)
+                passthrough_rates[n].append(result["rate"])
+                log(f"pass-through catch-up {n:,}: {result['rate']:,.0f} events/s")
+
+        await passthrough_round()
+        for row in rows:
+            events, labels = topics[row.events]
+            row.catch_up = await service_catch_up(bootstrap, events, labels, row.events, row.model, row.batch, tmp)
+            log(f"service catch-up {row.model} batch {row.batch}: {row.catch_up['rate']:,.0f} events/s, trained {row.catch_up['trained']:,}")
+        for _ in range(mode.passthrough_repeats - 1):
+            await passthrough_round()
+        if not args.skip_latency:
+            for row in rows:
+                rate = 0.5 * row.catch_up["rate"]
+                row.latency = await service_latency(bootstrap, row.model, row.batch, rate, mode, tmp)
+                row.passthrough_latency = await passthrough_latency(bootstrap, rate, mode, tmp)
+                log(f"latency {row.model} batch {row.batch} at {rate:,.0f}/s: p99 {row.latency['p99']:.1f} ms vs pass-through {row.passthrough_latency['p99']:.1f} ms")
+    alone = {m: trainer_alone(m, mode.trainer_seconds) for m in mode.models}
+    memory = {mode.memory_entries: bytes_per_pending_entry(mode.memory_entries)}
+    table = render(rows, passthrough_rates, memory, alone, settings)
+    raw = {
+        "machine": machine(),
+        "mode": vars(mode),
+        "rows": [vars(r) for r in rows],
+        "passthrough": {str(k): v for k, v in passthrough_rates.items()},
+        "trainer_alone": alone,
+        "memory": {str(k): v for k, v in memory.items()},
+    }
+    return table, raw
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, CPU only" + (
+        "" if not torch.cuda.is_available() else f", CUDA: {torch.cuda.get_device_name()}"
+    )
+
+
+def _progress(quiet: bool):  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def _quiet_logs() -> None:
+    from stream_learner.logs import configure_logging
+
+    configure_logging("error")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_const", const="quick", dest="mode", help="smaller run (about 2 minutes)")
+    parser.add_argument("--smoke", action="store_const", const="smoke", dest="mode", help="tiny run for the test suite")
+    parser.add_argument("--models", help="comma-separated, e.g. linear,mlp")
+    parser.add_argument("--batch-sizes", help="comma-separated MAX_BATCH_SIZE values, e.g. 1,32,256,1024")
+    parser.add_argument("--events", type=int, help="events pre-filled for batch sizes > 1")
+    parser.add_argument("--skip-latency", action="store_true", help="catch-up, training and memory only")
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    mode = MODES[args.mode or "full"]
+    overrides: dict[str, Any] = {}
+    if args.models:
+        overrides["models"] = tuple(args.models.split(","))
+    if args.batch_sizes:
+        overrides["batch_sizes"] = tuple(int(b) for b in args.batch_sizes.split(","))
+    if args.events:
+        overrides["events"] = args.events
+    mode = Mode(**{**vars(mode), **overrides})
+    _quiet_logs()
+    started = time.monotonic()
+    table, raw = asyncio.run(run(mode, args))
+    print(f"Machine: {raw['machine']}. Mode: {args.mode or 'full'}; {time.monotonic() - started:.0f} s.\n")
+    print(table)
+    if args.json:
+        args.json.write_bytes(orjson.dumps(raw, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
