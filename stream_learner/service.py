@@ -28,11 +28,12 @@ from .device import DeviceThread
 from .errors import DeliveryError
 from .evaluation import PrequentialMetrics
 from .join import Examples, JoinBuffer
-from .kafka import RebalanceHooks, dead_letter_headers, make_consumer, make_producer, to_raw
+from .kafka import RebalanceHooks, dead_letter_headers, known_position, make_consumer, make_producer, to_raw
 from .model import build_model, resolve_device
 from .records import EventBatch, Predictions, RawRecord, Rejected
 from .snapshot import restore_state, snapshot_state
-from .trainer import ExampleQueue, Trainer
+from .schedule import TrainingSchedule
+from .trainer import Trainer
 
 log = structlog.get_logger(__name__)
 CHECKPOINT_RETRY_S = 5.0
@@ -48,7 +49,7 @@ class Service:
         default_label = s.default_label if s.missing_label_policy == "default" else None
         self.join = JoinBuffer(s.input_dim, s.output_dim, s.max_pending, s.label_ttl_s, default_label=default_label)
         self.batcher = MicroBatcher(s.max_batch_size, s.max_batch_delay_ms / 1000)
-        self.examples = ExampleQueue(s.input_dim, s.output_dim, s.train_batch_size, s.max_batch_delay_ms / 1000)
+        self.schedule = TrainingSchedule(s.train_batch_size, s.max_batch_delay_ms / 1000)
         self.metrics = PrequentialMetrics(s.task, s.metrics_window)
         self.store = CheckpointStore(s.checkpoint_dir, s.keep_checkpoints)
         self.counters: Counter[str] = Counter()
@@ -100,9 +101,10 @@ class Service:
             for tp, records in fetched.items():
                 if tp in assigned and records:
                     await self._ingest(tp, [to_raw(r) for r in records])
+            self._learn_start_positions()
             await self._predict(self.batcher.take_due(time.monotonic()))
             await self._expire()
-            await self._train(self.examples.take_due(time.monotonic()))
+            await self._train_due()
             self._check_deliveries()
             if self._dirty and time.monotonic() >= self._next_checkpoint:
                 await self.checkpoint("interval")
@@ -119,7 +121,8 @@ class Service:
         else:
             labels, rejected = decode_labels(records, s.task, s.num_classes)
             self.counters["labels_consumed"] += len(records)
-            self._learn_from(self.join.add_labels(labels.ids, labels.labels, time.time()))
+            joined = self.join.add_labels(labels.ids, labels.labels, time.time(), tp.partition, labels.offsets)
+            self._learn_from(joined)
         await self._dead_letter(rejected)
         self.offsets[tp] = records[-1].offset + 1
         self._dirty = True
@@ -136,7 +139,7 @@ class Service:
             self._learn_from(self.join.add_predictions(events.ids, events.features, scores, time.time()))
             # Test-then-train per batch: in catch-up, the next batch is predicted by weights
             # that already learned from the labels joined so far.
-            await self._train(self.examples.take_due(time.monotonic()))
+            await self._train_due()
 
     def _predict_on_device(self, features: Any) -> tuple[Any, int]:
         return self.trainer.predict_many(features), self.trainer.model_version
@@ -144,7 +147,36 @@ class Service:
     def _learn_from(self, examples: Examples) -> None:
         """Score the predictions made before these labels were known, then queue them for training."""
         self.metrics.update(examples.scores, examples.labels)
-        self.examples.add(examples, time.monotonic())
+        self.schedule.add(examples, time.monotonic())
+
+    async def _train_due(self) -> None:
+        await self._train(self.schedule.take_due(time.monotonic(), self._caught_up, self.join.lowest_waiting_label))
+
+    def _caught_up(self, labels_partition: int) -> bool:
+        """Nothing left to read on this labels partition nor on any events partition."""
+        assert self._consumer is not None
+        s = self.settings
+        return all(
+            self._read_to_end(tp)
+            for tp in self._consumer.assignment()
+            if tp.topic == s.events_topic or tp == TopicPartition(s.labels_topic, labels_partition)
+        )
+
+    def _read_to_end(self, tp: TopicPartition) -> bool:
+        assert self._consumer is not None
+        high = self._consumer.highwater(tp)
+        return high is not None and tp in self.offsets and self.offsets[tp] >= high
+
+    def _learn_start_positions(self) -> None:
+        """Record where reading starts on assigned partitions that have given no record yet.
+
+        Nothing below that position is unaccounted for, so it is a valid next offset for the checkpoint.
+        """
+        assert self._consumer is not None
+        for tp in self._consumer.assignment() - self.offsets.keys():
+            position = known_position(self._consumer, tp)
+            if position is not None:
+                self.offsets[tp] = position
 
     async def _train(self, batches: list[Examples]) -> None:
         for examples in batches:
@@ -244,9 +276,11 @@ class Service:
 
     async def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assert self._consumer is not None
+        assigned = list(assigned)
         for tp in assigned:
             if tp in self.offsets:
                 self._consumer.seek(tp, self.offsets[tp])
+        self.schedule.set_partitions(tp.partition for tp in assigned if tp.topic == self.settings.labels_topic)
         log.info("partitions_assigned", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
     async def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
@@ -263,7 +297,7 @@ class Service:
             if not self._failed:
                 async with self._lock:
                     await self._predict(self.batcher.take_all())
-                    await self._train(self.examples.take_all())
+                    await self._train(self.schedule.take_all())
                     await self.checkpoint("shutdown")
         except BaseException:
             self._failed = True
@@ -299,6 +333,7 @@ class Service:
             "model_version": self.trainer.model_version,
             "pending_events": self.join.pending_events,
             "early_labels": self.join.early_labels,
+            "queued_examples": len(self.schedule),
             "dead_lettered": self.counters["dead_lettered"],
             "skipped_steps": t.skipped_steps,
             "lag": self.lag(),

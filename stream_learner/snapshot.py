@@ -31,7 +31,7 @@ def snapshot_state(service: "Service") -> dict[str, Any]:
         "model_spec": model_spec(service),
         "trainer": service.trainer.state_dict(),
         "join": service.join.state_dict(),
-        "examples": service.examples.state_dict(),
+        "schedule": service.schedule.state_dict(),
         "metrics": service.metrics.state_dict(),
         "counters": dict(service.counters),
         "summary": service.stats(),
@@ -53,7 +53,7 @@ def restore_state(service: "Service", state: dict[str, Any]) -> None:
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointMismatchError(f"the checkpoint's model state does not fit the model: {exc}") from exc
     service.join.load_state_dict(state["join"])
-    service.examples.load_state_dict(state["examples"])
+    service.schedule.load_state_dict(state["schedule"])
     service.metrics.load_state_dict(state["metrics"])
     service.counters.clear()
     service.counters.update(state["counters"])

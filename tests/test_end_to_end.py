@@ -61,6 +61,7 @@ async def test_predicts_every_event_once_learns_and_resumes_from_checkpoint(
     stream = DriftingStream(INPUT_DIM, seed=11)
 
     service = start_service()
+    service.wait_for_log("partitions_assigned")
     await produce_stream(bootstrap, topics, stream, 0, first)
     predictions = await read_predictions(bootstrap, topics.predictions, expected=first, timeout=90)
     assert len(predictions) == first and all(len(p) == 1 for p in predictions.values())
@@ -85,6 +86,7 @@ async def test_predicts_every_event_once_learns_and_resumes_from_checkpoint(
         assert key in shown
 
     service = start_service()
+    service.wait_for_log("partitions_assigned")
     await produce_stream(bootstrap, topics, stream, first, second)
     predictions = await read_predictions(bootstrap, topics.predictions, expected=first + second, timeout=90)
     assert len(predictions) == first + second
