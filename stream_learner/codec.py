@@ -7,6 +7,7 @@ around it is decoded as usual.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Sequence
 
@@ -25,7 +26,30 @@ def decode_events(records: Sequence[RawRecord], input_dim: int, now: float) -> t
     ts: list[float] = []
     keep: list[RawRecord] = []
     rejected: list[Rejected] = []
+    loads, nan = orjson.loads, math.nan
     for record in records:
+        # The common case inline: a JSON object with a non-empty string id, a list of the
+        # right length and no ts or a float/int one. Anything else takes the checks below,
+        # which name the reason.
+        value = record.value
+        try:
+            obj = loads(value) if value is not None else None
+        except orjson.JSONDecodeError:
+            obj = None
+        if type(obj) is dict:
+            event_id, features, t = obj.get("id"), obj.get("features"), obj.get("ts")
+            if (
+                type(event_id) is str
+                and event_id
+                and type(features) is list
+                and len(features) == input_dim
+                and (t is None or type(t) is float and t - t == 0.0)
+            ):
+                ids.append(event_id)
+                rows.append(features)
+                ts.append(nan if t is None else t)
+                keep.append(record)
+                continue
         obj, problem = _load_object(record)
         if problem is None:
             problem = _check_event(obj, input_dim)
@@ -36,7 +60,7 @@ def decode_events(records: Sequence[RawRecord], input_dim: int, now: float) -> t
         rows.append(obj["features"])
         ts.append(_event_time(obj.get("ts")))
         keep.append(record)
-    features, bad_rows = _feature_matrix(rows, input_dim)
+    features, bad_rows = _feature_matrix(rows, input_dim, keep)
     if bad_rows:
         rejected.extend(Rejected(keep[i], reason, detail) for i, (reason, detail) in bad_rows.items())
         good = [i for i in range(len(ids)) if i not in bad_rows]
@@ -53,7 +77,27 @@ def decode_labels(
     labels: list[float] = []
     offsets: list[int] = []
     rejected: list[Rejected] = []
+    loads = orjson.loads
+    classification = task == "classification"
     for record in records:
+        # The common case inline: a non-empty string id and an int class in range (or, for
+        # regression, a float or int); anything else takes the checks that name the reason.
+        value = record.value
+        try:
+            obj = loads(value) if value is not None else None
+        except orjson.JSONDecodeError:
+            obj = None
+        if type(obj) is dict:
+            event_id, label = obj.get("id"), obj.get("label")
+            if type(event_id) is str and event_id and (
+                (type(label) is int and 0 <= label < num_classes)
+                if classification
+                else (type(label) is float and label - label == 0.0)
+            ):
+                ids.append(event_id)
+                labels.append(float(label))
+                offsets.append(record.offset)
+                continue
         obj, problem = _load_object(record)
         if problem is None:
             problem = _check_id(obj) or _check_label(obj, task, num_classes)
@@ -117,7 +161,7 @@ def _check_event(obj: dict[str, Any], input_dim: int) -> tuple[str, str] | None:
     if len(features) != input_dim:
         return "wrong_feature_length", f"'features' has {len(features)} values, expected {input_dim}"
     ts = obj.get("ts")
-    if ts is not None and (not isinstance(ts, _NUMBER) or isinstance(ts, bool) or not math.isfinite(ts)):
+    if ts is not None and (not isinstance(ts, _NUMBER) or isinstance(ts, bool) or not _finite(ts)):
         return "bad_ts", "'ts' must be a finite number of epoch seconds"
     return None
 
@@ -126,7 +170,7 @@ def _check_label(obj: dict[str, Any], task: str, num_classes: int) -> tuple[str,
     if "label" not in obj:
         return "missing_label", "the object has no 'label'"
     label = obj["label"]
-    if not isinstance(label, _NUMBER) or isinstance(label, bool) or not math.isfinite(label):
+    if not isinstance(label, _NUMBER) or isinstance(label, bool) or not _finite(label):
         return "bad_label", "'label' must be a finite number"
     if task == "classification":
         if label != int(label):
@@ -136,14 +180,39 @@ def _check_label(obj: dict[str, Any], task: str, num_classes: int) -> tuple[str,
     return None
 
 
+def _finite(x: int | float) -> bool:
+    """Whether ``x`` is a finite float64 (an int too large for one is not; math.isfinite would raise)."""
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
+
+
 def _event_time(ts: Any) -> float:
     return float(ts) if ts is not None else math.nan
 
 
-def _feature_matrix(rows: list[list[Any]], input_dim: int) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
-    """Stack rows into float32 ``[n, input_dim]``; rows that are not all finite numbers are named."""
+def _feature_matrix(
+    rows: list[list[Any]], input_dim: int, records: Sequence[RawRecord] = ()
+) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+    """Stack rows into float32 ``[n, input_dim]``; rows that are not all finite numbers are named.
+
+    Fast path: numpy infers the type of the whole batch in one pass. A string, ``null``,
+    object or nested array anywhere makes it something other than a number array; only
+    booleans slip through as numbers, so the path is taken only when no record's JSON has a
+    ``true`` or ``false`` in it (``records``, when given, are the rows' records).
+    """
     if not rows:
         return np.zeros((0, input_dim), np.float32), {}
+    if records and not _may_hold_booleans(records):
+        try:
+            inferred = np.array(rows)
+        except (ValueError, TypeError, OverflowError):
+            inferred = None
+        if inferred is not None and inferred.dtype.kind in "fiu" and inferred.shape == (len(rows), input_dim):
+            with np.errstate(over="ignore"):
+                matrix = inferred.astype(np.float32)
+            return matrix, _non_finite_rows(matrix)
     try:
         with np.errstate(over="ignore"):
             matrix = np.asarray(rows, dtype=np.float32)
@@ -151,9 +220,19 @@ def _feature_matrix(rows: list[list[Any]], input_dim: int) -> tuple[np.ndarray, 
             raise ValueError("ragged or non-numeric")
     except (ValueError, TypeError, OverflowError):
         return _feature_matrix_row_by_row(rows, input_dim)
+    return matrix, _non_finite_rows(matrix)
+
+
+def _may_hold_booleans(records: Sequence[RawRecord]) -> bool:
+    joined = b"\n".join([r.value for r in records if r.value is not None])
+    return b"true" in joined or b"false" in joined
+
+
+def _non_finite_rows(matrix: np.ndarray) -> dict[int, tuple[str, str]]:
     finite = np.isfinite(matrix).all(axis=1)
-    bad = {int(i): _NON_FINITE for i in np.flatnonzero(~finite)}
-    return matrix, bad
+    if finite.all():
+        return {}
+    return {int(i): _NON_FINITE for i in np.flatnonzero(~finite)}
 
 
 _NON_FINITE = ("non_finite_features", "'features' holds a value that is not a finite float32")
@@ -161,7 +240,10 @@ _NON_FINITE = ("non_finite_features", "'features' holds a value that is not a fi
 
 def _has_non_numbers(rows: list[list[Any]]) -> bool:
     # numpy turns booleans and numeric strings into numbers; the contract does not.
-    return any(type(v) not in (int, float) for row in rows for v in row)
+    return not set(map(type, itertools.chain.from_iterable(rows))) <= _NUMBER_TYPES
+
+
+_NUMBER_TYPES = {int, float}
 
 
 def _feature_matrix_row_by_row(rows: list[list[Any]], input_dim: int) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
