@@ -25,7 +25,10 @@ class TrainingProbe:
         self._keyed: dict[tuple[int, int], float] = {}
         queue = getattr(service, "schedule", None) or getattr(service, "examples", None)
         self._by_offset = hasattr(service, "schedule")
-        if queue is not None:
+        self._stacked: dict[int, list[float]] = {}
+        if self._by_offset:
+            self._wrap_schedule_stack()
+        if queue is not None and not self._by_offset:
             add = queue.add
 
             def probed_add(examples: Any, now: float, *args: Any, **kwargs: Any) -> Any:
@@ -43,6 +46,32 @@ class TrainingProbe:
 
         trainer.learn_many = probed_learn
 
+    def _wrap_schedule_stack(self) -> None:
+        """The schedule orders steps by label offset and stacks queued items that know when they
+        were joined (``joined_at``, monotonic); remember those per step, by the step's identity."""
+        try:
+            from stream_learner import schedule
+        except ImportError:
+            return
+        stack = getattr(schedule, "_stack", None)
+        if stack is None:
+            return
+
+        def probed_stack(items: Any) -> Any:
+            step = stack(items)
+            self._stacked[id(step)] = [getattr(i, "joined_at", float("nan")) for i in items]
+            return step
+
+        schedule._stack = probed_stack
+        self._restore = lambda: setattr(schedule, "_stack", stack)
+
+    def close(self) -> None:
+        """Undo the module-level wrapping (the trainer and queue wrappers die with the service)."""
+        restore = getattr(self, "_restore", None)
+        if restore is not None:
+            restore()
+            self._restore = None
+
     def _joined(self, examples: Any, now: float) -> None:
         n = len(examples)
         if not n:
@@ -56,6 +85,10 @@ class TrainingProbe:
     def _stepped(self, examples: Any, now: float) -> None:
         n = len(examples)
         self.steps.append((now, n))
+        joined_at = self._stacked.pop(id(examples), None)
+        if joined_at is not None:
+            self.lags.extend(now - t for t in joined_at)
+            return
         if self._by_offset and getattr(examples, "offsets", None) is not None:
             for key in zip(examples.partitions.tolist(), examples.offsets.tolist()):
                 joined = self._keyed.pop(key, None)

@@ -167,6 +167,7 @@ async def service_catch_up(bootstrap: str, events: str, labels: str, n: int, mod
             raise TimeoutError(f"catch-up of {n} events did not finish: {service.stats()}")
     finally:
         await _stop(service, task)
+        probe.close()
     window = await _window(bootstrap, outputs, n)
     stats = service.stats()
     return {
@@ -217,6 +218,7 @@ async def service_latency(bootstrap: str, model: str, batch: int, rate: float, m
         result = await _loadgen(bootstrap, events, labels, outputs, rate, mode)
     finally:
         await _stop(service, task)
+        probe.close()
     lags = percentiles(probe.lag_array())
     return {**result, "train_lag": lags, "trained": service.trainer.counters.examples_trained}
 
