@@ -6,7 +6,9 @@ Guarantees:
 - Memory is bounded: at most ``max_pending`` waiting events and at most
   ``max_pending`` early labels; beyond that the oldest is evicted first (counted),
   and anything older than ``ttl_s`` expires (counted).
-- Features are kept in preallocated float32 arrays, never as Python lists.
+- Pending events cost no Python object each: features, scores, arrival times and ids
+  live in numpy arrays with a numpy hash table from id to row (about
+  ``4 * input_dim + 64`` bytes per pending event; see ``_PendingEvents``).
 - Every joined example carries its label's position (partition, offset), so the
   trainer can order steps by the data rather than by arrival timing; the lowest
   offset still waiting for its event is known per partition.
@@ -14,10 +16,11 @@ Guarantees:
 
 from __future__ import annotations
 
+import hashlib
+import heapq
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-
-import heapq
 
 import numpy as np
 import torch
@@ -67,38 +70,47 @@ class JoinBuffer:
         self.max_pending, self.ttl_s = max_pending, ttl_s
         self.default_label = default_label
         self.counters = JoinCounters()
-        self._slot_of: OrderedDict[str, int] = OrderedDict()
+        self._pending = _PendingEvents(input_dim, output_dim)
         self._early: OrderedDict[str, tuple[float, float, int, int]] = OrderedDict()
         self._early_heaps: dict[int, list[tuple[int, str]]] = {}
         self._joined: OrderedDict[str, float] = OrderedDict()
-        self._features = np.zeros((0, input_dim), np.float32)
-        self._scores = np.zeros((0, output_dim), np.float32)
-        self._arrived = np.zeros(0, np.float64)
-        self._free: list[int] = []
-        self._unlabeled: list[int] = []
+        self._unlabeled: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        """Events dropped without a label (features, scores, arrived), kept for take_unlabeled."""
 
     @property
     def pending_events(self) -> int:
         """Predicted events waiting for a label."""
-        return len(self._slot_of)
+        return self._pending.live
 
     @property
     def early_labels(self) -> int:
         """Labels waiting for their event."""
         return len(self._early)
 
+    @property
+    def _features(self) -> np.ndarray:
+        """The float32 rows the pending events' features are stored in."""
+        return self._pending.features
+
     def add_predictions(self, ids: list[str], features: np.ndarray, scores: np.ndarray, now: float) -> Examples:
         """Store predicted events; those whose label came early are joined and returned."""
         matched: list[int] = []
         early_rows: list[tuple[float, float, int, int]] = []
-        for row, event_id in enumerate(ids):
-            early = self._early.pop(event_id, None)
-            if early is not None:
-                matched.append(row)
-                early_rows.append(early)
-                self._remember_joined(event_id, now)
-                continue
-            self._store(event_id, features[row], scores[row], now)
+        if self._early:
+            pop = self._early.pop
+            for row, event_id in enumerate(ids):
+                early = pop(event_id, None)
+                if early is not None:
+                    matched.append(row)
+                    early_rows.append(early)
+                    self._remember_joined(event_id, now)
+        if matched:
+            keep = np.ones(len(ids), bool)
+            keep[matched] = False
+            rows = np.flatnonzero(keep)
+            self._store([ids[i] for i in rows.tolist()], features[rows], scores[rows], now)
+        else:
+            self._store(ids, features, scores, now)
         self.counters.labels_joined += len(matched)
         found = np.asarray(early_rows, np.float64).reshape(-1, 4)
         return Examples(
@@ -110,23 +122,31 @@ class JoinBuffer:
     ) -> Examples:
         """Join labels (read from ``partition`` at ``offsets``) to waiting events; the rest wait or are duplicates."""
         offsets = np.arange(len(ids), dtype=np.int64) if offsets is None else offsets
-        slots: list[int] = []
-        rows: list[int] = []
-        for row, event_id in enumerate(ids):
-            slot = self._slot_of.pop(event_id, None)
-            if slot is not None:
-                slots.append(slot)
-                rows.append(row)
-                self._remember_joined(event_id, now)
-            elif event_id in self._joined or event_id in self._early:
-                self.counters.labels_duplicate += 1
-            else:
-                self._store_early(event_id, float(labels[row]), now, partition, int(offsets[row]))
+        pending = self._pending
+        positions = pending.find(*pending.keys_of(ids)) if len(ids) else np.zeros(0, np.int64)
+        hit_rows = np.flatnonzero(positions >= 0)
+        if hit_rows.size:
+            # A second label for the same waiting event in this batch is a duplicate of the first.
+            _, first = np.unique(positions[hit_rows], return_index=True)
+            if len(first) < len(hit_rows):
+                self.counters.labels_duplicate += len(hit_rows) - len(first)
+                hit_rows = hit_rows[np.sort(first)]
+        slots = positions[hit_rows]
         joined = Examples(
-            self._features[slots], labels[rows], self._scores[slots], np.full(len(rows), partition, np.int64), offsets[rows]
+            pending.features[slots], labels[hit_rows], pending.scores[slots], np.full(len(hit_rows), partition, np.int64), offsets[hit_rows]
         )
-        self._free.extend(slots)
-        self.counters.labels_joined += len(rows)
+        pending.remove(slots)
+        for row in hit_rows.tolist():
+            self._remember_joined(ids[row], now)
+        if len(hit_rows) < len(ids):
+            missed = np.flatnonzero(positions < 0).tolist()
+            for row in missed:
+                event_id = ids[row]
+                if event_id in self._joined or event_id in self._early:
+                    self.counters.labels_duplicate += 1
+                else:
+                    self._store_early(event_id, float(labels[row]), now, partition, int(offsets[row]))
+        self.counters.labels_joined += len(hit_rows)
         return joined
 
     def lowest_waiting_label(self, partition: int) -> tuple[int, float] | None:
@@ -143,9 +163,10 @@ class JoinBuffer:
     def expire(self, now: float) -> None:
         """Drop events, early labels and remembered ids older than ``ttl_s``."""
         horizon = now - self.ttl_s
-        while self._slot_of and self._arrived[next(iter(self._slot_of.values()))] < horizon:
-            self._drop_oldest_event()
-            self.counters.events_expired += 1
+        expired = self._pending.oldest(self._pending.live, horizon)
+        if len(expired):
+            self._drop_events(expired)
+            self.counters.events_expired += len(expired)
         while self._early and next(iter(self._early.values()))[1] < horizon:
             self._early.popitem(last=False)
             self.counters.labels_expired += 1
@@ -154,29 +175,68 @@ class JoinBuffer:
 
     def take_unlabeled(self) -> Examples:
         """Events dropped without a label, labelled ``default_label`` (missing-label policy "default")."""
-        slots, self._unlabeled = self._unlabeled, []
+        parts, self._unlabeled = self._unlabeled, []
+        features = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, self.input_dim), np.float32)
+        scores = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, self.output_dim), np.float32)
+        n = len(features)
         examples = Examples(
-            self._features[slots],
-            np.full(len(slots), self.default_label or 0.0),
-            self._scores[slots],
-            np.full(len(slots), UNLABELED_PARTITION, np.int64),
-            np.arange(self.counters.events_defaulted, self.counters.events_defaulted + len(slots), dtype=np.int64),
+            features,
+            np.full(n, self.default_label or 0.0),
+            scores,
+            np.full(n, UNLABELED_PARTITION, np.int64),
+            np.arange(self.counters.events_defaulted, self.counters.events_defaulted + n, dtype=np.int64),
         )
-        self._free.extend(slots)
-        self.counters.events_defaulted += len(slots)
+        self.counters.events_defaulted += n
         return examples
 
-    def _store(self, event_id: str, features: np.ndarray, scores: np.ndarray, now: float) -> None:
-        slot = self._slot_of.pop(event_id, None)
-        if slot is not None:
-            self.counters.events_duplicate += 1
-        else:
-            if len(self._slot_of) >= self.max_pending:
-                self._drop_oldest_event()
-                self.counters.events_evicted += 1
-            slot = self._allocate()
-        self._slot_of[event_id] = slot
-        self._features[slot], self._scores[slot], self._arrived[slot] = features, scores, now
+    def _store(self, ids: list[str], features: np.ndarray, scores: np.ndarray, now: float) -> None:
+        """Store predicted events, newest last; a repeated id replaces its waiting event (counted)."""
+        if not ids:
+            return
+        pending = self._pending
+        words, lengths, hashes = pending.keys_of(ids)
+        waiting = pending.find(words, lengths, hashes)
+        replaced = np.unique(waiting[waiting >= 0])
+        if len(replaced):
+            pending.remove(replaced)
+        kept = len(ids)
+        _, last_from_end = np.unique(hashes[::-1], return_index=True)
+        if len(last_from_end) < len(ids):
+            rows = np.sort(len(ids) - 1 - last_from_end)  # the last of each repeated id in this batch
+            rows = self._distinct_keys(words, lengths, hashes, rows)
+            kept = len(rows)
+            words, lengths, hashes, features, scores = words[rows], lengths[rows], hashes[rows], features[rows], scores[rows]
+        # As one at a time: each id already waiting, and each repeat in this batch, replaces its event.
+        self.counters.events_duplicate += len(ids) - kept + len(replaced)
+        pending.append(words, lengths, hashes, features, scores, now)
+        over = pending.live - self.max_pending
+        if over > 0:
+            self._drop_events(pending.oldest(over))
+            self.counters.events_evicted += over
+
+    @staticmethod
+    def _distinct_keys(words: np.ndarray, lengths: np.ndarray, hashes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``rows`` (the last row of each distinct hash) plus rows whose key differs from every kept
+        row with the same hash: a true 64-bit collision keeps both ids."""
+        keep = set(rows.tolist())
+        kept_by_hash = {int(hashes[r]): r for r in rows.tolist()}
+        for r in range(len(hashes)):
+            if r in keep:
+                continue
+            k = kept_by_hash[int(hashes[r])]
+            if lengths[r] != lengths[k] or (words[r] != words[k]).any():
+                later = [q for q in range(r + 1, len(hashes)) if lengths[q] == lengths[r] and (words[q] == words[r]).all()]
+                if not later:
+                    keep.add(r)
+        return np.asarray(sorted(keep), np.int64)
+
+    def _drop_events(self, positions: np.ndarray) -> None:
+        pending = self._pending
+        if self.default_label is not None:
+            self._unlabeled.append(
+                (pending.features[positions], pending.scores[positions], pending.arrived[positions])
+            )
+        pending.remove(positions)
 
     def _store_early(self, event_id: str, label: float, now: float, partition: int, offset: int) -> None:
         if len(self._early) >= self.max_pending:
@@ -201,37 +261,23 @@ class JoinBuffer:
         if len(self._joined) > self.max_pending:
             self._joined.popitem(last=False)
 
-    def _drop_oldest_event(self) -> None:
-        _, slot = self._slot_of.popitem(last=False)
-        if self.default_label is not None:
-            self._unlabeled.append(slot)
-        else:
-            self._free.append(slot)
-
-    def _allocate(self) -> int:
-        if not self._free:
-            self._grow()
-        return self._free.pop()
-
-    def _grow(self) -> None:
-        old = len(self._arrived)
-        new = min(max(1024, old * 2), self.max_pending + 1 + len(self._unlabeled))
-        new = max(new, old + 1)
-        self._features = _resized(self._features, new)
-        self._scores = _resized(self._scores, new)
-        self._arrived = _resized(self._arrived, new)
-        self._free.extend(range(new - 1, old - 1, -1))
-
     def state_dict(self) -> dict[str, object]:
-        """Everything waiting, oldest first, as tensors and lists (loadable with ``weights_only=True``)."""
-        slots = list(self._slot_of.values()) + self._unlabeled
+        """Everything waiting, oldest first, as tensors and lists (loadable with ``weights_only=True``).
+
+        Pending events' ids are their keys: ``event_keys`` (uint8 ``[n, width]``, UTF-8 bytes
+        zero-padded, or a digest) and ``event_key_lengths`` (the byte length; 65535 for a digest).
+        """
+        pending = self._pending
+        order = pending.order()
+        parts = [(pending.features[order], pending.scores[order], pending.arrived[order]), *self._unlabeled]
         early = list(self._early.items())
         return {
-            "event_ids": list(self._slot_of.keys()),
-            "unlabeled": len(self._unlabeled),
-            "features": torch.from_numpy(self._features[slots].copy()),
-            "scores": torch.from_numpy(self._scores[slots].copy()),
-            "arrived": torch.from_numpy(self._arrived[slots].copy()),
+            "event_keys": torch.from_numpy(np.ascontiguousarray(pending.words[order]).view(np.uint8).reshape(len(order), pending.width).copy()),
+            "event_key_lengths": torch.from_numpy(pending.lengths[order].astype(np.int32)),
+            "unlabeled": sum(len(p[0]) for p in self._unlabeled),
+            "features": torch.from_numpy(np.concatenate([p[0] for p in parts])),
+            "scores": torch.from_numpy(np.concatenate([p[1] for p in parts])),
+            "arrived": torch.from_numpy(np.concatenate([p[2] for p in parts])),
             "early_ids": [k for k, _ in early],
             "early": torch.tensor([v for _, v in early], dtype=torch.float64).reshape(-1, 4),
             "joined_ids": list(self._joined.keys()),
@@ -240,17 +286,22 @@ class JoinBuffer:
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        """Replace the contents with a :meth:`state_dict`."""
-        ids: list[str] = state["event_ids"]  # type: ignore[assignment]
+        """Replace the contents with a :meth:`state_dict` (also one that lists ``event_ids`` as strings)."""
         unlabeled: int = state["unlabeled"]  # type: ignore[assignment]
         features = state["features"].numpy()  # type: ignore[attr-defined]
         scores = state["scores"].numpy()  # type: ignore[attr-defined]
         arrived = state["arrived"].numpy()  # type: ignore[attr-defined]
-        n = len(ids) + unlabeled
-        self._features, self._scores, self._arrived = features.copy(), scores.copy(), arrived.copy()
-        self._free = []
-        self._slot_of = OrderedDict(zip(ids, range(len(ids))))
-        self._unlabeled = list(range(len(ids), n))
+        if "event_keys" in state:
+            keys = state["event_keys"].numpy()  # type: ignore[attr-defined]
+            lengths = state["event_key_lengths"].numpy().astype(np.uint16)  # type: ignore[attr-defined]
+        else:
+            keys, lengths = _encode_ids(state["event_ids"])  # type: ignore[arg-type]
+        n = len(lengths)
+        width = 8 if n == 0 or not (keys[:, 8:].any() or (lengths > 8).any()) else _MAX_WIDTH
+        words = np.ascontiguousarray(keys.reshape(n, keys.shape[-1] if keys.ndim == 2 else 0)[:, :width]).view(np.uint64).reshape(n, width // 8)
+        self._pending = _PendingEvents(self.input_dim, self.output_dim)
+        self._pending.load(words, lengths, features[:n], scores[:n], arrived[:n])
+        self._unlabeled = [(features[n:].copy(), scores[n:].copy(), arrived[n:].copy())] if unlabeled else []
         early = state["early"].tolist()  # type: ignore[attr-defined]
         self._early = OrderedDict(
             (k, (v[0], v[1], int(v[2]), int(v[3]))) for k, v in zip(state["early_ids"], early)  # type: ignore[call-overload]
@@ -260,7 +311,228 @@ class JoinBuffer:
         self.counters = JoinCounters(**state["counters"])  # type: ignore[arg-type]
 
 
-def _resized(array: np.ndarray, rows: int) -> np.ndarray:
-    out = np.zeros((rows, *array.shape[1:]), array.dtype)
-    out[: len(array)] = array
-    return out
+# --- Pending events: a compact, vectorized store ----------------------------------------
+#
+# Per pending event the buffer keeps its features, scores and arrival time in a ring of
+# numpy arrays (insertion order; a joined event leaves a hole that the ring skips), its id
+# as 8 or 16 raw bytes (a longer id as a 16-byte BLAKE2b digest) with its length, and one
+# int32 cell in an open-addressing hash table from id to ring position. No Python object
+# per event: about 4 * input_dim + 4 * output_dim + 18..26 bytes plus table and growth slack.
+
+_LONG = 0xFFFF
+"""Key length that marks a digested id (longer than the widest raw key)."""
+_MAX_WIDTH = 16
+_EMPTY = -1
+_MIX = np.uint64(0xD6E8FEB86659FD93)
+_WORD_MULT = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F], dtype=np.uint64)
+
+
+def _encode_ids(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(keys uint8 [n, 16], lengths uint16 [n])``: UTF-8 bytes zero-padded, or a digest past 16 bytes."""
+    encoded = [i.encode("utf-8", "surrogatepass") for i in ids]
+    lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+    long = lengths > _MAX_WIDTH
+    if long.any():
+        for row in np.flatnonzero(long).tolist():
+            encoded[row] = hashlib.blake2b(encoded[row], digest_size=_MAX_WIDTH).digest()
+        lengths[long] = _LONG
+    keys = np.zeros((len(encoded), _MAX_WIDTH), np.uint8)
+    if encoded:
+        packed = np.array(encoded, dtype=f"S{_MAX_WIDTH}")
+        keys[:] = packed.view(np.uint8).reshape(len(encoded), _MAX_WIDTH)
+    return keys, lengths.astype(np.uint16)
+
+
+def _hash(words: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """64-bit hash of keys (``uint64 [n, w]``); zero words add nothing, so widening keeps hashes."""
+    h = lengths.astype(np.uint64) * _MIX
+    for j in range(words.shape[1]):
+        h ^= words[:, j] * _WORD_MULT[j]
+    h ^= h >> np.uint64(31)
+    h *= _MIX
+    h ^= h >> np.uint64(29)
+    return h
+
+
+class _PendingEvents:
+    """Predicted events waiting for labels: ring of arrays + id hash table (see above)."""
+
+    def __init__(self, input_dim: int, output_dim: int) -> None:
+        self.input_dim, self.output_dim = input_dim, output_dim
+        self.width = 8
+        self._allocate(0)
+        self._table = np.full(1024, _EMPTY, np.int32)
+        self._used = 0
+
+    def _allocate(self, cap: int) -> None:
+        self.features = np.zeros((cap, self.input_dim), np.float32)
+        self.scores = np.zeros((cap, self.output_dim), np.float32)
+        self.arrived = np.zeros(cap, np.float64)
+        self.words = np.zeros((cap, self.width // 8), np.uint64)
+        self.lengths = np.zeros(cap, np.uint16)
+        self.head = self.span = self.live = 0
+
+    @property
+    def cap(self) -> int:
+        return len(self.arrived)
+
+    # ids -> keys --------------------------------------------------------------------------
+    def keys_of(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(words uint64 [n, width/8], lengths, hashes)`` for ``ids``; widens the store if needed."""
+        keys, lengths = _encode_ids(ids)
+        if len(ids) and self.width < _MAX_WIDTH and (keys[:, 8:].any() or (lengths > 8).any()):
+            self._widen()
+        words = np.ascontiguousarray(keys[:, : self.width]).view(np.uint64)
+        return words, lengths, _hash(words, lengths)
+
+    def _widen(self) -> None:
+        wider = np.zeros((self.cap, _MAX_WIDTH // 8), np.uint64)
+        wider[:, : self.words.shape[1]] = self.words
+        self.words, self.width = wider, _MAX_WIDTH
+
+    # lookups --------------------------------------------------------------------------------
+    def find(self, words: np.ndarray, lengths: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+        """Ring position of each key, -1 where it is not pending."""
+        n = len(lengths)
+        found = np.full(n, -1, np.int64)
+        if not self.live or not n:
+            return found
+        mask = len(self._table) - 1
+        pos = (hashes & np.uint64(mask)).astype(np.int64)
+        active = np.arange(n)
+        while active.size:
+            cell = self._table[pos[active]].astype(np.int64)
+            empty = cell < 0
+            at = np.where(empty, 0, cell)
+            match = ~empty & (self.lengths[at] == lengths[active]) & (self.words[at] == words[active]).all(axis=1)
+            found[active[match]] = at[match]
+            active = active[~empty & ~match]
+            pos[active] = (pos[active] + 1) & mask
+        return found
+
+    def _insert(self, hashes: np.ndarray, positions: np.ndarray) -> None:
+        """Table cells for keys known to be absent and distinct, stored at ring ``positions``."""
+        mask = len(self._table) - 1
+        pos = (hashes & np.uint64(mask)).astype(np.int64)
+        active = np.arange(len(positions))
+        while active.size:
+            p = pos[active]
+            cell = self._table[p].astype(np.int64)
+            # A cell is free when empty, or stale: pointing at a position now dead.
+            free = (cell < 0) | (self.lengths[np.where(cell < 0, 0, cell)] == 0)
+            cells, first = np.unique(p[free], return_index=True)
+            winners = active[free][first]
+            self._used += int((self._table[cells] < 0).sum())
+            self._table[cells] = positions[winners]
+            placed = np.zeros(len(positions), bool)
+            placed[winners] = True
+            active = active[~placed[active]]
+            pos[active] = (pos[active] + 1) & mask
+
+    def _rebuild_table(self) -> None:
+        size = 1024
+        while size * 0.55 < self.live:
+            size *= 2
+        self._table = np.full(size, _EMPTY, np.int32)
+        self._used = 0
+        order = self.order()
+        if len(order):
+            self._insert(_hash(self.words[order], self.lengths[order]), order)
+
+    # ring -------------------------------------------------------------------------------------
+    def _positions(self, start: int, count: int) -> np.ndarray:
+        return (self.head + start + np.arange(count)) % max(self.cap, 1)
+
+    def order(self) -> np.ndarray:
+        """Ring positions of the pending events, oldest first."""
+        positions = self._positions(0, self.span)
+        return positions[self.lengths[positions] != 0]
+
+    def _relayout(self, cap: int) -> None:
+        """Move the pending events, in order, to the front of arrays of ``cap`` rows."""
+        order = self.order()
+        old = (self.features[order], self.scores[order], self.arrived[order], self.words[order], self.lengths[order])
+        self._allocate(cap)
+        n = len(order)
+        self.features[:n], self.scores[:n], self.arrived[:n], self.words[:n], self.lengths[:n] = old
+        self.span = self.live = n
+        self._rebuild_table()
+
+    def _extend(self, cap: int) -> None:
+        """Grow to ``cap`` rows keeping every position (the ring must not wrap)."""
+        n = self.cap
+        for name in ("features", "scores", "arrived", "words", "lengths"):
+            old = getattr(self, name)
+            new = np.zeros((cap, *old.shape[1:]), old.dtype)
+            new[:n] = old
+            setattr(self, name, new)
+
+    def _make_room(self, count: int) -> None:
+        while self.span and self.lengths[self.head] == 0:
+            self._skip_dead_head()
+        if self.span + count <= self.cap:
+            return
+        if self.live + count <= self.cap - self.cap // 8:
+            self._relayout(self.cap)  # holes are worth compacting
+            return
+        cap = max(self.live + count, self.cap + self.cap // 8, 1024)
+        if self.head + self.span <= self.cap:
+            self._extend(cap)
+        else:
+            self._relayout(cap)
+
+    def _skip_dead_head(self) -> None:
+        chunk = self._positions(0, min(self.span, 4096))
+        alive = np.flatnonzero(self.lengths[chunk] != 0)
+        skip = int(alive[0]) if alive.size else len(chunk)
+        self.head = (self.head + skip) % self.cap
+        self.span -= skip
+
+    def append(self, words: np.ndarray, lengths: np.ndarray, hashes: np.ndarray, features: np.ndarray, scores: np.ndarray, now: float) -> None:
+        """Store new pending events (keys absent and distinct), newest last."""
+        n = len(lengths)
+        if not n:
+            return
+        self._make_room(n)
+        positions = self._positions(self.span, n)
+        self.features[positions], self.scores[positions], self.arrived[positions] = features, scores, now
+        self.words[positions], self.lengths[positions] = words, lengths
+        self.span += n
+        self.live += n
+        if (self._used + n) > 0.65 * len(self._table):
+            self._rebuild_table()
+        else:
+            self._insert(hashes, positions)
+
+    def remove(self, positions: np.ndarray) -> None:
+        """Forget the events at ``positions`` (their table cells go stale)."""
+        self.lengths[positions] = 0
+        self.live -= len(positions)
+
+    def oldest(self, count: int, horizon: float = math.inf) -> np.ndarray:
+        """Positions of the oldest ``count`` pending events that arrived before ``horizon``, in order,
+        stopping at the first that did not (insertion order decides, as for an ordered dict)."""
+        taken: list[np.ndarray] = []
+        need, start = count, 0
+        while need and start < self.span:
+            chunk = self._positions(start, min(self.span - start, max(need, 1024)))
+            alive = chunk[self.lengths[chunk] != 0]
+            if math.isfinite(horizon):
+                young = np.flatnonzero(self.arrived[alive] >= horizon)
+                if young.size:
+                    taken.append(alive[: min(int(young[0]), need)])
+                    break
+            taken.append(alive[:need])
+            need -= len(taken[-1])
+            start += len(chunk)
+        return np.concatenate(taken) if taken else np.zeros(0, np.int64)
+
+    def load(self, words: np.ndarray, lengths: np.ndarray, features: np.ndarray, scores: np.ndarray, arrived: np.ndarray) -> None:
+        n = len(lengths)
+        if words.shape[1] * 8 > self.width:
+            self.width = words.shape[1] * 8
+        self._allocate(max(n, 1024))
+        self.features[:n], self.scores[:n], self.arrived[:n] = features, scores, arrived
+        self.words[:n, : words.shape[1]], self.lengths[:n] = words, lengths
+        self.span = self.live = n
+        self._rebuild_table()
