@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 import torch
@@ -67,10 +67,11 @@ class CheckpointStore:
         paths = self.paths()
         return int(_NAME.match(paths[0].name).group(1)) + 1 if paths else 1  # type: ignore[union-attr]
 
-    def write(self, state: dict[str, Any]) -> Path:
+    def write(self, state: dict[str, Any], *, before_rename: Callable[[], None] | None = None) -> Path:
         """Write ``state`` as the newest checkpoint, durably; returns its path.
 
         Adds ``checkpoint_id``, ``created_at`` and ``format_version`` to ``state``.
+        ``before_rename`` runs when the temp file is written but not yet in place (a test hook).
         """
         self.directory.mkdir(parents=True, exist_ok=True)
         checkpoint_id = self.next_id()
@@ -82,6 +83,8 @@ class CheckpointStore:
                 torch.save(state, tmp)
                 tmp.flush()
                 os.fsync(tmp.fileno())
+            if before_rename is not None:
+                before_rename()
             os.replace(tmp_name, final)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)

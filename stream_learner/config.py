@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     """...or this long after its first event arrived, whichever comes first."""
     train_batch_size: int = Field(default=32, gt=0)
     """Joined examples per optimizer step (a smaller step runs when they wait longer than the batch delay)."""
+    session_timeout_ms: int = Field(default=10_000, gt=0)
+    """Consumer group session timeout: how soon the group notices a dead instance."""
     fetch_max_records: int = Field(default=2048, gt=0)
     """Most records taken from the consumer per poll."""
 
@@ -136,6 +138,9 @@ class Settings(BaseSettings):
     """Seconds between progress log lines."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level."""
+    crash_at: str | None = None
+    """Test hook: STEP:N makes the process exit abruptly (as kill -9 would) at checkpoint step STEP
+    (drained, snapshot, written_temp, written, committed) of its Nth checkpoint since the process started."""
 
     @model_validator(mode="after")
     def _check_model_name(self) -> "Settings":

@@ -1,16 +1,17 @@
 """Training schedule: which joined examples form each optimizer step, and in what order.
 
-The order depends on the data, not on timing, whenever the service is catching up:
+While the service is catching up, the order depends on the data, not on timing:
 - each step takes ``batch_size`` examples of one labels partition, lowest label
   offsets first, and never passes a label of that partition still waiting for
-  its event (for at most ``hold_s``);
-- partitions take turns in a fixed round-robin order (partition number), and the
-  turn waits for a partition whose labels are still being read.
+  its event (for at most ``hold_s`` of this process's time);
+- partitions take turns in a fixed round-robin order (partition number); the turn
+  waits for a partition that may still get examples (labels left to read, or a
+  label waiting for its event) and passes one that cannot.
 
 So a replay from a checkpoint over the same records makes the same steps as an
-uninterrupted run. A partition that is caught up (nothing left to read) does not
-hold the others back: its remainder trains once it has waited ``max_wait_s``,
-which is where live traffic makes steps depend on timing.
+uninterrupted run. Once everything is read (live traffic), a partition's
+remainder trains once it has waited ``max_wait_s`` (the turn waits at most that
+long), and step composition follows timing.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 
 from .join import UNLABELED_PARTITION, Examples
 
-CaughtUp = Callable[[int], bool]
+ReadToEnd = Callable[[int], bool]
 LowestWaiting = Callable[[int], "tuple[int, float] | None"]
 
 
@@ -48,6 +49,7 @@ class TrainingSchedule:
         self._queues: dict[int, list[_Queued]] = {UNLABELED_PARTITION: []}
         self._turn = UNLABELED_PARTITION
         self._seq = itertools.count()
+        self._blocked_since: dict[int, tuple[int, float]] = {}
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._queues.values())
@@ -66,8 +68,13 @@ class TrainingSchedule:
             item = _Queued(offset, next(self._seq), now, examples.features[i], float(examples.labels[i]), examples.scores[i])
             heapq.heappush(self._queues.setdefault(p, []), item)
 
-    def take_due(self, now: float, caught_up: CaughtUp, lowest_waiting: LowestWaiting) -> list[Examples]:
-        """The steps due now, in turn order; stops at a partition whose next step is still being read."""
+    def take_due(self, now: float, everything_read: bool, read_to_end: ReadToEnd, lowest_waiting: LowestWaiting) -> list[Examples]:
+        """The steps due now, in turn order; stops at a partition that may still complete its next step.
+
+        ``everything_read``: no assigned partition of either topic has records left to read.
+        ``read_to_end(p)``: labels partition ``p`` has no records left to read.
+        ``lowest_waiting(p)``: the lowest offset of ``p`` whose label waits for its event, if any.
+        """
         steps: list[Examples] = []
         order = sorted(self._queues)
         start = order.index(self._turn) if self._turn in order else 0
@@ -75,7 +82,7 @@ class TrainingSchedule:
         for p in itertools.islice(itertools.cycle(order), start, None):
             if idle == len(order):
                 break
-            step, wait = self._next_step(p, now, caught_up(p), lowest_waiting(p))
+            step, wait = self._next_step(p, now, everything_read, read_to_end(p), lowest_waiting(p))
             if wait:
                 self._turn = p
                 return steps
@@ -91,27 +98,44 @@ class TrainingSchedule:
         """Everything queued, in turn order, ignoring waits (for a clean shutdown)."""
         steps: list[Examples] = []
         while len(self):
-            steps.extend(self.take_due(math.inf, lambda p: True, lambda p: None))
+            steps.extend(self.take_due(math.inf, True, lambda p: True, lambda p: None))
         return steps
 
     def _next_step(
-        self, p: int, now: float, caught_up: bool, waiting: tuple[int, float] | None
+        self, p: int, now: float, everything_read: bool, read_to_end: bool, waiting: tuple[int, float] | None
     ) -> tuple[Examples | None, bool]:
         """(step or None, whether the turn must wait for partition ``p``)."""
         queue = self._queues[p]
-        if p == UNLABELED_PARTITION:
-            caught_up, waiting = True, None
-        if caught_up or (waiting is not None and now - waiting[1] > self.hold_s):
-            waiting = None
-        limit = waiting[0] if waiting is not None else math.inf
+        if p == UNLABELED_PARTITION or everything_read:
+            return self._live_step(queue, now)
+        limit = self._hold_limit(p, now, waiting)
         head = _pop_below(queue, limit, self.batch_size)
         if len(head) == self.batch_size:
             return _stack(head), False
-        if caught_up and head and now - min(i.joined_at for i in queue + head) >= self.max_wait_s:
+        for item in head:
+            heapq.heappush(queue, item)
+        may_grow = not read_to_end or limit != math.inf
+        return None, may_grow
+
+    def _live_step(self, queue: list[_Queued], now: float) -> tuple[Examples | None, bool]:
+        """A full step, or the remainder once it has waited ``max_wait_s`` (the turn waits for it)."""
+        head = _pop_below(queue, math.inf, self.batch_size)
+        if len(head) == self.batch_size or (head and now - min(i.joined_at for i in head) >= self.max_wait_s):
             return _stack(head), False
         for item in head:
             heapq.heappush(queue, item)
-        return None, not caught_up
+        return None, bool(head)
+
+    def _hold_limit(self, p: int, now: float, waiting: tuple[int, float] | None) -> float:
+        """The offset steps of ``p`` may not pass: its lowest waiting label, until held for ``hold_s``."""
+        if waiting is None:
+            self._blocked_since.pop(p, None)
+            return math.inf
+        offset = waiting[0]
+        blocked = self._blocked_since.get(p)
+        if blocked is None or blocked[0] != offset:
+            self._blocked_since[p] = blocked = (offset, now)
+        return math.inf if now - blocked[1] > self.hold_s else float(offset)
 
     def state_dict(self) -> dict[str, object]:
         """Queued examples per partition, in offset order, and whose turn it is."""

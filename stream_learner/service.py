@@ -13,6 +13,7 @@ state runs under one lock, so a rebalance callback sees a consistent cut.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from typing import Any, Iterable
@@ -61,6 +62,7 @@ class Service:
         self._stop = asyncio.Event()
         self._failed = False
         self._dirty = False
+        self._checkpoints_this_run = 0
         self._next_checkpoint = time.monotonic() + s.checkpoint_interval_s
         self._next_log = time.monotonic() + s.log_interval_s
         self._started_at = time.monotonic()
@@ -150,20 +152,28 @@ class Service:
         self.schedule.add(examples, time.monotonic())
 
     async def _train_due(self) -> None:
-        await self._train(self.schedule.take_due(time.monotonic(), self._caught_up, self.join.lowest_waiting_label))
-
-    def _caught_up(self, labels_partition: int) -> bool:
-        """Nothing left to read on this labels partition nor on any events partition."""
         assert self._consumer is not None
-        s = self.settings
-        return all(
-            self._read_to_end(tp)
-            for tp in self._consumer.assignment()
-            if tp.topic == s.events_topic or tp == TopicPartition(s.labels_topic, labels_partition)
+        labels_topic = self.settings.labels_topic
+        steps = self.schedule.take_due(
+            time.monotonic(),
+            everything_read=self._everything_read(),
+            read_to_end=lambda p: self._read_to_end(TopicPartition(labels_topic, p)),
+            lowest_waiting=self.join.lowest_waiting_label,
         )
+        await self._train(steps)
+
+    def _everything_read(self) -> bool:
+        """Every assigned partition read to its end and every read event predicted (false mid-rebalance)."""
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        return bool(assigned) and not self.batcher and all(self._read_to_end(tp) for tp in assigned)
 
     def _read_to_end(self, tp: TopicPartition) -> bool:
+        """No records of ``tp`` left to read; a partition owned by another member counts as read."""
         assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        if tp not in assigned:
+            return bool(assigned)
         high = self._consumer.highwater(tp)
         return high is not None and tp in self.offsets and self.offsets[tp] >= high
 
@@ -181,6 +191,7 @@ class Service:
     async def _train(self, batches: list[Examples]) -> None:
         for examples in batches:
             loss = await self._device.run(self.trainer.learn_many, examples)
+            log.debug("train_step", examples=len(examples), version=self.trainer.model_version, digest=float(examples.features.sum()))
             if loss != loss:
                 log.warning("training_step_skipped", reason="non-finite loss or gradient", examples=len(examples))
             self._dirty = True
@@ -228,20 +239,25 @@ class Service:
         """Take a checkpoint; the caller holds ``self._lock``, which is Step 1, stopping intake."""
         assert self._consumer is not None
         started = time.monotonic()
+        self._checkpoints_this_run += 1
         # Step 2. Drain: every batched event predicted, every produced record acknowledged.
         await self._predict(self.batcher.take_all())
         await self._flush_deliveries()
+        self._crash_point("drained")
         # Step 3. Snapshot on the device thread: no inference or training step runs meanwhile.
         state = await self._device.run(snapshot_state, self)
+        self._crash_point("snapshot")
         # Step 4. Write atomically; on failure keep serving and retry soon, committing nothing.
         try:
-            path = await asyncio.to_thread(self.store.write, state)
+            path = await asyncio.to_thread(self.store.write, state, before_rename=lambda: self._crash_point("written_temp"))
         except OSError as exc:
             log.error("checkpoint_write_failed", reason=reason, error=str(exc), retry_in_s=CHECKPOINT_RETRY_S)
             self._next_checkpoint = time.monotonic() + CHECKPOINT_RETRY_S
             return
+        self._crash_point("written")
         # Step 5. Commit the same offsets to Kafka, for lag tools; the checkpoint is the source of truth.
         await self._commit(state["offsets"])
+        self._crash_point("committed")
         # Step 6. Prune old checkpoints.
         await asyncio.to_thread(self.store.prune)
         self._dirty = False
@@ -249,6 +265,11 @@ class Service:
         self.last_checkpoint = {"path": str(path), "reason": reason, "at": time.time()}
         log.info("checkpoint_written", reason=reason, path=str(path), seconds=round(time.monotonic() - started, 3))
         # Step 7. Resume intake: the caller releases the lock.
+
+    def _crash_point(self, step: str) -> None:
+        if self.settings.crash_at == f"{step}:{self._checkpoints_this_run}":
+            log.warning("crash_injected", step=step, checkpoint=self._checkpoints_this_run)
+            os._exit(137)
 
     async def _commit(self, offsets: dict[str, dict[int, int]]) -> None:
         assert self._consumer is not None

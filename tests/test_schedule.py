@@ -30,7 +30,7 @@ def run(arrivals: list[tuple[int, list[int]]]) -> list[list[tuple[int, int]]]:
     steps: list[Examples] = []
     for now, (p, offsets) in enumerate(arrivals):
         schedule.add(examples(p, offsets), float(now))
-        steps += schedule.take_due(float(now), caught_up=lambda p: False, lowest_waiting=lambda p: None)
+        steps += schedule.take_due(float(now), False, read_to_end=lambda p: False, lowest_waiting=lambda p: None)
     return steps_as_positions(steps + schedule.take_all())
 
 
@@ -52,29 +52,30 @@ def test_a_label_waiting_for_its_event_holds_later_offsets_back() -> None:
     schedule = TrainingSchedule(batch_size=B, max_wait_s=0.01, hold_s=5.0)
     schedule.set_partitions([0])
     schedule.add(examples(0, [0, 1, 3, 4, 5]), now=0.0)
-    waiting = lambda p: (2, 0.0)  # noqa: E731 - offset 2 waits for its event since t=0
-    assert schedule.take_due(1.0, caught_up=lambda p: False, lowest_waiting=waiting) == []
+    waiting = lambda p: (2, -100.0)  # noqa: E731 - offset 2 waits for its event
+    assert schedule.take_due(1.0, False, read_to_end=lambda p: True, lowest_waiting=waiting) == []
     schedule.add(examples(0, [2]), now=1.5)
-    steps = schedule.take_due(2.0, caught_up=lambda p: False, lowest_waiting=lambda p: None)
+    steps = schedule.take_due(2.0, False, read_to_end=lambda p: False, lowest_waiting=lambda p: None)
     assert steps_as_positions(steps) == [[(0, 0), (0, 1), (0, 2), (0, 3)]]
 
 
-def test_a_label_whose_event_never_comes_holds_back_only_for_hold_s() -> None:
+def test_a_label_whose_event_never_comes_holds_back_only_for_hold_s_of_this_process() -> None:
     schedule = TrainingSchedule(batch_size=B, max_wait_s=0.01, hold_s=5.0)
     schedule.set_partitions([0])
     schedule.add(examples(0, [0, 1, 3, 4]), now=0.0)
-    waiting = lambda p: (2, 0.0)  # noqa: E731
-    assert schedule.take_due(4.0, caught_up=lambda p: False, lowest_waiting=waiting) == []
-    steps = schedule.take_due(6.0, caught_up=lambda p: False, lowest_waiting=waiting)
+    waiting = lambda p: (2, -100.0)  # noqa: E731 - arrival before a restart does not count
+    assert schedule.take_due(0.0, False, read_to_end=lambda p: False, lowest_waiting=waiting) == []
+    assert schedule.take_due(4.0, False, read_to_end=lambda p: False, lowest_waiting=waiting) == []
+    steps = schedule.take_due(6.0, False, read_to_end=lambda p: False, lowest_waiting=waiting)
     assert steps_as_positions(steps) == [[(0, 0), (0, 1), (0, 3), (0, 4)]]
 
 
-def test_caught_up_partial_step_after_the_delay_and_idle_partitions_do_not_block() -> None:
+def test_once_everything_is_read_a_remainder_trains_after_the_delay() -> None:
     schedule = TrainingSchedule(batch_size=B, max_wait_s=0.5)
     schedule.set_partitions([0, 1])
     schedule.add(examples(1, [7, 8]), now=0.0)
-    assert schedule.take_due(0.2, caught_up=lambda p: True, lowest_waiting=lambda p: None) == []
-    steps = schedule.take_due(0.6, caught_up=lambda p: True, lowest_waiting=lambda p: None)
+    assert schedule.take_due(0.2, True, read_to_end=lambda p: True, lowest_waiting=lambda p: None) == []
+    steps = schedule.take_due(0.6, True, read_to_end=lambda p: True, lowest_waiting=lambda p: None)
     assert steps_as_positions(steps) == [[(1, 7), (1, 8)]]
 
 
@@ -83,9 +84,9 @@ def test_a_partition_still_being_read_makes_the_turn_wait() -> None:
     schedule.set_partitions([0, 1])
     schedule.add(examples(1, [0, 1, 2, 3]), now=0.0)
     schedule.add(examples(0, [0, 1]), now=0.0)
-    assert schedule.take_due(9.0, caught_up=lambda p: p != 0, lowest_waiting=lambda p: None) == []
+    assert schedule.take_due(9.0, False, read_to_end=lambda p: p != 0, lowest_waiting=lambda p: None) == []
     schedule.add(examples(0, [2, 3]), now=9.0)
-    steps = schedule.take_due(9.0, caught_up=lambda p: p != 0, lowest_waiting=lambda p: None)
+    steps = schedule.take_due(9.0, False, read_to_end=lambda p: p != 0, lowest_waiting=lambda p: None)
     assert [s[0][0] for s in steps_as_positions(steps)] == [0, 1]
 
 
@@ -94,10 +95,20 @@ def test_state_round_trip_keeps_queues_and_turn(tmp_path: object) -> None:
     schedule.set_partitions([0, 1])
     schedule.add(examples(0, [0, 1, 2, 3, 4]), now=0.0)
     schedule.add(examples(1, [0, 1]), now=0.0)
-    schedule.take_due(0.0, caught_up=lambda p: False, lowest_waiting=lambda p: None)
+    schedule.take_due(0.0, False, read_to_end=lambda p: False, lowest_waiting=lambda p: None)
     path = f"{tmp_path}/s.pt"
     torch.save(schedule.state_dict(), path)
     restored = TrainingSchedule(batch_size=B, max_wait_s=0.01)
     restored.load_state_dict(torch.load(path, weights_only=True))
     assert len(restored) == len(schedule) == 3
     assert steps_as_positions(restored.take_all()) == steps_as_positions(schedule.take_all())
+
+
+def test_a_partition_with_nothing_left_to_read_is_passed_not_waited_for() -> None:
+    schedule = TrainingSchedule(batch_size=B, max_wait_s=0.01)
+    schedule.set_partitions([0, 1])
+    schedule.add(examples(0, [0]), now=0.0)
+    schedule.add(examples(1, [0, 1, 2, 3]), now=0.0)
+    steps = schedule.take_due(9.0, False, read_to_end=lambda p: p == 0, lowest_waiting=lambda p: None)
+    assert steps_as_positions(steps) == [[(1, 0), (1, 1), (1, 2), (1, 3)]]
+    assert len(schedule) == 1, "a remainder waits until everything is read"
