@@ -43,6 +43,8 @@ class Examples:
     """int64 ``[k]``: partition of each label record (``UNLABELED_PARTITION`` for defaulted events)."""
     offsets: np.ndarray | None = None
     """int64 ``[k]``: offset of each label record in its partition."""
+    event_arrived: np.ndarray | None = None
+    """float64 ``[k]``: epoch seconds each event arrived (for the label-delay metric), where known."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -133,7 +135,12 @@ class JoinBuffer:
                 hit_rows = hit_rows[np.sort(first)]
         slots = positions[hit_rows]
         joined = Examples(
-            pending.features[slots], labels[hit_rows], pending.scores[slots], np.full(len(hit_rows), partition, np.int64), offsets[hit_rows]
+            pending.features[slots],
+            labels[hit_rows],
+            pending.scores[slots],
+            np.full(len(hit_rows), partition, np.int64),
+            offsets[hit_rows],
+            pending.arrived[slots],
         )
         pending.remove(slots)
         for row in hit_rows.tolist():

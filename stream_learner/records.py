@@ -82,6 +82,10 @@ class EventBatch:
             received_at=np.concatenate([b.received_at for b in batches]),
         )
 
+    def event_times(self) -> np.ndarray:
+        """Epoch seconds of each event: its ``ts`` where given, else when the service read it."""
+        return np.where(np.isnan(self.ts), self.received_at, self.ts)
+
     def slice(self, start: int, stop: int) -> "EventBatch":
         """Rows ``start:stop`` as a batch of their own."""
         return EventBatch(

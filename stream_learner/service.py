@@ -33,6 +33,7 @@ from .kafka import RebalanceHooks, dead_letter_headers, known_position, make_con
 from .model import build_model, resolve_device
 from .records import EventBatch, Predictions, RawRecord, Rejected
 from .snapshot import restore_state, snapshot_state
+from .telemetry import Telemetry
 from .schedule import TrainingSchedule
 from .trainer import Trainer
 
@@ -43,9 +44,10 @@ CHECKPOINT_RETRY_S = 5.0
 class Service:
     """Predicts every event, trains on every label once, checkpoints with offsets."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, telemetry: Telemetry | None = None) -> None:
         s = settings
         self.settings = s
+        self.telemetry = telemetry or Telemetry()
         self.trainer = Trainer(build_model(s), s, resolve_device(s.device))
         default_label = s.default_label if s.missing_label_policy == "default" else None
         self.join = JoinBuffer(s.input_dim, s.output_dim, s.max_pending, s.label_ttl_s, default_label=default_label)
@@ -132,12 +134,15 @@ class Service:
     async def _predict(self, batches: list[EventBatch]) -> None:
         assert self._producer is not None
         for events in batches:
+            started = time.perf_counter()
             scores, version = await self._device.run(self._predict_on_device, events.features)
+            self.telemetry.batch_predicted(len(events), time.perf_counter() - started, events.event_times())
             predictions = Predictions(events, scores, version)
             for event_id, value in zip(events.ids, encode_predictions(predictions, self.settings.task)):
                 key = event_id.encode()
                 self._deliveries.append(await self._producer.send(self.settings.predictions_topic, value, key=key))
             self.counters["events_predicted"] += len(events)
+            self.telemetry.predictions_published(len(events))
             self._learn_from(self.join.add_predictions(events.ids, events.features, scores, time.time()))
             # Test-then-train per batch: in catch-up, the next batch is predicted by weights
             # that already learned from the labels joined so far.
@@ -150,6 +155,8 @@ class Service:
         """Score the predictions made before these labels were known, then queue them for training."""
         self.metrics.update(examples.scores, examples.labels)
         self.schedule.add(examples, time.monotonic())
+        if examples.event_arrived is not None and len(examples):
+            self.telemetry.labels_joined(time.time() - examples.event_arrived)
 
     async def _train_due(self) -> None:
         assert self._consumer is not None
@@ -190,7 +197,9 @@ class Service:
 
     async def _train(self, batches: list[Examples]) -> None:
         for examples in batches:
+            started = time.perf_counter()
             loss = await self._device.run(self.trainer.learn_many, examples)
+            self.telemetry.step_trained(len(examples), time.perf_counter() - started, loss, self.trainer.model_version)
             log.debug("train_step", examples=len(examples), version=self.trainer.model_version, digest=float(examples.features.sum()))
             if loss != loss:
                 log.warning("training_step_skipped", reason="non-finite loss or gradient", examples=len(examples))
@@ -215,6 +224,7 @@ class Service:
             )
             self._deliveries.append(future)
             self.counters[f"dead_lettered.{item.reason}"] += 1
+            self.telemetry.dead_lettered(item.reason)
             self.counters["dead_lettered"] += 1
 
     def _check_deliveries(self) -> None:
@@ -263,6 +273,7 @@ class Service:
         self._dirty = False
         self._next_checkpoint = time.monotonic() + self.settings.checkpoint_interval_s
         self.last_checkpoint = {"path": str(path), "reason": reason, "at": time.time()}
+        self.telemetry.checkpoint_written(time.monotonic() - started, reason)
         log.info("checkpoint_written", reason=reason, path=str(path), seconds=round(time.monotonic() - started, 3))
         # Step 7. Resume intake: the caller releases the lock.
 
@@ -329,6 +340,7 @@ class Service:
             if self._producer is not None:
                 await self._producer.stop()
             self._device.close()
+            self.telemetry.close()
             log.info("service_stopped", failed=self._failed, **self.stats())
 
     def lag(self) -> int:
