@@ -70,6 +70,8 @@ class Service:
         self._started_at = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._broker_reachable = False
+        self._last_checkpoint_at = time.time()
 
     def stop(self) -> None:
         """Ask the run loop to finish: drain, final checkpoint, exit."""
@@ -87,9 +89,14 @@ class Service:
                 listener=RebalanceHooks(self._on_revoked, self._on_assigned),
             )
             await self._consumer.start()
+            self._broker_reachable = True
             log.info("service_started", bootstrap_servers=self.settings.bootstrap_servers, device=str(self.trainer.device))
-            while not self._stop.is_set():
-                await self._turn()
+            probe = asyncio.create_task(self._probe_broker())
+            try:
+                while not self._stop.is_set():
+                    await self._turn()
+            finally:
+                probe.cancel()
         except BaseException:
             self._failed = True
             raise
@@ -273,6 +280,7 @@ class Service:
         self._dirty = False
         self._next_checkpoint = time.monotonic() + self.settings.checkpoint_interval_s
         self.last_checkpoint = {"path": str(path), "reason": reason, "at": time.time()}
+        self._last_checkpoint_at = time.time()
         self.telemetry.checkpoint_written(time.monotonic() - started, reason)
         log.info("checkpoint_written", reason=reason, path=str(path), seconds=round(time.monotonic() - started, 3))
         # Step 7. Resume intake: the caller releases the lock.
@@ -343,16 +351,51 @@ class Service:
             self.telemetry.close()
             log.info("service_stopped", failed=self._failed, **self.stats())
 
-    def lag(self) -> int:
-        """Records not yet read: high watermark minus next offset, summed over assigned partitions."""
+    async def _probe_broker(self, every_s: float = 2.0, timeout_s: float = 2.0) -> None:
+        """Keep ``_broker_reachable`` current with a metadata request every ``every_s``."""
+        assert self._producer is not None
+        client = self._producer.client
+        while True:
+            try:
+                await asyncio.wait_for(client.fetch_all_metadata(), timeout_s)
+                reachable = True
+            except Exception:  # noqa: BLE001 - any failure means "not reachable now"
+                reachable = False
+            if reachable != self._broker_reachable:
+                log.warning("broker_reachable" if reachable else "broker_unreachable", bootstrap_servers=self.settings.bootstrap_servers)
+            self._broker_reachable = reachable
+            await asyncio.sleep(every_s)
+
+    def health(self) -> dict[str, Any]:
+        """Readiness and its parts: broker reachable, partitions assigned, model loaded, checkpoints current.
+
+        Checkpoints are current when the newest is younger than 3 x the interval, or nothing changed since.
+        """
+        assigned = len(self._consumer.assignment()) if self._consumer is not None else 0
+        age = time.time() - self._last_checkpoint_at
+        checkpoint_ok = not self._dirty or age < 3 * self.settings.checkpoint_interval_s
+        checks = {
+            "broker_reachable": self._broker_reachable,
+            "partitions_assigned": assigned > 0,
+            "model_loaded": True,
+            "checkpoint_current": checkpoint_ok,
+        }
+        return {"ready": all(checks.values()) and not self._failed, **checks, "checkpoint_age_s": age, "assigned_partitions": assigned}
+
+    def lag_by_partition(self) -> dict[TopicPartition, int]:
+        """Records not yet read per assigned partition (high watermark minus next offset)."""
         if self._consumer is None:
-            return 0
-        total = 0
+            return {}
+        lags = {}
         for tp in self._consumer.assignment():
             high = self._consumer.highwater(tp)
             if high is not None:
-                total += max(0, high - self.offsets.get(tp, 0))
-        return total
+                lags[tp] = max(0, high - self.offsets.get(tp, 0))
+        return lags
+
+    def lag(self) -> int:
+        """Records not yet read: high watermark minus next offset, summed over assigned partitions."""
+        return sum(self.lag_by_partition().values())
 
     def stats(self) -> dict[str, Any]:
         """Counters, join and training state, prequential metrics and lag, for logs and the demo."""
