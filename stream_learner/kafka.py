@@ -109,6 +109,7 @@ def make_consumer(settings: Settings) -> AIOKafkaConsumer:
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=MAX_REQUEST_BYTES,
         fetch_max_bytes=4 * MAX_REQUEST_BYTES,
+        fetch_max_wait_ms=10,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(settings.session_timeout_ms // 3, 100),
     )

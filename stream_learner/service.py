@@ -19,6 +19,7 @@ from collections import Counter
 from typing import Any, Iterable
 
 import structlog
+import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from .batcher import MicroBatcher
@@ -48,6 +49,8 @@ class Service:
         s = settings
         self.settings = s
         self.telemetry = telemetry or Telemetry()
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
         self.trainer = Trainer(build_model(s), s, resolve_device(s.device))
         default_label = s.default_label if s.missing_label_policy == "default" else None
         self.join = JoinBuffer(s.input_dim, s.output_dim, s.max_pending, s.label_ttl_s, default_label=default_label)
