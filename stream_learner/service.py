@@ -74,6 +74,7 @@ class Service:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._broker_reachable = False
+        self._last_good_trainer_state: dict[str, Any] | None = None
         self._last_checkpoint_at = time.time()
 
     def stop(self) -> None:
@@ -208,12 +209,26 @@ class Service:
     async def _train(self, batches: list[Examples]) -> None:
         for examples in batches:
             started = time.perf_counter()
+            poisoned_before = self.trainer.counters.poisoned_steps
             loss = await self._device.run(self.trainer.learn_many, examples)
+            poisoned = self.trainer.counters.poisoned_steps != poisoned_before
+            if poisoned:
+                await self._on_poisoned_step(len(examples))
             self.telemetry.step_trained(len(examples), time.perf_counter() - started, loss, self.trainer.model_version)
             log.debug("train_step", examples=len(examples), version=self.trainer.model_version, digest=float(examples.features.sum()))
-            if loss != loss:
+            if loss != loss and not poisoned:
                 log.warning("training_step_skipped", reason="non-finite loss or gradient", examples=len(examples))
             self._dirty = True
+
+    async def _on_poisoned_step(self, examples: int) -> None:
+        """Guardrail: the step was skipped; with ``guardrail_action=rollback`` also go back to the last good weights."""
+        good = self._last_good_trainer_state
+        if self.settings.guardrail_action == "rollback" and good is not None:
+            await self._device.run(self.trainer.rollback, good)
+            log.warning("training_rolled_back", examples=examples, model_version=self.trainer.model_version)
+        else:
+            log.warning("training_step_skipped", reason="loss spike", examples=examples)
+        self._dirty = True
 
     async def _expire(self) -> None:
         before = self.join.counters.events_expired + self.join.counters.labels_expired
@@ -267,6 +282,7 @@ class Service:
         # Step 3. Snapshot on the device thread: no inference or training step runs meanwhile.
         state = await self._device.run(snapshot_state, self)
         self._crash_point("snapshot")
+        self._last_good_trainer_state = state["trainer"]
         # Step 4. Write atomically; on failure keep serving and retry soon, committing nothing.
         try:
             path = await asyncio.to_thread(self.store.write, state, before_rename=lambda: self._crash_point("written_temp"))
@@ -315,6 +331,7 @@ class Service:
             log.info("no_checkpoint", directory=str(self.store.directory))
             return
         await self._device.run(restore_state, self, loaded.state)
+        self._last_good_trainer_state = loaded.state["trainer"]
         log.info("checkpoint_restored", path=str(loaded.path), model_version=self.trainer.model_version)
 
     async def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:

@@ -4,12 +4,18 @@ Guarantees:
 - ``model_version`` counts the optimizer steps applied to the weights.
 - A step whose loss or gradient is not finite is skipped (counted); the weights and the
   standardizer's moments stay as they were.
+- A step whose loss spikes above ``loss_spike_factor`` x the recent median (and above the
+  loss of a uniform guess) is treated as poisoned and skipped (counted). After
+  ``MAX_SPIKES_IN_ROW`` such steps in a row the new loss level is accepted as a real
+  change of regime (concept drift), so the guardrail cannot freeze the model.
 - Methods that touch torch must run on the device thread (:mod:`stream_learner.device`).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +25,10 @@ from torch import nn
 from .config import Settings
 from .join import Examples
 from .model import StandardizedModel
+
+RECENT_LOSSES = 100
+MIN_LOSSES_FOR_SPIKES = 20
+MAX_SPIKES_IN_ROW = 10
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -35,6 +45,9 @@ class TrainCounters:
     skipped_steps: int = 0
     examples_trained: int = 0
     examples_skipped: int = 0
+    poisoned_steps: int = 0
+    spikes_in_row: int = 0
+    rollbacks: int = 0
     last_loss: float = math.nan
 
 
@@ -45,6 +58,9 @@ class Trainer:
         self.device = device
         self.task = settings.task
         self.grad_clip_norm = settings.grad_clip_norm
+        self.loss_spike_factor = settings.loss_spike_factor
+        self.loss_floor = math.log(settings.num_classes) if settings.task == "classification" else 1e-8
+        self.recent_losses: deque[float] = deque(maxlen=RECENT_LOSSES)
         self.model = model.to(device)
         self.optimizer = OPTIMIZERS[settings.optimizer](
             self.model.parameters(), lr=settings.effective_learning_rate, weight_decay=settings.weight_decay
@@ -79,17 +95,47 @@ class Trainer:
         if torch.isfinite(loss):
             loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+        poisoned = torch.isfinite(loss) and self._is_spike(loss.item())
+        if poisoned or not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             if standardizer is not None and moments_before:
                 standardizer.load_state_dict(moments_before)
+            self.counters.poisoned_steps += int(poisoned)
             return self._skip(len(examples))
         loss = loss.detach()
+        self.recent_losses.append(loss.item())
         self.optimizer.step()
         self.counters.optimizer_steps += 1
         self.counters.examples_trained += len(examples)
         self.counters.last_loss = loss.item()
         return self.counters.last_loss
+
+    def _is_spike(self, loss: float) -> bool:
+        """A poisoned-looking loss; the MAX_SPIKES_IN_ROW-th in a row is accepted as a new regime."""
+        if len(self.recent_losses) < MIN_LOSSES_FOR_SPIKES:
+            return False
+        baseline = max(statistics.median(self.recent_losses), self.loss_floor)
+        if loss <= self.loss_spike_factor * baseline:
+            self.counters.spikes_in_row = 0
+            return False
+        if self.counters.spikes_in_row + 1 >= MAX_SPIKES_IN_ROW:
+            self.counters.spikes_in_row = 0
+            self.recent_losses.clear()
+            return False
+        self.counters.spikes_in_row += 1
+        return True
+
+    def rollback(self, state: dict[str, object]) -> None:
+        """Put back the weights and optimizer of a :meth:`state_dict`; totals keep counting.
+
+        ``model_version`` returns to the restored weights' step count.
+        """
+        self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
+        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        self.recent_losses = deque(state.get("recent_losses", []), maxlen=RECENT_LOSSES)  # type: ignore[call-overload]
+        self.counters.optimizer_steps = int(state["counters"]["optimizer_steps"])  # type: ignore[index]
+        self.counters.spikes_in_row = 0
+        self.counters.rollbacks += 1
 
     def _loss(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.task == "classification":
@@ -112,6 +158,7 @@ class Trainer:
         return {
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "recent_losses": list(self.recent_losses),
             "counters": dict(vars(self.counters)),
         }
 
@@ -120,6 +167,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
         self.counters = TrainCounters(**state["counters"])  # type: ignore[arg-type]
+        self.recent_losses = deque(state.get("recent_losses", []), maxlen=RECENT_LOSSES)  # type: ignore[call-overload]
 
 
 def _to_cpu(obj: object) -> object:

@@ -194,3 +194,48 @@ def test_window_keeps_only_the_last_n_across_updates() -> None:
     assert summary["mae"] == pytest.approx((100 + 100 + 1 + 2 + 3 + 4 + 5 + 6) / 8)
     metrics.update(np.array([[9.0]], np.float32), np.zeros(1))
     assert metrics.summary()["recent_mae"] == pytest.approx(20 / 3)  # 5, 6, 9
+
+
+def regression_trainer(**overrides: object) -> Trainer:
+    settings = Settings(input_dim=2, task="regression", **overrides)  # type: ignore[arg-type]
+    return Trainer(build_model(settings), settings, torch.device("cpu"))
+
+
+def regression_batch(rng: np.random.Generator, scale: float = 1.0, n: int = 32) -> Examples:
+    x = rng.normal(size=(n, 2)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0]) * scale).astype(np.float64)
+    return Examples(x, y, np.zeros((n, 1), np.float32))
+
+
+def test_a_poisoned_burst_is_skipped_and_counted_and_the_weights_stay() -> None:
+    trainer, rng = regression_trainer(), np.random.default_rng(0)
+    for _ in range(40):
+        trainer.learn_many(regression_batch(rng))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    for _ in range(3):
+        poisoned = regression_batch(rng)
+        assert math.isnan(trainer.learn_many(Examples(poisoned.features, poisoned.labels * 1e4, poisoned.scores)))
+    assert trainer.counters.poisoned_steps == 3 and trainer.counters.skipped_steps == 3
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert not math.isnan(trainer.learn_many(regression_batch(rng))), "normal steps go on after the burst"
+
+
+def test_a_lasting_change_of_loss_level_is_accepted_as_drift() -> None:
+    trainer, rng = regression_trainer(), np.random.default_rng(1)
+    for _ in range(40):
+        trainer.learn_many(regression_batch(rng))
+    losses = [trainer.learn_many(regression_batch(rng, scale=-50.0)) for _ in range(30)]
+    assert sum(math.isnan(v) for v in losses) == 9, "at most MAX_SPIKES_IN_ROW - 1 steps are skipped"
+    assert not math.isnan(losses[-1])
+
+
+def test_rollback_restores_the_last_good_weights_and_version() -> None:
+    trainer, rng = regression_trainer(), np.random.default_rng(2)
+    for _ in range(5):
+        trainer.learn_many(regression_batch(rng))
+    good = trainer.state_dict()
+    for _ in range(5):
+        trainer.learn_many(regression_batch(rng))
+    trainer.rollback(good)
+    assert trainer.model_version == 5 and trainer.counters.rollbacks == 1 and trainer.counters.examples_trained == 320
+    assert all(torch.equal(good["model"][k], v) for k, v in trainer.model.state_dict().items())  # type: ignore[index]
