@@ -33,6 +33,8 @@ TOPIC_PARTITIONS = 4
 class BrokerInfo:
     bootstrap_servers: str
     kind: BrokerKind
+    embedded: EmbeddedBroker | None = None
+    """The broker process, where the tests own it (to freeze it, for example)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def kafka_broker() -> Iterator[BrokerInfo]:
     broker = EmbeddedBroker()
     try:
         broker.start()
-        yield BrokerInfo(broker.bootstrap_servers, "tansu")
+        yield BrokerInfo(broker.bootstrap_servers, "tansu", broker)
     finally:
         broker.stop()
 
@@ -142,6 +144,7 @@ def start_service(kafka_broker: BrokerInfo, topics: TestTopics, tmp_path: Path) 
         "STREAM_LEARNER_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
         "STREAM_LEARNER_CHECKPOINT_INTERVAL_S": "2",
         "STREAM_LEARNER_LOG_INTERVAL_S": "0.5",
+        "STREAM_LEARNER_METRICS_PORT": "0",  # no endpoint unless a test asks for one (on a free port)
     }
 
     def start(**overrides: object) -> ServiceProcess:

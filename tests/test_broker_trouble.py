@@ -1,0 +1,82 @@
+"""A frozen broker and a rebalance: no label lost or trained twice, the service catches up."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from .conftest import BrokerInfo, StartService, TestTopics
+from .service_process import ServiceProcess, checkpoint_show
+from .stream_io import read_predictions
+from .test_crash_safety import FAST, PacedStream, wait_until_joined
+
+pytestmark = pytest.mark.integration
+
+
+def logged(service: ServiceProcess, event: str) -> list[dict]:
+    return [e for e in service.log_events() if e.get("event") == event]
+
+
+async def finish_and_check(service: ServiceProcess, kafka_broker: BrokerInfo, topics: TestTopics, tmp_path: Path, total: int) -> None:
+    await wait_until_joined(service, total, timeout=120)
+    assert service.stop() == 0
+    shown = checkpoint_show(tmp_path / "checkpoints")
+    assert shown["labels_joined"] == shown["examples_trained"] == total, shown
+    assert shown["events_predicted"] == total
+    predictions = await read_predictions(kafka_broker.bootstrap_servers, topics.predictions, expected=total * 2, timeout=10)
+    assert len(predictions) == total
+
+
+async def test_a_frozen_broker_neither_crashes_the_service_nor_loses_labels(
+    kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
+) -> None:
+    if kafka_broker.embedded is None:
+        pytest.skip("freezing the broker (SIGSTOP) needs the embedded broker process; this run uses an external Kafka")
+    total = 3000
+    service = start_service(**FAST)
+    await asyncio.to_thread(service.wait_for_log, "partitions_assigned", 60)
+    producing = asyncio.create_task(PacedStream(kafka_broker.bootstrap_servers, topics, total, rate=300, label_lag=100).run())
+    await asyncio.sleep(3)
+    kafka_broker.embedded.pause()
+    try:
+        await asyncio.sleep(10)  # longer than the 6 s session timeout
+        assert service.alive(), service.log_tail()
+        assert logged(service, "broker_unreachable"), "the service must notice it cannot reach the broker"
+    finally:
+        kafka_broker.embedded.resume()
+    await producing
+    await finish_and_check(service, kafka_broker, topics, tmp_path, total)
+    assert logged(service, "broker_reachable"), "and notice when it can again"
+
+
+async def test_a_second_member_joining_and_leaving_loses_and_repeats_no_label(
+    kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
+) -> None:
+    total = 3000
+    service = start_service(**FAST)
+    await asyncio.to_thread(service.wait_for_log, "partitions_assigned", 60)
+    producing = asyncio.create_task(PacedStream(kafka_broker.bootstrap_servers, topics, total, rate=400, label_lag=100).run())
+    await asyncio.sleep(2)
+    intruder = AIOKafkaConsumer(
+        topics.events, topics.labels, bootstrap_servers=kafka_broker.bootstrap_servers,
+        group_id=f"group-{topics.events}", enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=6000,
+    )
+    await intruder.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not intruder.assignment() and time.monotonic() < deadline:
+            await intruder.getmany(timeout_ms=200)
+        assert intruder.assignment(), "the second member must get partitions"
+        await asyncio.sleep(2)
+        await intruder.getmany(timeout_ms=200)
+    finally:
+        await intruder.stop()
+    await producing
+    revoked = logged(service, "partitions_revoked")
+    assert revoked, "the service must give partitions up"
+    assert any(e.get("reason") == "revoked" for e in logged(service, "checkpoint_written")), "and checkpoint first"
+    await finish_and_check(service, kafka_broker, topics, tmp_path, total)
