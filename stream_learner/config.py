@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     ssl_keyfile: Path | None = None
     """Client private key for mutual TLS."""
     delivery: Delivery = "at_least_once"
-    """at_least_once, or exactly_once: predictions in Kafka transactions aligned with checkpoints (needs Apache Kafka)."""
+    """at_least_once (predictions may repeat after a crash). exactly_once (Kafka transactions) is not available yet."""
 
     task: Task = "classification"
     """classification (class index labels) or regression (numeric labels)."""
@@ -143,6 +143,16 @@ class Settings(BaseSettings):
     crash_at: str | None = None
     """Test hook: STEP:N makes the process exit abruptly (as kill -9 would) at checkpoint step STEP
     (drained, snapshot, written_temp, written, committed) of its Nth checkpoint since the process started."""
+
+    @model_validator(mode="after")
+    def _check_delivery(self) -> "Settings":
+        if self.delivery == "exactly_once":
+            raise ValueError(
+                "delivery=exactly_once is not available yet (transactional predictions need Apache Kafka "
+                "and per-partition fencing); use at_least_once: predictions carry model_version, and a "
+                "crash repeats only those read after the last checkpoint"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_model_name(self) -> "Settings":
