@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+BLOCK = 1024
+
 
 @dataclass(frozen=True)
 class SyntheticBatch:
@@ -34,14 +36,20 @@ class DriftingStream:
         self.concepts = [rng.normal(0, 1, input_dim) for _ in range(2)]
 
     def batch(self, start: int, n: int) -> SyntheticBatch:
-        """Events ``start`` to ``start + n - 1``, with their true labels."""
-        rng = np.random.default_rng([self.seed, start, n])
-        z = rng.normal(0, 1, (n, self.input_dim))
+        """Events ``start`` to ``start + n - 1``, with their true labels (the same however the stream is cut)."""
+        first, last = start // BLOCK, (start + n - 1) // BLOCK if n else start // BLOCK - 1
+        blocks = [self._block(b) for b in range(first, last + 1)]
+        z = np.concatenate([b[0] for b in blocks])[start - first * BLOCK :][:n] if blocks else np.zeros((0, self.input_dim))
+        noise = np.concatenate([b[1] for b in blocks])[start - first * BLOCK :][:n] if blocks else np.zeros(0)
         index = np.arange(start, start + n)
         after_drift = index >= self.drift_at if self.drift_at is not None else np.zeros(n, bool)
         margin = np.where(after_drift, z @ self.concepts[1], z @ self.concepts[0])
         labels = (margin > 0).astype(np.int64)
-        flip = rng.random(n) < self.noise
+        flip = noise < self.noise
         labels[flip] = 1 - labels[flip]
         features = (z * self.scale + self.offset).astype(np.float32)
         return SyntheticBatch([f"e-{i}" for i in index], features, labels)
+
+    def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, block])
+        return rng.normal(0, 1, (BLOCK, self.input_dim)), rng.random(BLOCK)
