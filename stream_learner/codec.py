@@ -20,7 +20,11 @@ _NUMBER = (int, float)
 
 
 def decode_events(records: Sequence[RawRecord], input_dim: int, now: float) -> tuple[EventBatch, list[Rejected]]:
-    """Decode event records into one batch; bad ones are rejected with a reason."""
+    """Decode event records into one batch; bad ones are rejected with a reason.
+
+    ``records`` may be aiokafka ``ConsumerRecord`` objects as well (anything with the
+    attributes of :class:`RawRecord`); a rejected one is copied into a ``RawRecord``.
+    """
     ids: list[str] = []
     rows: list[list[Any]] = []
     ts: list[float] = []
@@ -54,7 +58,7 @@ def decode_events(records: Sequence[RawRecord], input_dim: int, now: float) -> t
         if problem is None:
             problem = _check_event(obj, input_dim)
         if problem is not None:
-            rejected.append(Rejected(record, *problem))
+            rejected.append(Rejected(RawRecord.of(record), *problem))
             continue
         ids.append(obj["id"])
         rows.append(obj["features"])
@@ -62,7 +66,7 @@ def decode_events(records: Sequence[RawRecord], input_dim: int, now: float) -> t
         keep.append(record)
     features, bad_rows = _feature_matrix(rows, input_dim, keep)
     if bad_rows:
-        rejected.extend(Rejected(keep[i], reason, detail) for i, (reason, detail) in bad_rows.items())
+        rejected.extend(Rejected(RawRecord.of(keep[i]), reason, detail) for i, (reason, detail) in bad_rows.items())
         good = [i for i in range(len(ids)) if i not in bad_rows]
         ids, features, ts = [ids[i] for i in good], features[good], [ts[i] for i in good]
     batch = EventBatch(ids, features, np.asarray(ts, dtype=np.float64), np.full(len(ids), now))
@@ -72,7 +76,7 @@ def decode_events(records: Sequence[RawRecord], input_dim: int, now: float) -> t
 def decode_labels(
     records: Sequence[RawRecord], task: str, num_classes: int
 ) -> tuple[LabelBatch, list[Rejected]]:
-    """Decode label records; ids and values are checked against the task."""
+    """Decode label records; ids and values are checked against the task (``records`` as for :func:`decode_events`)."""
     ids: list[str] = []
     labels: list[float] = []
     offsets: list[int] = []
@@ -102,7 +106,7 @@ def decode_labels(
         if problem is None:
             problem = _check_id(obj) or _check_label(obj, task, num_classes)
         if problem is not None:
-            rejected.append(Rejected(record, *problem))
+            rejected.append(Rejected(RawRecord.of(record), *problem))
             continue
         ids.append(obj["id"])
         labels.append(float(obj["label"]))

@@ -8,9 +8,11 @@ aiokafka; nothing here logs it.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence
 
+import numpy as np
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -139,6 +141,48 @@ def to_raw(record: ConsumerRecord[bytes, bytes]) -> RawRecord:
         headers=tuple(record.headers or ()),
         timestamp_ms=record.timestamp,
     )
+
+
+async def send_partitioned(
+    producer: AIOKafkaProducer,
+    topic: str,
+    keys: Sequence[bytes],
+    values: Sequence[bytes],
+    partitions: np.ndarray | None,
+    source_partition_count: int | None,
+) -> list[asyncio.Future[Any]]:
+    """Produce ``values`` (keyed ``keys``) as one record batch per partition; returns one delivery future per batch.
+
+    Record ``i`` goes to partition ``partitions[i]`` (the events partition it came from) when
+    ``topic`` has ``source_partition_count`` partitions, i.e. is co-partitioned with the source:
+    for a keyed source record that is the partition the default partitioner would choose, and
+    per-key order is kept, without hashing every key in Python. Otherwise (or with no
+    ``partitions``) the producer's own partitioner picks, once per key. Records of one
+    partition keep their order; nothing is awaited per record.
+    """
+    known = producer.client.cluster.partitions_for_topic(topic)
+    if not known:
+        known = await producer.partitions_for(topic)
+    if partitions is None or source_partition_count != len(known) or len(partitions) != len(values):
+        all_partitions = sorted(known)
+        available = list(producer.client.cluster.available_partitions_for_topic(topic)) or all_partitions
+        partitioner = producer._partitioner  # noqa: SLF001 - the default partitioner aiokafka's send() would use
+        partitions = np.fromiter((partitioner(k, all_partitions, available) for k in keys), np.int64, len(keys))
+    futures = []
+    order = np.argsort(partitions, kind="stable")
+    bounds = np.flatnonzero(np.diff(partitions[order])) + 1
+    for group in np.split(order, bounds):
+        if not len(group):
+            continue
+        partition = int(partitions[group[0]])
+        batch = producer.create_batch()
+        for i in group.tolist():
+            if batch.append(timestamp=None, key=keys[i], value=values[i]) is None:
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(timestamp=None, key=keys[i], value=values[i])
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
 
 
 def dead_letter_headers(rejected: Rejected) -> list[tuple[str, bytes]]:

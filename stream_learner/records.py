@@ -7,7 +7,7 @@ Python object per record; only a rejected record becomes an object of its own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -36,6 +36,25 @@ class RawRecord:
         """``topic[partition]@offset``, for logs."""
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
+    @staticmethod
+    def of(record: "RawRecord | Any") -> "RawRecord":
+        """``record`` itself, or a copy of an aiokafka ``ConsumerRecord``-like one (same attribute names).
+
+        The decoders take consumed records as they come and build a ``RawRecord`` only for a
+        rejected one, so the hot path makes no Python object per record.
+        """
+        if isinstance(record, RawRecord):
+            return record
+        return RawRecord(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            headers=tuple(record.headers or ()),
+            timestamp_ms=record.timestamp,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
@@ -61,9 +80,15 @@ class EventBatch:
     """float64 ``[n]`` event time in epoch seconds; NaN where the event had none."""
     received_at: np.ndarray = field(default_factory=lambda: np.zeros(0))
     """float64 ``[n]`` wall-clock time the service read each event."""
+    partitions: np.ndarray | None = None
+    """int64 ``[n]``: the events partition each event was read from, where known (its prediction goes to the same one)."""
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def from_partition(self, partition: int) -> "EventBatch":
+        """This batch, marked as read from events partition ``partition``."""
+        return EventBatch(self.ids, self.features, self.ts, self.received_at, np.full(len(self.ids), partition, np.int64))
 
     @staticmethod
     def empty(input_dim: int) -> "EventBatch":
@@ -80,6 +105,9 @@ class EventBatch:
             features=np.concatenate([b.features for b in batches]),
             ts=np.concatenate([b.ts for b in batches]),
             received_at=np.concatenate([b.received_at for b in batches]),
+            partitions=None
+            if any(b.partitions is None for b in batches)
+            else np.concatenate([b.partitions for b in batches]),  # type: ignore[misc]
         )
 
     def event_times(self) -> np.ndarray:
@@ -89,7 +117,8 @@ class EventBatch:
     def slice(self, start: int, stop: int) -> "EventBatch":
         """Rows ``start:stop`` as a batch of their own."""
         return EventBatch(
-            self.ids[start:stop], self.features[start:stop], self.ts[start:stop], self.received_at[start:stop]
+            self.ids[start:stop], self.features[start:stop], self.ts[start:stop], self.received_at[start:stop],
+            None if self.partitions is None else self.partitions[start:stop],
         )
 
 

@@ -30,9 +30,9 @@ from .device import DeviceThread
 from .errors import DeliveryError
 from .evaluation import PrequentialMetrics
 from .join import Examples, JoinBuffer
-from .kafka import RebalanceHooks, dead_letter_headers, known_position, make_consumer, make_producer, to_raw
+from .kafka import RebalanceHooks, dead_letter_headers, known_position, make_consumer, make_producer, send_partitioned
 from .model import build_model, resolve_device
-from .records import EventBatch, Predictions, RawRecord, Rejected
+from .records import EventBatch, Predictions, Rejected
 from .snapshot import restore_state, snapshot_state
 from .telemetry import Telemetry
 from .schedule import TrainingSchedule
@@ -115,7 +115,7 @@ class Service:
             assigned = self._consumer.assignment()
             for tp, records in fetched.items():
                 if tp in assigned and records:
-                    await self._ingest(tp, [to_raw(r) for r in records])
+                    await self._ingest(tp, records)
             self._learn_start_positions()
             await self._predict(self.batcher.take_due(time.monotonic()))
             await self._expire()
@@ -127,12 +127,13 @@ class Service:
             self._next_log = time.monotonic() + self.settings.log_interval_s
             log.info("progress", **self.stats())
 
-    async def _ingest(self, tp: TopicPartition, records: list[RawRecord]) -> None:
+    async def _ingest(self, tp: TopicPartition, records: list[Any]) -> None:
+        """Decode consumed records (aiokafka ``ConsumerRecord``s or :class:`RawRecord`s) of ``tp``."""
         s = self.settings
         if tp.topic == s.events_topic:
             events, rejected = decode_events(records, s.input_dim, time.time())
             self.counters["events_consumed"] += len(records)
-            self.batcher.add(events, time.monotonic())
+            self.batcher.add(events.from_partition(tp.partition), time.monotonic())
         else:
             labels, rejected = decode_labels(records, s.task, s.num_classes)
             self.counters["labels_consumed"] += len(records)
@@ -149,9 +150,16 @@ class Service:
             scores, version = await self._device.run(self._predict_on_device, events.features)
             self.telemetry.batch_predicted(len(events), time.perf_counter() - started, events.event_times())
             predictions = Predictions(events, scores, version)
-            for event_id, value in zip(events.ids, encode_predictions(predictions, self.settings.task)):
-                key = event_id.encode()
-                self._deliveries.append(await self._producer.send(self.settings.predictions_topic, value, key=key))
+            values = encode_predictions(predictions, self.settings.task)
+            source_partitions = self._consumer.partitions_for_topic(self.settings.events_topic) if self._consumer else None
+            self._deliveries += await send_partitioned(
+                self._producer,
+                self.settings.predictions_topic,
+                [event_id.encode() for event_id in events.ids],
+                values,
+                events.partitions,
+                len(source_partitions) if source_partitions else None,
+            )
             self.counters["events_predicted"] += len(events)
             self.telemetry.predictions_published(len(events))
             self._learn_from(self.join.add_predictions(events.ids, events.features, scores, time.time()))
