@@ -16,9 +16,9 @@ long), and step composition follows timing.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -31,14 +31,110 @@ ReadToEnd = Callable[[int], bool]
 LowestWaiting = Callable[[int], "tuple[int, float] | None"]
 
 
-@dataclass(order=True)
-class _Queued:
-    offset: int
-    seq: int
-    joined_at: float
+@dataclass
+class _Chunk:
+    """Queued examples of one partition, sorted by label offset (ties: in the order they were queued)."""
+
+    offsets: np.ndarray
+    joined_at: np.ndarray
     features: np.ndarray
-    label: float
+    labels: np.ndarray
     scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def rows(self, start: int, stop: int | None = None) -> "_Chunk":
+        """Rows ``start:stop`` (views, no copy)."""
+        return _Chunk(
+            self.offsets[start:stop], self.joined_at[start:stop], self.features[start:stop],
+            self.labels[start:stop], self.scores[start:stop],
+        )  # fmt: skip
+
+    @staticmethod
+    def concat(chunks: list["_Chunk"]) -> "_Chunk":
+        if len(chunks) == 1:
+            return chunks[0]
+        return _Chunk(*(np.concatenate([getattr(c, f) for c in chunks]) for f in _FIELDS))
+
+    def take(self, order: np.ndarray) -> "_Chunk":
+        return _Chunk(*(getattr(self, f)[order] for f in _FIELDS))
+
+
+_FIELDS = ("offsets", "joined_at", "features", "labels", "scores")
+
+
+class _Queue:
+    """One partition's examples: a deque of sorted chunks, each chunk's offsets at or above the previous chunk's.
+
+    Labels of a partition are read in offset order, so joined examples mostly arrive sorted and
+    are appended as they come; examples joined out of order (early labels whose events came
+    later) are merged with the tail they overlap, one stable sort.
+    """
+
+    def __init__(self) -> None:
+        self.chunks: deque[_Chunk] = deque()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, chunk: _Chunk) -> None:
+        if len(chunk) > 1 and (np.diff(chunk.offsets) < 0).any():
+            chunk = chunk.take(np.argsort(chunk.offsets, kind="stable"))
+        self.size += len(chunk)
+        first = chunk.offsets[0]
+        if not self.chunks or self.chunks[-1].offsets[-1] <= first:
+            self.chunks.append(chunk)
+            return
+        # Out of order: merge with the queued chunks it overlaps (queued ones first on equal offsets).
+        tail: list[_Chunk] = []
+        while self.chunks and self.chunks[-1].offsets[-1] > first:
+            tail.append(self.chunks.pop())
+        merged = _Chunk.concat([*reversed(tail), chunk])
+        self.chunks.append(merged.take(np.argsort(merged.offsets, kind="stable")))
+
+    def count_below(self, limit: float, most: int) -> int:
+        """How many of the lowest offsets, at most ``most``, are below ``limit``."""
+        n = 0
+        for chunk in self.chunks:
+            if n >= most:
+                break
+            below = len(chunk) if limit == math.inf else int(np.searchsorted(chunk.offsets, limit, side="left"))
+            n += below
+            if below < len(chunk):
+                break
+        return min(n, most)
+
+    def oldest_joined(self, count: int) -> float:
+        """The earliest join time among the ``count`` lowest offsets."""
+        oldest, need = math.inf, count
+        for chunk in self.chunks:
+            if need <= 0:
+                break
+            oldest = min(oldest, float(chunk.joined_at[:need].min()))
+            need -= len(chunk)
+        return oldest
+
+    def pop(self, count: int) -> _Chunk:
+        """Remove and return the ``count`` lowest offsets (copies, not views of the queue)."""
+        parts: list[_Chunk] = []
+        need = count
+        while need:
+            chunk = self.chunks[0]
+            if len(chunk) <= need:
+                parts.append(self.chunks.popleft())
+                need -= len(chunk)
+            else:
+                parts.append(chunk.rows(0, need))
+                self.chunks[0] = chunk.rows(need)
+                need = 0
+        self.size -= count
+        taken = _Chunk.concat(parts)
+        return taken if len(parts) > 1 else _Chunk(*(getattr(taken, f).copy() for f in _FIELDS))
+
+    def everything(self) -> _Chunk | None:
+        return _Chunk.concat(list(self.chunks)) if self.chunks else None
 
 
 class TrainingSchedule:
@@ -46,9 +142,8 @@ class TrainingSchedule:
 
     def __init__(self, batch_size: int, max_wait_s: float, hold_s: float = 5.0) -> None:
         self.batch_size, self.max_wait_s, self.hold_s = batch_size, max_wait_s, hold_s
-        self._queues: dict[int, list[_Queued]] = {UNLABELED_PARTITION: []}
+        self._queues: dict[int, _Queue] = {UNLABELED_PARTITION: _Queue()}
         self._turn = UNLABELED_PARTITION
-        self._seq = itertools.count()
         self._blocked_since: dict[int, tuple[int, float]] = {}
 
     def __len__(self) -> int:
@@ -57,16 +152,28 @@ class TrainingSchedule:
     def set_partitions(self, partitions: Iterable[int]) -> None:
         """The labels partitions that take turns (the assigned ones); queued examples are kept."""
         for p in partitions:
-            self._queues.setdefault(p, [])
+            self._queues.setdefault(p, _Queue())
 
     def add(self, examples: Examples, now: float) -> None:
         """Queue joined examples; ``examples.partitions``/``offsets`` give their label positions."""
-        if len(examples) == 0:
+        n = len(examples)
+        if n == 0:
             return
         assert examples.partitions is not None and examples.offsets is not None
-        for i, (p, offset) in enumerate(zip(examples.partitions.tolist(), examples.offsets.tolist())):
-            item = _Queued(offset, next(self._seq), now, examples.features[i], float(examples.labels[i]), examples.scores[i])
-            heapq.heappush(self._queues.setdefault(p, []), item)
+        partitions = np.asarray(examples.partitions, np.int64)
+        chunk = _Chunk(
+            np.asarray(examples.offsets, np.int64),
+            np.full(n, now, np.float64),
+            examples.features,
+            np.asarray(examples.labels, np.float64),
+            examples.scores,
+        )
+        first = int(partitions[0])
+        if (partitions == first).all():
+            self._queues.setdefault(first, _Queue()).add(chunk)
+            return
+        for p in np.unique(partitions).tolist():
+            self._queues.setdefault(p, _Queue()).add(chunk.take(np.flatnonzero(partitions == p)))
 
     def take_due(self, now: float, everything_read: bool, read_to_end: ReadToEnd, lowest_waiting: LowestWaiting) -> list[Examples]:
         """The steps due now, in turn order; stops at a partition that may still complete its next step.
@@ -82,7 +189,7 @@ class TrainingSchedule:
         for p in itertools.islice(itertools.cycle(order), start, None):
             if idle == len(order):
                 break
-            step, wait = self._next_step(p, now, everything_read, read_to_end(p), lowest_waiting(p))
+            step, wait = self._next_step(p, now, everything_read, read_to_end, lowest_waiting)
             if wait:
                 self._turn = p
                 return steps
@@ -102,29 +209,27 @@ class TrainingSchedule:
         return steps
 
     def _next_step(
-        self, p: int, now: float, everything_read: bool, read_to_end: bool, waiting: tuple[int, float] | None
+        self, p: int, now: float, everything_read: bool, read_to_end: ReadToEnd, lowest_waiting: LowestWaiting
     ) -> tuple[Examples | None, bool]:
         """(step or None, whether the turn must wait for partition ``p``)."""
         queue = self._queues[p]
         if p == UNLABELED_PARTITION or everything_read:
             return self._live_step(queue, now)
-        limit = self._hold_limit(p, now, waiting)
-        head = _pop_below(queue, limit, self.batch_size)
-        if len(head) == self.batch_size:
-            return _stack(head), False
-        for item in head:
-            heapq.heappush(queue, item)
-        may_grow = not read_to_end or limit != math.inf
+        to_end = read_to_end(p)
+        limit = self._hold_limit(p, now, lowest_waiting(p))
+        if queue.count_below(limit, self.batch_size) == self.batch_size:
+            return _examples(queue.pop(self.batch_size)), False
+        may_grow = not to_end or limit != math.inf
         return None, may_grow
 
-    def _live_step(self, queue: list[_Queued], now: float) -> tuple[Examples | None, bool]:
+    def _live_step(self, queue: _Queue, now: float) -> tuple[Examples | None, bool]:
         """A full step, or the remainder once it has waited ``max_wait_s`` (the turn waits for it)."""
-        head = _pop_below(queue, math.inf, self.batch_size)
-        if len(head) == self.batch_size or (head and now - min(i.joined_at for i in head) >= self.max_wait_s):
-            return _stack(head), False
-        for item in head:
-            heapq.heappush(queue, item)
-        return None, bool(head)
+        count = min(len(queue), self.batch_size)
+        if count == 0:
+            return None, False
+        if count == self.batch_size or now - queue.oldest_joined(count) >= self.max_wait_s:
+            return _examples(queue.pop(count)), False
+        return None, True
 
     def _hold_limit(self, p: int, now: float, waiting: tuple[int, float] | None) -> float:
         """The offset steps of ``p`` may not pass: its lowest waiting label, until held for ``hold_s``."""
@@ -141,22 +246,22 @@ class TrainingSchedule:
         """Queued examples per partition, in offset order, and whose turn it is."""
         state: dict[str, object] = {"turn": self._turn, "queues": {}}
         for p, queue in self._queues.items():
-            items = sorted(queue)
+            items = queue.everything()
             state["queues"][p] = {  # type: ignore[index]
-                "offsets": torch.tensor([i.offset for i in items], dtype=torch.int64),
-                "features": torch.from_numpy(np.stack([i.features for i in items])) if items else torch.zeros(0),
-                "labels": torch.tensor([i.label for i in items], dtype=torch.float64),
-                "scores": torch.from_numpy(np.stack([i.scores for i in items])) if items else torch.zeros(0),
+                "offsets": torch.from_numpy(items.offsets.copy()) if items else torch.zeros(0, dtype=torch.int64),
+                "features": torch.from_numpy(items.features.copy()) if items else torch.zeros(0),
+                "labels": torch.from_numpy(items.labels.copy()) if items else torch.zeros(0, dtype=torch.float64),
+                "scores": torch.from_numpy(items.scores.copy()) if items else torch.zeros(0),
             }
         return state
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Replace the queues with a :meth:`state_dict`; restored examples count as just joined."""
         self._turn = int(state["turn"])  # type: ignore[call-overload]
-        self._queues = {UNLABELED_PARTITION: []}
+        self._queues = {UNLABELED_PARTITION: _Queue()}
         for p, q in state["queues"].items():  # type: ignore[attr-defined]
             n = len(q["offsets"])
-            self._queues.setdefault(int(p), [])
+            self._queues.setdefault(int(p), _Queue())
             if n == 0:
                 continue
             examples = Examples(
@@ -166,17 +271,5 @@ class TrainingSchedule:
             self.add(examples, -math.inf)
 
 
-def _pop_below(queue: list[_Queued], limit: float, most: int) -> list[_Queued]:
-    """Pop up to ``most`` of the lowest offsets in ``queue`` that are below ``limit``."""
-    head: list[_Queued] = []
-    while queue and len(head) < most and queue[0].offset < limit:
-        head.append(heapq.heappop(queue))
-    return head
-
-
-def _stack(items: list[_Queued]) -> Examples:
-    return Examples(
-        features=np.stack([i.features for i in items]),
-        labels=np.array([i.label for i in items], np.float64),
-        scores=np.stack([i.scores for i in items]),
-    )
+def _examples(chunk: _Chunk) -> Examples:
+    return Examples(features=chunk.features, labels=chunk.labels, scores=chunk.scores)
