@@ -303,6 +303,7 @@ async def test_fuzzed_records_are_dead_lettered_or_predicted_and_trained_exactly
         group_id=f"fuzz-{run}",
         checkpoint_dir=checkpoints,
         log_interval_s=0.2,
+        session_timeout_ms=6000,  # a quicker group join on the embedded broker
         loss_spike_factor=1e9,  # the training guardrail is not under test: every joined label trains
     )
     sent = await produce(bootstrap, names, records)
