@@ -1,0 +1,160 @@
+"""Disk trouble: the checkpoint directory turns unusable while the service runs, or the newest
+checkpoint file is truncated while it is stopped. Real broker, the service as a real child process.
+
+Tests run as root, so a chmod does not stop writes: the directory is renamed away and a regular
+file put at its path, so that creating the temp file fails with an OSError (as on a full, read-only
+or lost volume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from stream_learner.checkpoint import CheckpointStore
+from stream_learner.synthetic import DriftingStream
+
+from .conftest import INPUT_DIM, TOPIC_PARTITIONS, BrokerInfo, StartService, TestTopics
+from .observe import as_offsets, committed_offsets, wait_for_progress
+from .service_process import ServiceProcess, checkpoint_show
+from .stream_io import produce_events, produce_labels, read_predictions
+
+pytestmark = pytest.mark.integration
+
+STREAM = DriftingStream(INPUT_DIM, seed=11)
+BATCH = 500
+
+
+async def produce_stream(bootstrap: str, topics: TestTopics, start: int, n: int) -> list[str]:
+    """Events ``start .. start+n-1`` of the stream and then their labels; returns their ids."""
+    batch = STREAM.batch(start, n)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        await produce_events(producer, topics.events, batch)
+        await produce_labels(producer, topics.labels, batch.ids, batch.labels)
+    finally:
+        await producer.stop()
+    return batch.ids
+
+
+def log_count(service: ServiceProcess, event: str) -> int:
+    return sum(e.get("event") == event for e in service.log_events())
+
+
+async def wait_for_log_count(service: ServiceProcess, event: str, count: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while log_count(service, event) < count:
+        assert service.alive(), service.log_tail()
+        assert time.monotonic() < deadline, f"fewer than {count} {event!r} within {timeout}s:\n{service.log_tail()}"
+        await asyncio.sleep(0.1)
+
+
+async def wait_for_checkpoint(directory: Path, events: int, timeout: float = 30.0) -> None:
+    """Until the newest checkpoint in ``directory`` holds ``events`` events read."""
+    deadline = time.monotonic() + timeout
+    while True:
+        loaded = CheckpointStore(directory, keep=1).load_latest()
+        if loaded is not None and loaded.state["summary"]["events_consumed"] == events:
+            return
+        assert time.monotonic() < deadline, f"no checkpoint with {events} events within {timeout}s"
+        await asyncio.sleep(0.1)
+
+
+async def wait_for_commit(bootstrap: str, group: str, inputs: dict[str, int], directory: Path, timeout: float = 10.0) -> dict:
+    """Until the group's committed offsets are those of the newest checkpoint in ``directory``; returns them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        loaded = CheckpointStore(directory, keep=1).load_latest()
+        assert loaded is not None
+        committed = await committed_offsets(bootstrap, group, inputs)
+        if committed == as_offsets(loaded.state["offsets"], inputs):
+            return committed
+        assert time.monotonic() < deadline, f"committed {committed} != checkpoint {loaded.state['offsets']}"
+        await asyncio.sleep(0.2)
+
+
+def joined(n: int):  # type: ignore[no-untyped-def]
+    return lambda p: p["labels_joined"] >= n and p["queued_examples"] == 0
+
+
+async def test_unusable_checkpoint_directory_keeps_predicting_commits_nothing_new_and_recovers(
+    kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
+) -> None:
+    bootstrap, checkpoints, away = kafka_broker.bootstrap_servers, tmp_path / "checkpoints", tmp_path / "checkpoints.away"
+    group = f"group-{topics.events}"
+    inputs = {topics.events: TOPIC_PARTITIONS, topics.labels: TOPIC_PARTITIONS}
+    service = start_service(checkpoint_interval_s=0.5, log_interval_s=0.2, session_timeout_ms=6000)
+    await asyncio.to_thread(service.wait_for_log, "partitions_assigned", 60)
+    await produce_stream(bootstrap, topics, 0, BATCH)
+    await wait_for_progress(service, joined(BATCH), "the first batch trained")
+    await wait_for_checkpoint(checkpoints, BATCH)
+    await wait_for_commit(bootstrap, group, inputs, checkpoints)
+
+    # The directory becomes unusable.
+    checkpoints.rename(away)
+    checkpoints.write_text("not a directory any more\n")
+    failed_before = log_count(service, "checkpoint_write_failed")
+    second = await produce_stream(bootstrap, topics, BATCH, BATCH)
+    # The service keeps predicting: the new events get their predictions.
+    predictions = await read_predictions(bootstrap, topics.predictions, expected=2 * BATCH, timeout=60)
+    assert set(second) <= set(predictions)
+    await wait_for_progress(service, joined(2 * BATCH), "the second batch trained")
+    # It fails to write, says so, and retries (every CHECKPOINT_RETRY_S, 5 s).
+    await wait_for_log_count(service, "checkpoint_write_failed", failed_before + 2, timeout=20)
+    failure = [e for e in service.log_events() if e.get("event") == "checkpoint_write_failed"][-1]
+    assert failure["level"] == "error" and failure["retry_in_s"] > 0 and failure["error"]
+    assert service.alive()
+    # Kafka's committed offsets stay at the last durable checkpoint: none of the second batch.
+    durable = CheckpointStore(away, keep=1).load_latest()
+    assert durable is not None
+    committed = await wait_for_commit(bootstrap, group, inputs, away, timeout=0)
+    assert sum(committed[tp] for tp in committed if tp.topic == topics.events) == BATCH
+
+    # The directory comes back: checkpoints resume, and the offsets are committed again.
+    checkpoints.unlink()
+    away.rename(checkpoints)
+    await wait_for_checkpoint(checkpoints, 2 * BATCH, timeout=20)  # at the next retry
+    committed = await wait_for_commit(bootstrap, group, inputs, checkpoints)
+    assert sum(committed[tp] for tp in committed if tp.topic == topics.events) == 2 * BATCH
+    assert sum(committed[tp] for tp in committed if tp.topic == topics.labels) == 2 * BATCH
+
+    assert service.stop() == 0, service.log_tail()
+    shown = checkpoint_show(checkpoints)
+    assert shown["events_predicted"] == 2 * BATCH and shown["dead_lettered"] == 0
+    assert shown["labels_joined"] == shown["examples_trained"] == 2 * BATCH
+
+
+async def test_truncated_newest_checkpoint_falls_back_to_the_previous_one_and_trains_every_label_once(
+    kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
+) -> None:
+    bootstrap, checkpoints = kafka_broker.bootstrap_servers, tmp_path / "checkpoints"
+    # A long interval: each run writes just its shutdown checkpoint, so the two newest hold different cuts.
+    calm = {"checkpoint_interval_s": 300, "log_interval_s": 0.2, "session_timeout_ms": 6000}
+    for run in range(2):
+        service = start_service(**calm)
+        await produce_stream(bootstrap, topics, run * BATCH, BATCH)
+        await wait_for_progress(service, joined((run + 1) * BATCH), f"batch {run} trained")
+        assert service.stop() == 0, service.log_tail()
+    newest, previous = CheckpointStore(checkpoints, keep=3).paths()[:2]
+    size = newest.stat().st_size
+    os.truncate(newest, size // 2)
+
+    await produce_stream(bootstrap, topics, 2 * BATCH, BATCH)
+    service = start_service(**calm)
+    restored = await asyncio.to_thread(service.wait_for_log, "checkpoint_restored", 60)
+    unreadable = [e for e in service.log_events() if e.get("event") == "checkpoint_unreadable"]
+    assert [e["path"] for e in unreadable] == [str(newest)] and unreadable[0]["level"] == "warning"
+    assert restored["path"] == str(previous)
+    # The second batch is read again from the previous checkpoint's offsets, and trains once.
+    await wait_for_progress(service, joined(3 * BATCH), "every batch trained")
+    assert service.stop() == 0, service.log_tail()
+    shown = checkpoint_show(checkpoints)
+    assert shown["events_predicted"] == 3 * BATCH and shown["dead_lettered"] == 0
+    assert shown["labels_joined"] == shown["examples_trained"] == 3 * BATCH
+    assert sum(int(o) for o in shown["offsets"][topics.labels].values()) == 3 * BATCH
