@@ -42,16 +42,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: list[str]) -> int:
     settings = load_settings(args, prog="stream-learner run")
     configure_logging(settings.log_level)
+    from .metrics import PrometheusTelemetry
     from .service import Service
 
-    return asyncio.run(_serve(Service(settings)))
+    telemetry = PrometheusTelemetry(settings)
+    service = Service(settings, telemetry=telemetry)
+    telemetry.attach(service)
+    return asyncio.run(_serve(service, telemetry))
 
 
-async def _serve(service: "Service") -> int:  # type: ignore[name-defined]  # noqa: F821
+async def _serve(service: "Service", telemetry: "PrometheusTelemetry | None" = None) -> int:  # type: ignore[name-defined]  # noqa: F821
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
-    await service.run()
+    server = None
+    if telemetry is not None and service.settings.metrics_port:
+        # Before the service connects: /healthz answers at once, /readyz says 503 until the service is ready.
+        from .metrics import MetricsServer
+
+        settings = service.settings
+        server = await MetricsServer(telemetry.registry, service.health, settings.metrics_host, settings.metrics_port).start()
+    try:
+        await service.run()
+    finally:
+        if server is not None:
+            await server.close()
     return 0
 
 
