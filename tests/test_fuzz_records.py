@@ -56,6 +56,12 @@ class Rec:
     id: str | None = None
     """Good records: the event id."""
     partition: int = 0
+    headers: tuple[tuple[str, bytes], ...] = ()
+    """The record's own headers (a dead letter keeps them, before its dlq.* ones)."""
+
+    @property
+    def key(self) -> bytes:
+        return (self.id or "bad").encode()
 
     @property
     def value(self) -> bytes | None:
@@ -64,7 +70,7 @@ class Rec:
         return None if self.template is None else self.template.replace(b"\0HUGE\0", _huge_array())
 
     def __repr__(self) -> str:  # short: a falsifying example lists every record
-        return f"Rec({self.topic}[{self.partition}], {self.reason or 'good'}, {self.template!r})"
+        return f"Rec({self.topic}[{self.partition}], {self.reason or 'good'}, {self.template!r}{', ' if self.headers else ''}{self.headers or ''})"
 
 
 def _dumps(obj: Any) -> bytes:
@@ -106,6 +112,7 @@ GOOD_FEATURES = st.lists(GOOD_NUMBER, min_size=INPUT_DIM, max_size=INPUT_DIM)
 GOOD_TS = st.one_of(st.none(), st.floats(0, 2e9), st.integers(0, 2_000_000_000), st.just("null"))
 NOT_A_NUMBER = st.sampled_from(["1.5", "a", True, False, None, [], {}, [1.0]])
 NOT_AN_OBJECT = st.sampled_from([b"[]", b"[1, 2]", b'"e-1"', b"42", b"-0.5", b"null", b"true", b"false"])
+HEADERS = st.lists(st.tuples(st.text(min_size=1, max_size=8), st.binary(max_size=12)), max_size=2).map(tuple)
 LABEL = st.sampled_from([0, 1, 0.0, 1.0, -0.0])
 """Good class labels; 1.0 and -0.0 are integral numbers, hence classes too."""
 
@@ -221,7 +228,7 @@ def streams(draw: st.DrawFn) -> list[Rec]:
     bad_ids = [f"b{n}-{draw(ID_TEXT)}" for n in range(len(kinds))]
     for kind, event_id in zip(kinds, bad_ids):
         value, reason = draw(bad_event(kind, event_id))
-        events.append(Rec("events", value, reason, None, draw(partition)))
+        events.append(Rec("events", value, reason, None, draw(partition), draw(HEADERS)))
     events.append(Rec("events", b'{"id":"huge","features":\0HUGE\0,"ts":1.5}', "wrong_feature_length", None, draw(partition)))
     events.append(Rec("events", b"\0FIVE_MB\0", "wrong_feature_length", None, draw(partition)))
 
@@ -236,7 +243,7 @@ def streams(draw: st.DrawFn) -> list[Rec]:
     kinds = BAD_LABEL_KINDS + draw(st.lists(st.sampled_from(BAD_LABEL_KINDS), max_size=10))
     for kind in kinds:
         value, reason = draw(bad_label(kind, draw(st.sampled_from(good_ids))))
-        labels.append(Rec("labels", value, reason, None, draw(partition)))
+        labels.append(Rec("labels", value, reason, None, draw(partition), draw(HEADERS)))
     labels.append(Rec("labels", b'{"id":' + _dumps(good_ids[0]) + b',"label":\0HUGE\0}', "bad_label", None, draw(partition)))
     return draw(st.permutations(events)) + draw(st.permutations(labels))
 
@@ -269,7 +276,10 @@ async def produce(bootstrap: str, names: dict[str, str], records: list[Rec]) -> 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=8 * 1024 * 1024, linger_ms=5)
     await producer.start()
     try:
-        sends = [await producer.send(names[r.topic], r.value, key=(r.id or "k").encode(), partition=r.partition) for r in records]
+        sends = [
+            await producer.send(names[r.topic], r.value, key=r.key, partition=r.partition, headers=list(r.headers))
+            for r in records
+        ]
         done = await asyncio.gather(*sends)
     finally:
         await producer.stop()
@@ -326,7 +336,8 @@ async def test_fuzzed_records_are_dead_lettered_or_predicted_and_trained_exactly
         original = sent[source]
         assert original.reason is not None, f"a good record was dead-lettered: {source} {headers['dlq.reason']!r}"
         assert headers["dlq.reason"].decode() == original.reason, (source, original.value[:200] if original.value else None)
-        assert record.value == original.value and headers["dlq.detail"]
+        assert record.value == original.value and record.key == original.key and headers["dlq.detail"]
+        assert list(record.headers)[: len(original.headers)] == list(original.headers)
 
     # Predictions: every good event exactly once (no crash), keyed by its id.
     predictions = [orjson.loads(r.value) for r in await read_to_end(bootstrap, names["predictions"])]
