@@ -26,7 +26,7 @@ from typing import Any, Callable
 import structlog
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^checkpoint-(\d{12})\.pt$")
@@ -56,8 +56,10 @@ class CheckpointStore:
         self.keep = keep
 
     def paths(self) -> list[Path]:
-        """Checkpoint files, newest first."""
+        """Checkpoint files, newest first; a path that exists but is no directory is an error."""
         if not self.directory.is_dir():
+            if self.directory.exists():
+                raise ConfigError(f"checkpoint directory {self.directory} exists but is not a directory")
             return []
         named = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := _NAME.match(p.name))]
         return [p for _, p in sorted(named, reverse=True)]

@@ -27,7 +27,7 @@ from .checkpoint import CheckpointStore
 from .codec import decode_events, decode_labels, encode_predictions
 from .config import Settings
 from .device import DeviceThread
-from .errors import DeliveryError
+from .errors import CheckpointError, DeliveryError
 from .evaluation import PrequentialMetrics
 from .join import Examples, JoinBuffer
 from .kafka import RebalanceHooks, dead_letter_headers, known_position, make_consumer, make_producer, PartitionedSender
@@ -312,8 +312,11 @@ class Service:
             raise DeliveryError(f"{len(errors)} produced records were not acknowledged: {errors[0]!r}")
         self.counters["predictions_acknowledged"] = self.counters["events_predicted"]
 
-    async def checkpoint(self, reason: str) -> None:
-        """Take a checkpoint; the caller holds ``self._lock``, which is Step 1, stopping intake."""
+    async def checkpoint(self, reason: str) -> bool:
+        """Take a checkpoint; False when it could not be written (nothing committed then).
+
+        The caller holds ``self._lock``, which is Step 1, stopping intake.
+        """
         assert self._consumer is not None
         started = time.monotonic()
         self._checkpoints_this_run += 1
@@ -331,7 +334,7 @@ class Service:
         except OSError as exc:
             log.error("checkpoint_write_failed", reason=reason, error=str(exc), retry_in_s=CHECKPOINT_RETRY_S)
             self._next_checkpoint = time.monotonic() + CHECKPOINT_RETRY_S
-            return
+            return False
         self._crash_point("written")
         # Step 5. Commit the same offsets to Kafka, for lag tools; the checkpoint is the source of truth.
         await self._commit(state["offsets"])
@@ -345,6 +348,7 @@ class Service:
         self.telemetry.checkpoint_written(time.monotonic() - started, reason)
         log.info("checkpoint_written", reason=reason, path=str(path), seconds=round(time.monotonic() - started, 3))
         # Step 7. Resume intake: the caller releases the lock.
+        return True
 
     def _crash_point(self, step: str) -> None:
         if self.settings.crash_at == f"{step}:{self._checkpoints_this_run}":
@@ -400,7 +404,10 @@ class Service:
                 async with self._lock:
                     await self._predict(self.batcher.take_all())
                     await self._train(self.schedule.take_all())
-                    await self.checkpoint("shutdown")
+                    if not await self.checkpoint("shutdown"):
+                        raise CheckpointError(
+                            "the final checkpoint could not be written; the next start resumes from the last durable one"
+                        )
         except BaseException:
             self._failed = True
             raise

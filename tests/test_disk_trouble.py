@@ -160,12 +160,6 @@ async def test_truncated_newest_checkpoint_falls_back_to_the_previous_one_and_tr
     assert sum(int(o) for o in shown["offsets"][topics.labels].values()) == 3 * BATCH
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Service.checkpoint (stream_learner/service.py) returns normally when the shutdown checkpoint's "
-    "write fails (checkpoint_write_failed, reason=shutdown), so Service._close logs service_stopped failed=False and "
-    "`stream-learner run` exits 0 without its final checkpoint",
-)
 async def test_sigterm_while_the_checkpoint_directory_is_unusable_loses_nothing_and_says_the_stop_failed(
     kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
 ) -> None:
@@ -198,12 +192,6 @@ async def test_sigterm_while_the_checkpoint_directory_is_unusable_loses_nothing_
     assert code != 0 and stopped["failed"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: CheckpointStore.paths (stream_learner/checkpoint.py) treats a CHECKPOINT_DIR that exists but is not "
-    "a directory as one without checkpoints, so Service._restore logs no_checkpoint and the service starts a blank "
-    "model from the group's committed offsets instead of stopping the start (exit 2)",
-)
 async def test_a_file_at_the_checkpoint_directory_stops_the_start_instead_of_starting_from_scratch(
     kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
 ) -> None:
