@@ -208,6 +208,6 @@ async def test_a_file_at_the_checkpoint_directory_stops_the_start_instead_of_sta
     deadline = time.monotonic() + 30
     while service.alive() and time.monotonic() < deadline and log_count(service, "partitions_assigned") == 0:
         await asyncio.sleep(0.1)
-    events = [e.get("event") for e in service.log_events()]
-    print(f"\nalive {service.alive()}, return code {service.proc.poll() if service.proc else None}, log: {events[:6]}")
     assert not service.alive() and service.proc is not None and service.proc.returncode == 2, service.log_tail()
+    assert str(checkpoints) in service.log_tail(), "the error names the checkpoint directory"
+    assert not any(e.get("event") == "no_checkpoint" for e in service.log_events())
