@@ -53,17 +53,24 @@ class TrainingProbe:
             from stream_learner import schedule
         except ImportError:
             return
-        stack = getattr(schedule, "_stack", None)
+        # ``_examples(chunk)``: the schedule's queued rows (numpy, ``chunk.joined_at``) -> a step;
+        # ``_stack(items)``: the same from one object per example (before the numpy queues).
+        name = "_examples" if hasattr(schedule, "_examples") else "_stack"
+        stack = getattr(schedule, name, None)
         if stack is None:
             return
 
         def probed_stack(items: Any) -> Any:
             step = stack(items)
-            self._stacked[id(step)] = [getattr(i, "joined_at", float("nan")) for i in items]
+            joined_at = getattr(items, "joined_at", None)
+            if joined_at is not None:
+                self._stacked[id(step)] = joined_at.tolist()
+            else:
+                self._stacked[id(step)] = [getattr(i, "joined_at", float("nan")) for i in items]
             return step
 
-        schedule._stack = probed_stack
-        self._restore = lambda: setattr(schedule, "_stack", stack)
+        setattr(schedule, name, probed_stack)
+        self._restore = lambda: setattr(schedule, name, stack)
 
     def close(self) -> None:
         """Undo the module-level wrapping (the trainer and queue wrappers die with the service)."""
