@@ -88,9 +88,13 @@ async def wait_for_progress(
     raise AssertionError(f"{what} not reached within {timeout}s; last progress: {last[0]}\n{service.log_tail()}")
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident set size of process ``pid`` (VmRSS in /proc/<pid>/status)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of process ``pid`` (VmRSS in /proc/<pid>/status); None once it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return None
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
+    return None  # a zombie: exited, not yet reaped

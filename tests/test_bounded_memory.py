@@ -40,7 +40,7 @@ early labels a few hundred bytes each), so a flat service stays within allocator
 pass 16 MiB."""
 
 
-async def flood(bootstrap: str, topics: TestTopics, sent: list[int]) -> None:
+async def flood(bootstrap: str, topics: TestTopics) -> None:
     """EVENTS events at RATE, and ORPHAN_LABELS labels for ids never sent, in two bursts."""
     rng = np.random.default_rng(5)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=512 * 1024)
@@ -58,7 +58,6 @@ async def flood(bootstrap: str, topics: TestTopics, sent: list[int]) -> None:
                 key = f"never-{j}".encode()
                 sends.append(await producer.send(topics.labels, orjson.dumps({"id": f"never-{j}", "label": j % 2}), key=key))
             await asyncio.gather(*sends)
-            sent[0] = start + chunk
             await asyncio.sleep(max(0.0, started + (start + chunk) / RATE - time.monotonic()))
     finally:
         await producer.stop()
@@ -67,9 +66,9 @@ async def flood(bootstrap: str, topics: TestTopics, sent: list[int]) -> None:
 async def sample_rss(service: ServiceProcess, samples: list[tuple[int, int]], every_s: float = 0.2) -> None:
     """(events consumed per the latest progress line, RSS bytes) every ``every_s`` while the child lives."""
     assert service.proc is not None
-    while service.alive():
+    while (rss := rss_bytes(service.proc.pid)) is not None:
         lines = progress_lines(service)
-        samples.append((lines[-1]["events_consumed"] if lines else 0, rss_bytes(service.proc.pid)))
+        samples.append((lines[-1]["events_consumed"] if lines else 0, rss))
         await asyncio.sleep(every_s)
 
 
@@ -87,9 +86,8 @@ async def test_flood_without_labels_keeps_join_bounded_and_memory_flat(
     await asyncio.to_thread(service.wait_for_log, "partitions_assigned", 60)
     samples: list[tuple[int, int]] = []
     sampling = asyncio.create_task(sample_rss(service, samples))
-    sent = [0]
     started = time.monotonic()
-    await flood(kafka_broker.bootstrap_servers, topics, sent)
+    await flood(kafka_broker.bootstrap_servers, topics)
     flood_s = time.monotonic() - started
     # Everything read, and every waiting event and early label has expired (TTL) and trained (policy).
     await wait_for_progress(

@@ -12,9 +12,10 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from stream_learner.checkpoint import CheckpointStore
 from stream_learner.synthetic import DriftingStream
@@ -66,7 +67,9 @@ async def wait_for_checkpoint(directory: Path, events: int, timeout: float = 30.
         await asyncio.sleep(0.1)
 
 
-async def wait_for_commit(bootstrap: str, group: str, inputs: dict[str, int], directory: Path, timeout: float = 10.0) -> dict:
+async def wait_for_commit(
+    bootstrap: str, group: str, inputs: dict[str, int], directory: Path, timeout: float = 10.0
+) -> dict[TopicPartition, int]:
     """Until the group's committed offsets are those of the newest checkpoint in ``directory``; returns them."""
     deadline = time.monotonic() + timeout
     while True:
@@ -79,8 +82,19 @@ async def wait_for_commit(bootstrap: str, group: str, inputs: dict[str, int], di
         await asyncio.sleep(0.2)
 
 
-def joined(n: int):  # type: ignore[no-untyped-def]
+def joined(n: int) -> Callable[[dict[str, Any]], bool]:
     return lambda p: p["labels_joined"] >= n and p["queued_examples"] == 0
+
+
+def make_unusable(directory: Path, away: Path) -> None:
+    """Move the directory away and put a regular file at its path."""
+    directory.rename(away)
+    directory.write_text("not a directory any more\n")
+
+
+def make_usable(directory: Path, away: Path) -> None:
+    directory.unlink()
+    away.rename(directory)
 
 
 async def test_unusable_checkpoint_directory_keeps_predicting_commits_nothing_new_and_recovers(
@@ -97,8 +111,7 @@ async def test_unusable_checkpoint_directory_keeps_predicting_commits_nothing_ne
     await wait_for_commit(bootstrap, group, inputs, checkpoints)
 
     # The directory becomes unusable.
-    checkpoints.rename(away)
-    checkpoints.write_text("not a directory any more\n")
+    make_unusable(checkpoints, away)
     failed_before = log_count(service, "checkpoint_write_failed")
     second = await produce_stream(bootstrap, topics, BATCH, BATCH)
     # The service keeps predicting: the new events get their predictions.
@@ -111,14 +124,11 @@ async def test_unusable_checkpoint_directory_keeps_predicting_commits_nothing_ne
     assert failure["level"] == "error" and failure["retry_in_s"] > 0 and failure["error"]
     assert service.alive()
     # Kafka's committed offsets stay at the last durable checkpoint: none of the second batch.
-    durable = CheckpointStore(away, keep=1).load_latest()
-    assert durable is not None
     committed = await wait_for_commit(bootstrap, group, inputs, away, timeout=0)
     assert sum(committed[tp] for tp in committed if tp.topic == topics.events) == BATCH
 
     # The directory comes back: checkpoints resume, and the offsets are committed again.
-    checkpoints.unlink()
-    away.rename(checkpoints)
+    make_usable(checkpoints, away)
     await wait_for_checkpoint(checkpoints, 2 * BATCH, timeout=20)  # at the next retry
     committed = await wait_for_commit(bootstrap, group, inputs, checkpoints)
     assert sum(committed[tp] for tp in committed if tp.topic == topics.events) == 2 * BATCH
@@ -169,8 +179,7 @@ async def test_sigterm_while_the_checkpoint_directory_is_unusable_loses_nothing_
     await produce_stream(bootstrap, topics, 0, BATCH)
     await wait_for_progress(service, joined(BATCH), "the first batch trained")
     await wait_for_checkpoint(checkpoints, BATCH)
-    checkpoints.rename(away)
-    checkpoints.write_text("not a directory any more\n")
+    make_unusable(checkpoints, away)
     await produce_stream(bootstrap, topics, BATCH, BATCH)
     await wait_for_progress(service, joined(2 * BATCH), "the second batch trained")
     code = service.stop()
@@ -179,8 +188,7 @@ async def test_sigterm_while_the_checkpoint_directory_is_unusable_loses_nothing_
     stopped = [e for e in service.log_events() if e.get("event") == "service_stopped"][-1]
 
     # Nothing is lost: the restart goes on from the last durable checkpoint and trains every label once.
-    checkpoints.unlink()
-    away.rename(checkpoints)
+    make_usable(checkpoints, away)
     service = start_service(**settings)
     await wait_for_progress(service, joined(2 * BATCH), "the second batch trained again")
     assert service.stop() == 0, service.log_tail()
@@ -201,8 +209,7 @@ async def test_a_file_at_the_checkpoint_directory_stops_the_start_instead_of_sta
     await produce_stream(bootstrap, topics, 0, BATCH)
     await wait_for_progress(service, joined(BATCH), "the first batch trained")
     assert service.stop() == 0
-    checkpoints.rename(away)
-    checkpoints.write_text("not a directory any more\n")
+    make_unusable(checkpoints, away)
 
     service = start_service(**settings)
     deadline = time.monotonic() + 30

@@ -37,7 +37,6 @@ pytestmark = pytest.mark.integration
 HUGE = 100_000
 """Numbers in a huge array."""
 FIVE_MB = 5 * 1024 * 1024
-NUM_CLASSES = 2
 
 # --- what gets produced ------------------------------------------------------------------
 
@@ -70,7 +69,8 @@ class Rec:
         return None if self.template is None else self.template.replace(b"\0HUGE\0", _huge_array())
 
     def __repr__(self) -> str:  # short: a falsifying example lists every record
-        return f"Rec({self.topic}[{self.partition}], {self.reason or 'good'}, {self.template!r}{', ' if self.headers else ''}{self.headers or ''})"
+        headers = f", headers={self.headers}" if self.headers else ""
+        return f"Rec({self.topic}[{self.partition}], {self.reason or 'good'}, {self.template!r}{headers})"
 
 
 def _dumps(obj: Any) -> bytes:
@@ -340,8 +340,9 @@ async def test_fuzzed_records_are_dead_lettered_or_predicted_and_trained_exactly
         assert list(record.headers)[: len(original.headers)] == list(original.headers)
 
     # Predictions: every good event exactly once (no crash), keyed by its id.
-    predictions = [orjson.loads(r.value) for r in await read_to_end(bootstrap, names["predictions"])]
-    assert Counter(p["id"] for p in predictions) == Counter(r.id for r in records if r.topic == "events" and r.reason is None)
+    predictions = await read_to_end(bootstrap, names["predictions"])
+    assert all(orjson.loads(p.value)["id"].encode() == p.key for p in predictions)
+    assert Counter(p.key.decode() for p in predictions) == Counter(r.id for r in records if r.topic == "events" and r.reason is None)
 
     # The final checkpoint: counts exactly as the contract says.
     shown = checkpoint_show(checkpoints)
