@@ -27,7 +27,7 @@ from .checkpoint import CheckpointStore
 from .codec import decode_events, decode_labels, encode_predictions
 from .config import Settings
 from .device import DeviceThread
-from .errors import CheckpointError, DeliveryError
+from .errors import CheckpointError, ConfigError, DeliveryError
 from .evaluation import PrequentialMetrics
 from .join import Examples, JoinBuffer
 from .kafka import RebalanceHooks, dead_letter_headers, known_position, make_consumer, make_producer, PartitionedSender
@@ -331,7 +331,7 @@ class Service:
         # Step 4. Write atomically; on failure keep serving and retry soon, committing nothing.
         try:
             path = await asyncio.to_thread(self.store.write, state, before_rename=lambda: self._crash_point("written_temp"))
-        except OSError as exc:
+        except (OSError, ConfigError) as exc:
             log.error("checkpoint_write_failed", reason=reason, error=str(exc), retry_in_s=CHECKPOINT_RETRY_S)
             self._next_checkpoint = time.monotonic() + CHECKPOINT_RETRY_S
             return False
@@ -339,8 +339,11 @@ class Service:
         # Step 5. Commit the same offsets to Kafka, for lag tools; the checkpoint is the source of truth.
         await self._commit(state["offsets"])
         self._crash_point("committed")
-        # Step 6. Prune old checkpoints.
-        await asyncio.to_thread(self.store.prune)
+        # Step 6. Prune old checkpoints; a failure here costs disk space, not safety.
+        try:
+            await asyncio.to_thread(self.store.prune)
+        except (OSError, ConfigError) as exc:
+            log.warning("checkpoint_prune_failed", error=str(exc))
         self._dirty = False
         self._next_checkpoint = time.monotonic() + self.settings.checkpoint_interval_s
         self.last_checkpoint = {"path": str(path), "reason": reason, "at": time.time()}
@@ -480,6 +483,10 @@ class Service:
             "early_labels": self.join.early_labels,
             "queued_examples": len(self.schedule),
             "dead_lettered": self.counters["dead_lettered"],
+            **{k: v for k, v in vars(j).items() if k != "labels_joined"},
+            "examples_skipped": t.examples_skipped,
+            "poisoned_steps": t.poisoned_steps,
+            "rollbacks": t.rollbacks,
             "skipped_steps": t.skipped_steps,
             "lag": self.lag(),
             **{f"prequential_{k}": v for k, v in self.metrics.summary().items()},
