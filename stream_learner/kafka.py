@@ -17,14 +17,14 @@ from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.helpers import create_ssl_context
 from pydantic import SecretStr
 
 from .config import Settings
 from .errors import ConfigError
-from .records import RawRecord, Rejected
+from .records import Rejected
 
 log = structlog.get_logger(__name__)
 
@@ -130,19 +130,6 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         linger_ms=2,
         max_batch_size=256 * 1024,
         max_request_size=MAX_REQUEST_BYTES,
-    )
-
-
-def to_raw(record: ConsumerRecord[bytes, bytes]) -> RawRecord:
-    """The parts of an aiokafka record that stream_learner uses."""
-    return RawRecord(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=record.value,
-        headers=tuple(record.headers or ()),
-        timestamp_ms=record.timestamp,
     )
 
 
