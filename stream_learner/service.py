@@ -126,7 +126,8 @@ class Service:
             await self._predict(self.batcher.take_due(time.monotonic()), overlap=True)
             await self._expire()
             # The steps due run on the device thread while the next turn fetches and decodes.
-            self._training = asyncio.create_task(self._train_due_after(self._training))
+            await self._settle_training()
+            self._training = asyncio.create_task(self._train_due())
             self._check_deliveries()
             if self._dirty and time.monotonic() >= self._next_checkpoint:
                 await self.checkpoint("interval")
@@ -153,25 +154,22 @@ class Service:
     async def _predict(self, batches: list[EventBatch], *, overlap: bool = False) -> None:
         """Predict, publish and join each batch, then train the steps that became due (test-then-train).
 
-        The steps run on the device thread, one after the other in schedule order, while the
-        batch's predictions are encoded and produced (and the next turn fetches and decodes). A
-        full batch (catching up) is predicted only after every step due before it has finished,
-        so it is predicted by weights that already learned from every label joined before it; a
-        batch that is due by its delay (live traffic) is predicted at once, after at most the
-        one step running, so a burst of steps does not hold predictions back. With ``overlap``
-        steps may still be running on return (the next ones chain after them); without it,
+        The device thread runs everything in submission order, and each batch's inference is
+        submitted only after the steps due before it have finished, so a batch is predicted by
+        weights that already learned from every label joined before it. Those steps run while
+        the previous batch's predictions are encoded and produced. With ``overlap`` the last
+        batch's steps may still be running on return (the next turn awaits them); without it,
         nothing is in flight on return (a checkpoint's drain, the shutdown).
         """
         assert self._producer is not None
         s = self.settings
         for events in batches:
-            if len(events) >= s.max_batch_size:
-                await self._settle_training()
+            await self._settle_training()
             started = time.perf_counter()
             scores, version = await self._device.run(self._predict_on_device, events.features)
             self.telemetry.batch_predicted(len(events), time.perf_counter() - started, events.event_times())
             self._learn_from(self.join.add_predictions(events.ids, events.features, scores, time.time()))
-            self._training = asyncio.create_task(self._train_due_after(self._training))
+            self._training = asyncio.create_task(self._train_due())
             values = encode_predictions(Predictions(events, scores, version), s.task)
             source_partitions = self._consumer.partitions_for_topic(s.events_topic) if self._consumer else None
             if self._sender is None or self._sender.producer is not self._producer:
@@ -187,12 +185,6 @@ class Service:
             self.telemetry.predictions_published(len(events))
         if not overlap:
             await self._settle_training()
-
-    async def _train_due_after(self, previous: "asyncio.Task[None] | None") -> None:
-        """The steps due once ``previous`` (the steps in flight) has finished: steps never interleave."""
-        if previous is not None:
-            await previous
-        await self._train_due()
 
     async def _settle_training(self) -> None:
         """Wait for the optimizer steps in flight (raising what they raised)."""
