@@ -9,9 +9,6 @@ aiokafka; nothing here logs it.
 from __future__ import annotations
 
 import asyncio
-import collections
-import functools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence
 
@@ -134,37 +131,39 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
 
 
 class PartitionedSender:
-    """Produces keyed records in record batches of our own, one open batch per partition, without awaiting the broker.
+    """Produces keyed records as one record batch per partition, without waiting for the broker.
 
     aiokafka's ``send_batch`` waits until the partition's previous batch has left the
     accumulator (one produce request in flight per broker), so awaiting it in the run loop
-    would tie the loop to broker round trips, and a batch per call would send tiny batches
-    when calls are small. Here records are appended to the partition's open batch; a pump task
-    per partition hands open batches over one at a time, and records that arrive meanwhile go
-    into the next one. A partition's records keep their order. :meth:`send` waits only when
-    more than ``max_queued_batches`` full batches of a partition wait for the broker. Each :meth:`send` returns one
-    future, done when all of its records are acknowledged (or failed with the first error).
+    would tie the loop to broker round trips. Here each call's batches are built at once,
+    handed to the producer by a task of their own (the tasks queue up in call order, so a
+    partition's records stay in order), and the call returns one future for all of them.
     """
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, max_queued_batches: int = 16) -> None:
+    def __init__(self, producer: AIOKafkaProducer, max_queued: int = 64) -> None:
         self.producer = producer
-        self.topic = topic
-        self.max_queued_batches = max_queued_batches
-        self._queues: dict[int, collections.deque[tuple[Any, list[_Delivery]]]] = {}
-        self._pumps: dict[int, asyncio.Task[None]] = {}
+        self.max_queued = max_queued
+        self._previous: asyncio.Future[None] | None = None
+        self._queued = 0
 
     async def send(
-        self, keys: Sequence[bytes], values: Sequence[bytes], partitions: np.ndarray | None, source_partition_count: int | None
-    ) -> asyncio.Future[None]:
-        """Produce ``values`` (keyed ``keys``) to the topic; returns a future done when every record is acknowledged.
+        self,
+        topic: str,
+        keys: Sequence[bytes],
+        values: Sequence[bytes],
+        partitions: np.ndarray | None,
+        source_partition_count: int | None,
+    ) -> asyncio.Future[Any]:
+        """Produce ``values`` (keyed ``keys``); returns a future done when every record is acknowledged.
 
         Record ``i`` goes to partition ``partitions[i]`` (the events partition it came from) when
-        the topic has ``source_partition_count`` partitions, i.e. is co-partitioned with the source:
+        ``topic`` has ``source_partition_count`` partitions, i.e. is co-partitioned with the source:
         for a keyed source record that is the partition the default partitioner would choose, and
         per-key order is kept, without hashing every key in Python. Otherwise (or with no
-        ``partitions``) the producer's own partitioner picks, once per key.
+        ``partitions``) the producer's own partitioner picks, once per key. Waits only when
+        ``max_queued`` earlier calls are still not handed over (backpressure).
         """
-        producer, topic = self.producer, self.topic
+        producer = self.producer
         known = producer.client.cluster.partitions_for_topic(topic)
         if not known:
             known = await producer.partitions_for(topic)
@@ -173,65 +172,39 @@ class PartitionedSender:
             available = list(producer.client.cluster.available_partitions_for_topic(topic)) or all_partitions
             partitioner = producer._partitioner  # noqa: SLF001 - the default partitioner aiokafka's send() would use
             partitions = np.fromiter((partitioner(k, all_partitions, available) for k in keys), np.int64, len(keys))
-        delivery = _Delivery(asyncio.get_running_loop().create_future())
+        batches = []
         order = np.argsort(partitions, kind="stable")
         for group in np.split(order, np.flatnonzero(np.diff(partitions[order])) + 1):
             if not len(group):
                 continue
             partition = int(partitions[group[0]])
-            queue = self._queues.setdefault(partition, collections.deque())
-            if not queue:
-                queue.append((producer.create_batch(), []))
-            batch, waiting = queue[-1]
-            delivery.batches += 1
-            waiting.append(delivery)
+            batch = producer.create_batch()
             for i in group.tolist():
                 if batch.append(timestamp=None, key=keys[i], value=values[i]) is None:
-                    batch, waiting = producer.create_batch(), [delivery]
-                    delivery.batches += 1
-                    queue.append((batch, waiting))
+                    batches.append((batch, partition))
+                    batch = producer.create_batch()
                     batch.append(timestamp=None, key=keys[i], value=values[i])
-            pump = self._pumps.get(partition)
-            if pump is None or pump.done():
-                self._pumps[partition] = pump = asyncio.ensure_future(self._pump(partition))
-            if len(queue) > self.max_queued_batches:
-                await asyncio.shield(pump)  # backpressure: the broker takes less than we produce
-        if not delivery.batches:
-            delivery.future.set_result(None)
-        return delivery.future
+            batches.append((batch, partition))
+        previous = self._previous
+        if previous is not None and self._queued >= self.max_queued:
+            await asyncio.shield(previous)
+        handed_over: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._previous = handed_over
+        self._queued += 1
+        return asyncio.ensure_future(self._send(topic, batches, previous, handed_over))
 
-    async def _pump(self, partition: int) -> None:
-        queue = self._queues[partition]
-        while queue:
-            batch, waiting = queue.popleft()
-            try:
-                acked = await self.producer.send_batch(batch, self.topic, partition=partition)
-            except Exception as exc:  # noqa: BLE001 - reported through the deliveries
-                for delivery in waiting:
-                    delivery.batch_done(exc)
-                continue
-            acked.add_done_callback(functools.partial(_batch_acked, waiting))
-
-
-@dataclass
-class _Delivery:
-    future: asyncio.Future[None]
-    batches: int = 0
-
-    def batch_done(self, error: BaseException | None) -> None:
-        self.batches -= 1
-        if self.future.done():
-            return
-        if error is not None:
-            self.future.set_exception(error)
-        elif self.batches == 0:
-            self.future.set_result(None)
-
-
-def _batch_acked(waiting: list[_Delivery], acked: asyncio.Future[Any]) -> None:
-    error = acked.exception() if not acked.cancelled() else asyncio.CancelledError()
-    for delivery in waiting:
-        delivery.batch_done(error)
+    async def _send(
+        self, topic: str, batches: list[tuple[Any, int]], previous: asyncio.Future[None] | None, handed_over: asyncio.Future[None]
+    ) -> None:
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            futures = [await self.producer.send_batch(batch, topic, partition=partition) for batch, partition in batches]
+        finally:
+            self._queued -= 1
+            if not handed_over.done():
+                handed_over.set_result(None)
+        await asyncio.gather(*futures)
 
 
 def dead_letter_headers(rejected: Rejected) -> list[tuple[str, bytes]]:

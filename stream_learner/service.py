@@ -173,8 +173,9 @@ class Service:
             values = encode_predictions(Predictions(events, scores, version), s.task)
             source_partitions = self._consumer.partitions_for_topic(s.events_topic) if self._consumer else None
             if self._sender is None or self._sender.producer is not self._producer:
-                self._sender = PartitionedSender(self._producer, s.predictions_topic)
+                self._sender = PartitionedSender(self._producer)
             delivered = await self._sender.send(
+                s.predictions_topic,
                 [event_id.encode() for event_id in events.ids],
                 values,
                 events.partitions,
