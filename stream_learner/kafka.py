@@ -130,81 +130,46 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
-class PartitionedSender:
-    """Produces keyed records as one record batch per partition, without waiting for the broker.
+async def send_partitioned(
+    producer: AIOKafkaProducer,
+    topic: str,
+    keys: Sequence[bytes],
+    values: Sequence[bytes],
+    partitions: np.ndarray | None,
+    source_partition_count: int | None,
+) -> list[asyncio.Future[Any]]:
+    """Produce ``values`` (keyed ``keys``) as one record batch per partition; returns one delivery future per batch.
 
-    aiokafka's ``send_batch`` waits until the partition's previous batch has left the
-    accumulator (one produce request in flight per broker), so awaiting it in the run loop
-    would tie the loop to broker round trips. Here each call's batches are built at once,
-    handed to the producer by a task of their own (the tasks queue up in call order, so a
-    partition's records stay in order), and the call returns one future for all of them.
+    Record ``i`` goes to partition ``partitions[i]`` (the events partition it came from) when
+    ``topic`` has ``source_partition_count`` partitions, i.e. is co-partitioned with the source:
+    for a keyed source record that is the partition the default partitioner would choose, and
+    per-key order is kept, without hashing every key in Python. Otherwise (or with no
+    ``partitions``) the producer's own partitioner picks, once per key. Records of one
+    partition keep their order; nothing is awaited per record.
     """
-
-    def __init__(self, producer: AIOKafkaProducer, max_queued: int = 64) -> None:
-        self.producer = producer
-        self.max_queued = max_queued
-        self._previous: asyncio.Future[None] | None = None
-        self._queued = 0
-
-    async def send(
-        self,
-        topic: str,
-        keys: Sequence[bytes],
-        values: Sequence[bytes],
-        partitions: np.ndarray | None,
-        source_partition_count: int | None,
-    ) -> asyncio.Future[Any]:
-        """Produce ``values`` (keyed ``keys``); returns a future done when every record is acknowledged.
-
-        Record ``i`` goes to partition ``partitions[i]`` (the events partition it came from) when
-        ``topic`` has ``source_partition_count`` partitions, i.e. is co-partitioned with the source:
-        for a keyed source record that is the partition the default partitioner would choose, and
-        per-key order is kept, without hashing every key in Python. Otherwise (or with no
-        ``partitions``) the producer's own partitioner picks, once per key. Waits only when
-        ``max_queued`` earlier calls are still not handed over (backpressure).
-        """
-        producer = self.producer
-        known = producer.client.cluster.partitions_for_topic(topic)
-        if not known:
-            known = await producer.partitions_for(topic)
-        if partitions is None or source_partition_count != len(known) or len(partitions) != len(values):
-            all_partitions = sorted(known)
-            available = list(producer.client.cluster.available_partitions_for_topic(topic)) or all_partitions
-            partitioner = producer._partitioner  # noqa: SLF001 - the default partitioner aiokafka's send() would use
-            partitions = np.fromiter((partitioner(k, all_partitions, available) for k in keys), np.int64, len(keys))
-        batches = []
-        order = np.argsort(partitions, kind="stable")
-        for group in np.split(order, np.flatnonzero(np.diff(partitions[order])) + 1):
-            if not len(group):
-                continue
-            partition = int(partitions[group[0]])
-            batch = producer.create_batch()
-            for i in group.tolist():
-                if batch.append(timestamp=None, key=keys[i], value=values[i]) is None:
-                    batches.append((batch, partition))
-                    batch = producer.create_batch()
-                    batch.append(timestamp=None, key=keys[i], value=values[i])
-            batches.append((batch, partition))
-        previous = self._previous
-        if previous is not None and self._queued >= self.max_queued:
-            await asyncio.shield(previous)
-        handed_over: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._previous = handed_over
-        self._queued += 1
-        return asyncio.ensure_future(self._send(topic, batches, previous, handed_over))
-
-    async def _send(
-        self, topic: str, batches: list[tuple[Any, int]], previous: asyncio.Future[None] | None, handed_over: asyncio.Future[None]
-    ) -> None:
-        try:
-            if previous is not None:
-                await asyncio.shield(previous)
-            futures = [await self.producer.send_batch(batch, topic, partition=partition) for batch, partition in batches]
-        finally:
-            self._queued -= 1
-            if not handed_over.done():
-                handed_over.set_result(None)
-        await asyncio.gather(*futures)
+    known = producer.client.cluster.partitions_for_topic(topic)
+    if not known:
+        known = await producer.partitions_for(topic)
+    if partitions is None or source_partition_count != len(known) or len(partitions) != len(values):
+        all_partitions = sorted(known)
+        available = list(producer.client.cluster.available_partitions_for_topic(topic)) or all_partitions
+        partitioner = producer._partitioner  # noqa: SLF001 - the default partitioner aiokafka's send() would use
+        partitions = np.fromiter((partitioner(k, all_partitions, available) for k in keys), np.int64, len(keys))
+    futures = []
+    order = np.argsort(partitions, kind="stable")
+    bounds = np.flatnonzero(np.diff(partitions[order])) + 1
+    for group in np.split(order, bounds):
+        if not len(group):
+            continue
+        partition = int(partitions[group[0]])
+        batch = producer.create_batch()
+        for i in group.tolist():
+            if batch.append(timestamp=None, key=keys[i], value=values[i]) is None:
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(timestamp=None, key=keys[i], value=values[i])
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures
 
 
 def dead_letter_headers(rejected: Rejected) -> list[tuple[str, bytes]]:

@@ -30,7 +30,7 @@ from .device import DeviceThread
 from .errors import CheckpointError, ConfigError, DeliveryError
 from .evaluation import PrequentialMetrics
 from .join import Examples, JoinBuffer
-from .kafka import RebalanceHooks, dead_letter_headers, known_position, make_consumer, make_producer, PartitionedSender
+from .kafka import RebalanceHooks, dead_letter_headers, known_position, make_consumer, make_producer, send_partitioned
 from .model import build_model, resolve_device
 from .records import EventBatch, Predictions, Rejected
 from .snapshot import restore_state, snapshot_state
@@ -44,12 +44,6 @@ CHECKPOINT_RETRY_S = 5.0
 
 class Service:
     """Predicts every event, trains on every label once, checkpoints with offsets."""
-
-    _training: "asyncio.Task[None] | None" = None
-    """Optimizer steps in flight on the device thread (see :meth:`_predict`); awaited before the next
-    inference, the next steps, and a checkpoint's snapshot."""
-    _sender: PartitionedSender | None = None
-    """Produces each batch's predictions; one delivery future per batch."""
 
     def __init__(self, settings: Settings, telemetry: Telemetry | None = None) -> None:
         s = settings
@@ -123,11 +117,9 @@ class Service:
                 if tp in assigned and records:
                     await self._ingest(tp, records)
             self._learn_start_positions()
-            await self._predict(self.batcher.take_due(time.monotonic()), overlap=True)
+            await self._predict(self.batcher.take_due(time.monotonic()))
             await self._expire()
-            # The steps due run on the device thread while the next turn fetches and decodes.
-            await self._settle_training()
-            self._training = asyncio.create_task(self._train_due())
+            await self._train_due()
             self._check_deliveries()
             if self._dirty and time.monotonic() >= self._next_checkpoint:
                 await self.checkpoint("interval")
@@ -151,47 +143,29 @@ class Service:
         self.offsets[tp] = records[-1].offset + 1
         self._dirty = True
 
-    async def _predict(self, batches: list[EventBatch], *, overlap: bool = False) -> None:
-        """Predict, publish and join each batch, then train the steps that became due (test-then-train).
-
-        The device thread runs everything in submission order, and each batch's inference is
-        submitted only after the steps due before it have finished, so a batch is predicted by
-        weights that already learned from every label joined before it. Those steps run while
-        the previous batch's predictions are encoded and produced. With ``overlap`` the last
-        batch's steps may still be running on return (the next turn awaits them); without it,
-        nothing is in flight on return (a checkpoint's drain, the shutdown).
-        """
+    async def _predict(self, batches: list[EventBatch]) -> None:
         assert self._producer is not None
-        s = self.settings
         for events in batches:
-            await self._settle_training()
             started = time.perf_counter()
             scores, version = await self._device.run(self._predict_on_device, events.features)
             self.telemetry.batch_predicted(len(events), time.perf_counter() - started, events.event_times())
-            self._learn_from(self.join.add_predictions(events.ids, events.features, scores, time.time()))
-            self._training = asyncio.create_task(self._train_due())
-            values = encode_predictions(Predictions(events, scores, version), s.task)
-            source_partitions = self._consumer.partitions_for_topic(s.events_topic) if self._consumer else None
-            if self._sender is None or self._sender.producer is not self._producer:
-                self._sender = PartitionedSender(self._producer)
-            delivered = await self._sender.send(
-                s.predictions_topic,
+            predictions = Predictions(events, scores, version)
+            values = encode_predictions(predictions, self.settings.task)
+            source_partitions = self._consumer.partitions_for_topic(self.settings.events_topic) if self._consumer else None
+            self._deliveries += await send_partitioned(
+                self._producer,
+                self.settings.predictions_topic,
                 [event_id.encode() for event_id in events.ids],
                 values,
                 events.partitions,
                 len(source_partitions) if source_partitions else None,
             )
-            self._deliveries.append(delivered)
             self.counters["events_predicted"] += len(events)
             self.telemetry.predictions_published(len(events))
-        if not overlap:
-            await self._settle_training()
-
-    async def _settle_training(self) -> None:
-        """Wait for the optimizer steps in flight (raising what they raised)."""
-        task, self._training = self._training, None
-        if task is not None:
-            await task
+            self._learn_from(self.join.add_predictions(events.ids, events.features, scores, time.time()))
+            # Test-then-train per batch: in catch-up, the next batch is predicted by weights
+            # that already learned from the labels joined so far.
+            await self._train_due()
 
     def _predict_on_device(self, features: Any) -> tuple[Any, int]:
         return self.trainer.predict_many(features), self.trainer.model_version
@@ -297,7 +271,6 @@ class Service:
         self._deliveries = pending
 
     async def _flush_deliveries(self) -> None:
-        await self._settle_training()
         deliveries, self._deliveries = self._deliveries, []
         results = await asyncio.gather(*deliveries, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
