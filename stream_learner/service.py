@@ -70,7 +70,6 @@ class Service:
         self._checkpoints_this_run = 0
         self._next_checkpoint = time.monotonic() + s.checkpoint_interval_s
         self._next_log = time.monotonic() + s.log_interval_s
-        self._started_at = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._broker_reachable = False
