@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -18,10 +19,17 @@ from .config import Settings
 from .errors import ConfigError
 
 
+Moments = tuple[float, np.ndarray, np.ndarray]
+"""``(count, mean, m2)`` of a :class:`Standardizer`, float64 on the host."""
+
+
 class Standardizer(nn.Module):
     """Online per-feature standardization, ``(x - mean) / std``, updated by :meth:`update`.
 
     Uses Chan's parallel merge of batch moments, so a batch of any size updates it exactly.
+    The buffers (``count``, ``mean``, ``m2``, float64) are the saved state; the merge runs
+    on a host copy of them in numpy, because a dozen torch ops on a ``[dim]`` vector cost
+    more than the model step itself on small models.
     """
 
     count: torch.Tensor
@@ -34,22 +42,42 @@ class Standardizer(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
         self.register_buffer("m2", torch.zeros(dim, dtype=torch.float64))
+        self._host: Moments | None = None
+        self._transform: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
+    def update(self, x: torch.Tensor | np.ndarray) -> None:
         """Fold the rows of ``x`` into the running moments."""
-        if x.shape[0] == 0:
+        rows = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+        if rows.shape[0] == 0:
             return
-        x = x.to(torch.float64)
-        n_b = float(x.shape[0])
-        mean_b = x.mean(dim=0)
-        m2_b = ((x - mean_b) ** 2).sum(dim=0)
-        n_a = self.count.clone()
-        total = n_a + n_b
-        delta = mean_b - self.mean
-        self.mean += delta * (n_b / total)
-        self.m2 += m2_b + delta**2 * (n_a * n_b / total)
-        self.count.fill_(total)
+        count, mean, m2 = self.moments()
+        n_b = float(rows.shape[0])
+        total = count + n_b
+        # Non-finite rows give non-finite moments; the trainer puts the old ones back then.
+        with np.errstate(all="ignore"):
+            rows = rows.astype(np.float64)
+            mean_b = rows.sum(axis=0) / n_b
+            centered = rows - mean_b
+            m2_b = np.einsum("ij,ij->j", centered, centered)
+            delta = mean_b - mean
+            moments = (total, mean + delta * (n_b / total), m2 + m2_b + delta**2 * (count * n_b / total))
+        self.restore_moments(moments)
+
+    def moments(self) -> Moments:
+        """The current ``(count, mean, m2)``; never changed in place, so it doubles as a saved copy."""
+        if self._host is None:
+            self._host = (float(self.count), self.mean.detach().cpu().numpy().copy(), self.m2.detach().cpu().numpy().copy())
+        return self._host
+
+    def restore_moments(self, moments: Moments) -> None:
+        """Set ``(count, mean, m2)``, e.g. back to what :meth:`moments` returned before an update."""
+        count, mean, m2 = moments
+        self.count.fill_(count)
+        self.mean.copy_(torch.from_numpy(mean))
+        self.m2.copy_(torch.from_numpy(m2))
+        # Plain attributes, set past nn.Module.__setattr__ (which costs more than the copies above).
+        self.__dict__["_host"] = moments
+        self.__dict__["_transform"] = None
 
     def std(self) -> torch.Tensor:
         """Current standard deviation per feature (1 before two rows were seen)."""
@@ -58,7 +86,31 @@ class Standardizer(nn.Module):
         return (self.m2 / (self.count - 1)).sqrt().clamp_min(self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.mean.to(x.dtype)) / self.std().to(x.dtype)).clamp(-10.0, 10.0)
+        if torch.jit.is_tracing() or x.dtype != torch.float32:
+            return ((x - self.mean.to(x.dtype)) / self.std().to(x.dtype)).clamp(-10.0, 10.0)
+        mean, std = self._float32_transform()
+        return ((x - mean) / std).clamp(-10.0, 10.0)
+
+    def _float32_transform(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as float32 on the buffers' device, computed once per change of the moments."""
+        if self._transform is None:
+            count, mean, m2 = self.moments()
+            with np.errstate(all="ignore"):
+                std = np.maximum(np.sqrt(m2 / (count - 1)), self.eps) if count >= 2 else np.ones_like(mean)
+            device = self.mean.device
+            self.__dict__["_transform"] = (
+                torch.from_numpy(mean.astype(np.float32)).to(device),
+                torch.from_numpy(std.astype(np.float32)).to(device),
+            )
+        return self._transform  # type: ignore[return-value]
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._host = self._transform = None
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self._host = self._transform = None
+        super()._load_from_state_dict(*args, **kwargs)
 
 
 class StandardizedModel(nn.Module):

@@ -62,9 +62,7 @@ class Trainer:
         self.loss_floor = math.log(settings.num_classes) if settings.task == "classification" else 1e-8
         self.recent_losses: deque[float] = deque(maxlen=RECENT_LOSSES)
         self.model = model.to(device)
-        self.optimizer = OPTIMIZERS[settings.optimizer](
-            self.model.parameters(), lr=settings.effective_learning_rate, weight_decay=settings.weight_decay
-        )
+        self.optimizer = _make_optimizer(settings, self.model)
         self.counters = TrainCounters()
 
     @property
@@ -74,7 +72,8 @@ class Trainer:
 
     def predict_many(self, features: np.ndarray) -> np.ndarray:
         """Scores ``[n, output_dim]``: class probabilities, or the regression output."""
-        self.model.eval()
+        if self.model.training:
+            self.model.eval()
         with torch.inference_mode():
             out = self.model(self._to_device(features))
             if self.task == "classification":
@@ -83,32 +82,42 @@ class Trainer:
 
     def learn_many(self, examples: Examples) -> float:
         """One optimizer step on ``examples``; returns the loss (NaN when the step was skipped)."""
-        self.model.train()
+        if not self.model.training:
+            self.model.train()
         x = self._to_device(examples.features)
         standardizer = self.model.standardizer if isinstance(self.model, StandardizedModel) else None
-        moments_before = {k: v.clone() for k, v in standardizer.state_dict().items()} if standardizer is not None else None
+        moments_before = standardizer.moments() if standardizer is not None else None
         if standardizer is not None:
-            standardizer.update(x)
+            standardizer.update(examples.features)
         loss = self._loss(self.model(x), torch.from_numpy(examples.labels).to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
-        grad_norm = torch.tensor(0.0)
-        if torch.isfinite(loss):
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-        poisoned = torch.isfinite(loss) and self._is_spike(loss.item())
-        if poisoned or not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+        loss.backward()
+        loss_value, norm_value = self._loss_and_grad_norm(loss)
+        poisoned = math.isfinite(loss_value) and self._is_spike(loss_value)
+        if poisoned or not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             self.optimizer.zero_grad(set_to_none=True)
-            if standardizer is not None and moments_before:
-                standardizer.load_state_dict(moments_before)
+            if standardizer is not None and moments_before is not None:
+                standardizer.restore_moments(moments_before)
             self.counters.poisoned_steps += int(poisoned)
             return self._skip(len(examples))
-        loss = loss.detach()
-        self.recent_losses.append(loss.item())
+        if norm_value > self.grad_clip_norm:
+            nn.utils.clip_grads_with_norm_(self.model.parameters(), self.grad_clip_norm, torch.tensor(norm_value))
+        self.recent_losses.append(loss_value)
         self.optimizer.step()
         self.counters.optimizer_steps += 1
         self.counters.examples_trained += len(examples)
-        self.counters.last_loss = loss.item()
-        return self.counters.last_loss
+        self.counters.last_loss = loss_value
+        return loss_value
+
+    def _loss_and_grad_norm(self, loss: torch.Tensor) -> tuple[float, float]:
+        """The loss and the gradients' total L2 norm, read back in one host sync.
+
+        A non-finite loss gives non-finite gradients, so a finite norm alone does not clear a step.
+        """
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norms = torch._foreach_norm(grads) if grads else []
+        values = torch.stack([loss.detach().float(), *(n.float() for n in norms)]).tolist()
+        return values[0], math.sqrt(math.fsum(v * v for v in values[1:]))
 
     def _is_spike(self, loss: float) -> bool:
         """A poisoned-looking loss; the MAX_SPIKES_IN_ROW-th in a row is accepted as a new regime."""
@@ -168,6 +177,23 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
         self.counters = TrainCounters(**state["counters"])  # type: ignore[arg-type]
         self.recent_losses = deque(state.get("recent_losses", []), maxlen=RECENT_LOSSES)  # type: ignore[call-overload]
+
+
+def _make_optimizer(settings: Settings, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer, fused (one kernel for all parameters) where torch supports it here.
+
+    A fused step is about a third cheaper on small models; a model whose parameters the
+    fused kernels do not take (e.g. float64) gets the default implementation.
+    """
+    kind = OPTIMIZERS[settings.optimizer]
+    kwargs = {"lr": settings.effective_learning_rate, "weight_decay": settings.weight_decay}
+    params = list(model.parameters())
+    if all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params):
+        try:
+            return kind(params, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return kind(params, **kwargs)
 
 
 def _to_cpu(obj: object) -> object:
