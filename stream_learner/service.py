@@ -16,6 +16,7 @@ import asyncio
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import structlog
@@ -42,6 +43,18 @@ log = structlog.get_logger(__name__)
 CHECKPOINT_RETRY_S = 5.0
 
 
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one queued optimizer step did, reported back to the loop."""
+
+    examples: int
+    loss: float
+    seconds: float
+    model_version: int
+    poisoned: bool
+    rolled_back: bool
+
+
 class Service:
     """Predicts every event, trains on every label once, checkpoints with offsets."""
 
@@ -63,6 +76,7 @@ class Service:
         self.last_checkpoint: dict[str, Any] = {}
         self._device = DeviceThread()
         self._deliveries: list[asyncio.Future[Any]] = []
+        self._steps: list[asyncio.Future[StepOutcome]] = []
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._failed = False
@@ -119,6 +133,7 @@ class Service:
             await self._predict(self.batcher.take_due(time.monotonic()))
             await self._expire()
             await self._train_due()
+            await self._finish_steps(wait=False)
             self._check_deliveries()
             if self._dirty and time.monotonic() >= self._next_checkpoint:
                 await self.checkpoint("interval")
@@ -148,6 +163,11 @@ class Service:
             started = time.perf_counter()
             scores, version = await self._device.run(self._predict_on_device, events.features)
             self.telemetry.batch_predicted(len(events), time.perf_counter() - started, events.event_times())
+            self._learn_from(self.join.add_predictions(events.ids, events.features, scores, time.time()))
+            # Test-then-train per batch: in catch-up, the next batch is predicted by weights
+            # that already learned from the labels joined so far. The steps run while this
+            # batch is encoded and produced.
+            await self._train_due()
             predictions = Predictions(events, scores, version)
             values = encode_predictions(predictions, self.settings.task)
             source_partitions = self._consumer.partitions_for_topic(self.settings.events_topic) if self._consumer else None
@@ -161,10 +181,7 @@ class Service:
             )
             self.counters["events_predicted"] += len(events)
             self.telemetry.predictions_published(len(events))
-            self._learn_from(self.join.add_predictions(events.ids, events.features, scores, time.time()))
-            # Test-then-train per batch: in catch-up, the next batch is predicted by weights
-            # that already learned from the labels joined so far.
-            await self._train_due()
+            await self._finish_steps(wait=False)
 
     def _predict_on_device(self, features: Any) -> tuple[Any, int]:
         return self.trainer.predict_many(features), self.trainer.model_version
@@ -185,7 +202,7 @@ class Service:
             read_to_end=lambda p: self._read_to_end(TopicPartition(labels_topic, p)),
             lowest_waiting=self.join.lowest_waiting_label,
         )
-        await self._train(steps)
+        self._train(steps)
 
     def _everything_read(self) -> bool:
         """Every assigned partition read to its end and every read event predicted (false mid-rebalance)."""
@@ -213,29 +230,42 @@ class Service:
             if position is not None:
                 self.offsets[tp] = position
 
-    async def _train(self, batches: list[Examples]) -> None:
+    def _train(self, batches: list[Examples]) -> None:
+        """Queue optimizer steps on the device thread, in order, without waiting for them.
+
+        They run while the loop decodes and produces; anything queued after them (a
+        prediction, the checkpoint's snapshot) sees their effect. :meth:`_finish_steps`
+        reports them.
+        """
         for examples in batches:
-            started = time.perf_counter()
-            poisoned_before = self.trainer.counters.poisoned_steps
-            loss = await self._device.run(self.trainer.learn_many, examples)
-            poisoned = self.trainer.counters.poisoned_steps != poisoned_before
-            if poisoned:
-                await self._on_poisoned_step(len(examples))
-            self.telemetry.step_trained(len(examples), time.perf_counter() - started, loss, self.trainer.model_version)
-            log.debug("train_step", examples=len(examples), version=self.trainer.model_version, digest=float(examples.features.sum()))
-            if loss != loss and not poisoned:
-                log.warning("training_step_skipped", reason="non-finite loss or gradient", examples=len(examples))
+            self._steps.append(self._device.submit(self._train_on_device, examples))
             self._dirty = True
 
-    async def _on_poisoned_step(self, examples: int) -> None:
-        """Guardrail: the step was skipped; with ``guardrail_action=rollback`` also go back to the last good weights."""
+    def _train_on_device(self, examples: Examples) -> StepOutcome:
+        """One step, and the guardrail's rollback right after a poisoned one (device thread)."""
+        started = time.perf_counter()
+        poisoned_before = self.trainer.counters.poisoned_steps
+        loss = self.trainer.learn_many(examples)
+        poisoned = self.trainer.counters.poisoned_steps != poisoned_before
         good = self._last_good_trainer_state
-        if self.settings.guardrail_action == "rollback" and good is not None:
-            await self._device.run(self.trainer.rollback, good)
-            log.warning("training_rolled_back", examples=examples, model_version=self.trainer.model_version)
-        else:
-            log.warning("training_step_skipped", reason="loss spike", examples=examples)
-        self._dirty = True
+        rolled_back = poisoned and self.settings.guardrail_action == "rollback" and good is not None
+        if rolled_back:
+            self.trainer.rollback(good)  # type: ignore[arg-type]
+        return StepOutcome(len(examples), loss, time.perf_counter() - started, self.trainer.model_version, poisoned, rolled_back)
+
+    async def _finish_steps(self, wait: bool) -> None:
+        """Report the queued steps that are done, in order (all of them with ``wait``); a failed step fails the service."""
+        if wait and self._steps:
+            await asyncio.wait(self._steps)
+        while self._steps and self._steps[0].done():
+            outcome = self._steps.pop(0).result()
+            self.telemetry.step_trained(outcome.examples, outcome.seconds, outcome.loss, outcome.model_version)
+            if outcome.rolled_back:
+                log.warning("training_rolled_back", examples=outcome.examples, model_version=outcome.model_version)
+            elif outcome.poisoned:
+                log.warning("training_step_skipped", reason="loss spike", examples=outcome.examples)
+            elif outcome.loss != outcome.loss:
+                log.warning("training_step_skipped", reason="non-finite loss or gradient", examples=outcome.examples)
 
     async def _expire(self) -> None:
         before = self.join.counters.events_expired + self.join.counters.labels_expired
@@ -287,6 +317,7 @@ class Service:
         self._checkpoints_this_run += 1
         # Step 2. Drain: every batched event predicted, every produced record acknowledged.
         await self._predict(self.batcher.take_all())
+        await self._finish_steps(wait=True)
         await self._flush_deliveries()
         self._crash_point("drained")
         # Step 3. Snapshot on the device thread: no inference or training step runs meanwhile.
@@ -371,7 +402,7 @@ class Service:
             if not self._failed:
                 async with self._lock:
                     await self._predict(self.batcher.take_all())
-                    await self._train(self.schedule.take_all())
+                    self._train(self.schedule.take_all())
                     if not await self.checkpoint("shutdown"):
                         raise CheckpointError(
                             "the final checkpoint could not be written; the next start resumes from the last durable one"
