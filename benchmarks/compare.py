@@ -29,7 +29,7 @@ def _fmt(x: Any, digits: int = 0) -> str:
 
 
 def _rows(run: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
-    return {(r["model"], r["batch"]): r for r in run["rows"]}
+    return {(r["model"], r["batch"], r.get("train_batch", 32)): r for r in run["rows"]}
 
 
 def _passthrough(run: dict[str, Any], events: int) -> float:
@@ -42,7 +42,7 @@ def render(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str
     bl, al = labels
     out = [f"#### Catch-up throughput (events/s; ratio to the pass-through of the same run): {bl} → {al}", ""]
     out += [
-        "| model | MAX_BATCH_SIZE | events | service | pass-through | ratio | labels trained (after) | target ≥ 0.8× |",
+        "| model | MAX_BATCH_SIZE / TRAIN_BATCH_SIZE | events | service | pass-through | ratio | labels trained (after) | target ≥ 0.8× |",
         "|---|---:|---:|---:|---:|---:|---:|:-:|",
     ]
     for key in keys:
@@ -51,12 +51,12 @@ def render(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str
         rb, ra = b["catch_up"]["rate"] / pb, a["catch_up"]["rate"] / pa
         ok = ra >= 0.8 and a["catch_up"]["trained"] >= a["events"]
         out.append(
-            f"| {key[0]} | {key[1]} | {a['events']:,} | {_fmt(b['catch_up']['rate'])} → **{_fmt(a['catch_up']['rate'])}** | "
+            f"| {key[0]} | {key[1]}/{key[2]} | {a['events']:,} | {_fmt(b['catch_up']['rate'])} → **{_fmt(a['catch_up']['rate'])}** | "
             f"{_fmt(pb)} → {_fmt(pa)} | {rb:.2f}× → **{ra:.2f}×** | {a['catch_up']['trained']:,} / {a['events']:,} | {'yes' if ok else 'no'} |"
         )
     out += ["", f"#### Latency at half the catch-up rate (ms; p99 above the pass-through's p99 of the same run; target ≤ {delay_ms + 20:g} ms): {bl} → {al}", ""]
     out += [
-        "| model | MAX_BATCH_SIZE | rate (ev/s) | service p50 | service p99 | pass-through p99 | p99 above pass-through | target |",
+        "| model | MAX_BATCH_SIZE / TRAIN_BATCH_SIZE | rate (ev/s) | service p50 | service p99 | pass-through p99 | p99 above pass-through | target |",
         "|---|---:|---:|---:|---:|---:|---:|:-:|",
     ]
     for key in keys:
@@ -66,13 +66,13 @@ def render(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str
         bs, as_, bp, ap = b["latency"], a["latency"], b["passthrough_latency"], a["passthrough_latency"]
         gb, ga = bs["p99"] - bp["p99"], as_["p99"] - ap["p99"]
         out.append(
-            f"| {key[0]} | {key[1]} | {_fmt(bs['rate'])} → {_fmt(as_['rate'])} | {_fmt(bs['p50'], 1)} → {_fmt(as_['p50'], 1)} | "
+            f"| {key[0]} | {key[1]}/{key[2]} | {_fmt(bs['rate'])} → {_fmt(as_['rate'])} | {_fmt(bs['p50'], 1)} → {_fmt(as_['p50'], 1)} | "
             f"{_fmt(bs['p99'], 1)} → {_fmt(as_['p99'], 1)} | {_fmt(bp['p99'], 1)} → {_fmt(ap['p99'], 1)} | "
             f"{_fmt(gb, 1)} → **{_fmt(ga, 1)}** | {'yes' if ga <= delay_ms + 20 else 'no'} |"
         )
     out += ["", f"#### Training: {bl} → {al}", ""]
     out += [
-        "| model | MAX_BATCH_SIZE | examples/s in catch-up | label → step lag p50 (ms, paced) | p99 | prequential accuracy (catch-up) |",
+        "| model | MAX_BATCH_SIZE / TRAIN_BATCH_SIZE | examples/s in catch-up | label → step lag p50 (ms, paced) | p99 | prequential accuracy (catch-up) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for key in keys:
@@ -80,7 +80,7 @@ def render(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str
         lb, la = b.get("latency", {}).get("train_lag", {}), a.get("latency", {}).get("train_lag", {})
         acc = [r["catch_up"].get("accuracy") for r in (b, a)]
         out.append(
-            f"| {key[0]} | {key[1]} | {_fmt(b['catch_up']['train_rate'])} → {_fmt(a['catch_up']['train_rate'])} | "
+            f"| {key[0]} | {key[1]}/{key[2]} | {_fmt(b['catch_up']['train_rate'])} → {_fmt(a['catch_up']['train_rate'])} | "
             f"{_fmt(lb.get('p50'), 1)} → {_fmt(la.get('p50'), 1)} | {_fmt(lb.get('p99'), 1)} → {_fmt(la.get('p99'), 1)} | "
             + " → ".join("-" if x is None else f"{x:.1%}" for x in acc)
             + " |"

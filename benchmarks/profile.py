@@ -34,7 +34,7 @@ async def _main(args: argparse.Namespace) -> None:
         if args.passthrough:
             result = await passthrough_catch_up(bootstrap, events, args.events, Path(tmp))
         else:
-            result = await service_catch_up(bootstrap, events, labels, args.events, args.model, args.batch, Path(tmp))
+            result = await service_catch_up(bootstrap, events, labels, args.events, args.model, args.batch, Path(tmp), args.train_batch)
         print(result, file=sys.stderr)
 
 
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--model", default="linear")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--passthrough", action="store_true", help="profile the pass-through instead")
     parser.add_argument("--summarize", type=Path, help="summarize a py-spy raw file instead of running")
     parser.add_argument("--top", type=int, default=40)

@@ -46,6 +46,7 @@ from stream_learner.broker import EmbeddedBroker, ensure_topics
 from stream_learner.config import Settings
 from stream_learner.join import Examples
 from stream_learner.model import build_model
+from stream_learner.process import freeze_startup_heap
 from stream_learner.service import Service
 from stream_learner.trainer import Trainer
 
@@ -69,12 +70,15 @@ class Mode:
     passthrough_repeats: int
     memory_entries: int
     trainer_seconds: float = 2.0
+    train_batch_sizes: tuple[str, ...] = ("same", "32")
+    """``TRAIN_BATCH_SIZE`` per row: a number, or ``same`` (= ``MAX_BATCH_SIZE``, as a per-record
+    implementation trains one record per step at batch size 1)."""
 
 
 MODES = {
     "full": Mode(200_000, 20_000, ("linear", "mlp"), (1, 32, 256, 1024), 10.0, 2.0, 2, 200_000),
     "quick": Mode(40_000, 4_000, ("linear", "mlp"), (1, 256), 5.0, 1.5, 1, 200_000),
-    "smoke": Mode(2_000, 500, ("linear",), (256,), 1.5, 0.3, 1, 20_000, 0.3),
+    "smoke": Mode(2_000, 500, ("linear",), (256,), 1.5, 0.3, 1, 20_000, 0.3, ("same",)),
 }
 
 
@@ -83,6 +87,7 @@ class Row:
     model: str
     batch: int
     events: int
+    train_batch: int
     catch_up: dict[str, Any] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
     passthrough_latency: dict[str, Any] = field(default_factory=dict)
@@ -104,7 +109,9 @@ def _name(kind: str) -> str:
     return f"bench.{kind}.{uuid.uuid4().hex[:8]}"
 
 
-def _settings(bootstrap: str, events: str, labels: str, outputs: str, model: str, batch: int, checkpoints: Path) -> Settings:
+def _settings(
+    bootstrap: str, events: str, labels: str, outputs: str, model: str, batch: int, checkpoints: Path, train_batch: int = 32
+) -> Settings:
     group = _name("group")
     return Settings(  # type: ignore[call-arg]
         _env_file=None,
@@ -118,6 +125,7 @@ def _settings(bootstrap: str, events: str, labels: str, outputs: str, model: str
         input_dim=INPUT_DIM,
         model=model,
         max_batch_size=batch,
+        train_batch_size=train_batch,
         checkpoint_dir=checkpoints,
         metrics_port=0,
         log_level="warning",
@@ -143,11 +151,14 @@ async def _wait_assigned(service: Service, task: asyncio.Task[None], partitions:
     raise TimeoutError("the service was not assigned its partitions")
 
 
-async def service_catch_up(bootstrap: str, events: str, labels: str, n: int, model: str, batch: int, tmp: Path) -> dict[str, Any]:
+async def service_catch_up(
+    bootstrap: str, events: str, labels: str, n: int, model: str, batch: int, tmp: Path, train_batch: int = 32
+) -> dict[str, Any]:
     outputs = _name("predictions")
     await ensure_topics(bootstrap, {outputs: PARTITIONS})
-    service = Service(_settings(bootstrap, events, labels, outputs, model, batch, tmp / uuid.uuid4().hex))
+    service = Service(_settings(bootstrap, events, labels, outputs, model, batch, tmp / uuid.uuid4().hex, train_batch))
     probe = TrainingProbe(service)
+    freeze_startup_heap()  # as `stream-learner run` does
     task = asyncio.create_task(service.run())
     deadline = time.monotonic() + max(120.0, n / 200)
     predicted_at = None
@@ -207,10 +218,13 @@ async def _fresh_topics(bootstrap: str) -> tuple[str, str, str]:
     return events, labels, outputs
 
 
-async def service_latency(bootstrap: str, model: str, batch: int, rate: float, mode: Mode, tmp: Path) -> dict[str, Any]:
+async def service_latency(
+    bootstrap: str, model: str, batch: int, rate: float, mode: Mode, tmp: Path, train_batch: int = 32
+) -> dict[str, Any]:
     events, labels, outputs = await _fresh_topics(bootstrap)
-    service = Service(_settings(bootstrap, events, labels, outputs, model, batch, tmp / uuid.uuid4().hex))
+    service = Service(_settings(bootstrap, events, labels, outputs, model, batch, tmp / uuid.uuid4().hex, train_batch))
     probe = TrainingProbe(service)
+    freeze_startup_heap()  # as `stream-learner run` does
     task = asyncio.create_task(service.run())
     try:
         await _wait_assigned(service, task, 2 * PARTITIONS)
@@ -266,19 +280,23 @@ def _fmt(x: Any, digits: int = 0) -> str:
 def render(rows: list[Row], passthrough_rates: dict[int, list[float]], memory: dict[int, float], alone: dict[str, float], settings: Settings) -> str:
     delay = settings.max_batch_delay_ms
     out = ["### Catch-up throughput (events/s, first prediction to last)", ""]
-    out += ["| model | MAX_BATCH_SIZE | events | service | pass-through | ratio | labels trained | target ≥ 0.8× |", "|---|---:|---:|---:|---:|---:|---:|:-:|"]
+    out += [
+        "| model | MAX_BATCH_SIZE | TRAIN_BATCH_SIZE | events | service | pass-through | ratio | labels trained | target ≥ 0.8× |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|:-:|",
+    ]
     for r in rows:
         pt = float(np.mean(passthrough_rates[r.events]))
         c = r.catch_up
         ratio = c["rate"] / pt
         out.append(
-            f"| {r.model} | {r.batch} | {r.events:,} | {_fmt(c['rate'])} | {_fmt(pt)} | {ratio:.2f}× | "
+            f"| {r.model} | {r.batch} | {r.train_batch} | {r.events:,} | {_fmt(c['rate'])} | {_fmt(pt)} | {ratio:.2f}× | "
             f"{c['trained']:,} / {r.events:,} | {'yes' if ratio >= 0.8 and c['trained'] >= r.events else 'no'} |"
         )
     out += ["", f"### Latency at half the catch-up rate (ms, event produced → prediction received; MAX_BATCH_DELAY_MS = {delay:g})", ""]
     out += [
-        "| model | MAX_BATCH_SIZE | rate (ev/s) | service p50 | p99 | max | pass-through p50 | p99 | max | p99 above pass-through | target ≤ " + f"{delay + 20:g} ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
+        "| model | MAX_BATCH_SIZE | TRAIN_BATCH_SIZE | rate (ev/s) | service p50 | p99 | max | pass-through p50 | p99 | max | p99 above pass-through | target ≤ "
+        + f"{delay + 20:g} ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|",
     ]
     for r in rows:
         s, p = r.latency, r.passthrough_latency
@@ -287,19 +305,19 @@ def render(rows: list[Row], passthrough_rates: dict[int, list[float]], memory: d
         gap = s["p99"] - p["p99"]
         lost = "" if s["received"] >= s["produced"] else f" ({s['produced'] - s['received']} not received)"
         out.append(
-            f"| {r.model} | {r.batch} | {_fmt(s['rate'])} | {_fmt(s['p50'], 1)} | {_fmt(s['p99'], 1)} | {_fmt(s['max'], 1)} | "
+            f"| {r.model} | {r.batch} | {r.train_batch} | {_fmt(s['rate'])} | {_fmt(s['p50'], 1)} | {_fmt(s['p99'], 1)} | {_fmt(s['max'], 1)} | "
             f"{_fmt(p['p50'], 1)} | {_fmt(p['p99'], 1)} | {_fmt(p['max'], 1)} | {_fmt(gap, 1)}{lost} | {'yes' if gap <= delay + 20 else 'no'} |"
         )
     out += ["", "### Training", ""]
     out += [
-        "| model | MAX_BATCH_SIZE | examples/s in catch-up | label → step lag p50 (ms, paced) | p99 | max | prequential accuracy |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | MAX_BATCH_SIZE | TRAIN_BATCH_SIZE | examples/s in catch-up | label → step lag p50 (ms, paced) | p99 | max | prequential accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lag = r.latency.get("train_lag", {})
         acc = r.catch_up.get("accuracy")
         out.append(
-            f"| {r.model} | {r.batch} | {_fmt(r.catch_up['train_rate'])} | {_fmt(lag.get('p50'), 1)} | {_fmt(lag.get('p99'), 1)} | "
+            f"| {r.model} | {r.batch} | {r.train_batch} | {_fmt(r.catch_up['train_rate'])} | {_fmt(lag.get('p50'), 1)} | {_fmt(lag.get('p99'), 1)} | "
             f"{_fmt(lag.get('max'), 1)} | {'-' if acc is None else f'{acc:.1%}'} |"
         )
     out += [""] + [f"Trainer alone (`learn_many`, steps of {settings.train_batch_size}, CPU): {m} {_fmt(v)} examples/s" + "  " for m, v in alone.items()]
@@ -315,7 +333,10 @@ def render(rows: list[Row], passthrough_rates: dict[int, list[float]], memory: d
 async def run(mode: Mode, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     settings = Settings(_env_file=None, input_dim=INPUT_DIM)  # type: ignore[call-arg]
     rows = [
-        Row(m, b, mode.events_batch1 if b == 1 else mode.events) for m in mode.models for b in mode.batch_sizes
+        Row(m, b, mode.events_batch1 if b == 1 else mode.events, t)
+        for m in mode.models
+        for b in mode.batch_sizes
+        for t in sorted({b if t == "same" else int(t) for t in mode.train_batch_sizes}, reverse=True)
     ]
     sizes = sorted({r.events for r in rows})
     passthrough_rates: dict[int, list[float]] = {n: [] for n in sizes}
@@ -343,14 +364,17 @@ async def run(mode: Mode, args: argparse.Namespace) -> tuple[str, dict[str, Any]
         await passthrough_round()
         for row in rows:
             events, labels = topics[row.events]
-            row.catch_up = await service_catch_up(bootstrap, events, labels, row.events, row.model, row.batch, tmp)
-            log(f"service catch-up {row.model} batch {row.batch}: {row.catch_up['rate']:,.0f} events/s, trained {row.catch_up['trained']:,}")
+            row.catch_up = await service_catch_up(bootstrap, events, labels, row.events, row.model, row.batch, tmp, row.train_batch)
+            log(
+                f"service catch-up {row.model} batch {row.batch} train batch {row.train_batch}: "
+                f"{row.catch_up['rate']:,.0f} events/s, trained {row.catch_up['trained']:,}"
+            )
         for _ in range(mode.passthrough_repeats - 1):
             await passthrough_round()
         if not args.skip_latency:
             for row in rows:
                 rate = 0.5 * row.catch_up["rate"]
-                row.latency = await service_latency(bootstrap, row.model, row.batch, rate, mode, tmp)
+                row.latency = await service_latency(bootstrap, row.model, row.batch, rate, mode, tmp, row.train_batch)
                 row.passthrough_latency = await passthrough_latency(bootstrap, rate, mode, tmp)
                 log(f"latency {row.model} batch {row.batch} at {rate:,.0f}/s: p99 {row.latency['p99']:.1f} ms vs pass-through {row.passthrough_latency['p99']:.1f} ms")
     alone = {m: trainer_alone(m, mode.trainer_seconds) for m in mode.models}
@@ -397,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", help="comma-separated, e.g. linear,mlp")
     parser.add_argument("--batch-sizes", help="comma-separated MAX_BATCH_SIZE values, e.g. 1,32,256,1024")
     parser.add_argument("--events", type=int, help="events pre-filled for batch sizes > 1")
+    parser.add_argument(
+        "--train-batch-sizes", help="comma-separated TRAIN_BATCH_SIZE values; 'same' = MAX_BATCH_SIZE (default: same,32)"
+    )
     parser.add_argument("--skip-latency", action="store_true", help="catch-up, training and memory only")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -409,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["batch_sizes"] = tuple(int(b) for b in args.batch_sizes.split(","))
     if args.events:
         overrides["events"] = args.events
+    if args.train_batch_sizes:
+        overrides["train_batch_sizes"] = tuple(args.train_batch_sizes.split(","))
     mode = Mode(**{**vars(mode), **overrides})
     _quiet_logs()
     started = time.monotonic()

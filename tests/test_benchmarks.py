@@ -26,8 +26,8 @@ def test_benchmark_smoke_run_prints_every_table() -> None:
     out = done.stdout
     for heading in ("Catch-up throughput", "Latency at half the catch-up rate", "Training", "Memory per pending join entry"):
         assert f"### {heading}" in out, out
-    assert re.search(r"^\| linear \| 256 \| 2,000 \| [\d,]+ \| [\d,]+ \| [\d.]+× \| 2,000 / 2,000 \|", out, re.M), out
+    assert re.search(r"^\| linear \| 256 \| 256 \| 2,000 \| [\d,]+ \| [\d,]+ \| [\d.]+× \| 2,000 / 2,000 \|", out, re.M), out
     number = r"-?[\d,]+(?:\.\d+)?"  # 1,530.0 and -785.9 too: the figures depend on the machine
-    assert re.search(rf"^\| linear \| 256 \| [\d,]+(?: \| {number}){{6}} \|", out, re.M), out
+    assert re.search(rf"^\| linear \| 256 \| 256 \| [\d,]+(?: \| {number}){{6}} \|", out, re.M), out
     assert re.search(r"^\| 20,000 \| [\d.]+ \|", out, re.M), out
     assert "Trainer alone" in out
