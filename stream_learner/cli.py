@@ -45,9 +45,12 @@ def _run(args: list[str]) -> int:
     from .metrics import PrometheusTelemetry
     from .service import Service
 
+    from .process import freeze_startup_heap
+
     telemetry = PrometheusTelemetry(settings)
     service = Service(settings, telemetry=telemetry)
     telemetry.attach(service)
+    freeze_startup_heap()
     return asyncio.run(_serve(service, telemetry))
 
 
