@@ -1,41 +1,85 @@
 """The device thread: the one place where torch runs.
 
-Inference and training both run on one worker thread, in submission order, so
-the model needs no locks and the event loop never blocks on compute (torch
-releases the GIL in its kernels, so fetching and producing go on meanwhile).
-Submission order is the order of effects: a snapshot queued after a training step
-sees that step's weights.
+Inference and training both run on one worker thread, so the model needs no locks
+and the event loop never blocks on compute (torch releases the GIL in its kernels,
+so fetching and producing go on meanwhile).
+
+Order of effects: work queued with :meth:`DeviceThread.submit` or :meth:`DeviceThread.run`
+runs in submission order, so a snapshot queued after a training step sees that
+step's weights. Work queued with :meth:`DeviceThread.run_first` (read-only work such
+as inference) runs before any of that queued work that has not started yet, so a
+prediction waits for at most the one job in progress, not for the training queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, ParamSpec, TypeVar
+import itertools
+import queue
+import threading
+from typing import Any, Callable, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
+_FIRST, _IN_ORDER, _STOP = 0, 1, 2
+
 
 class DeviceThread:
-    """Runs callables one at a time on a dedicated thread."""
+    """Runs callables one at a time on a dedicated thread, read-only work first."""
 
     def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-learner-device")
+        self._jobs: queue.PriorityQueue[tuple[int, int, Callable[[], Any] | None, Any, Any]] = queue.PriorityQueue()
+        self._sequence = itertools.count()
+        self._thread = threading.Thread(target=self._work, name="stream-learner-device", daemon=True)
+        self._thread.start()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn(*args, **kwargs)`` on the device thread and await its result."""
+        """Run ``fn(*args, **kwargs)`` after everything queued before it, and await its result."""
         return await self.submit(fn, *args, **kwargs)
 
-    def submit(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
-        """Queue ``fn(*args, **kwargs)`` now; it runs after everything queued before it.
+    async def run_first(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn(*args, **kwargs)`` ahead of queued in-order work, and await its result.
 
-        The caller goes on at once (decoding, producing) while the device works.
+        Only for work that changes no state the in-order work depends on (inference).
         """
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        return await self._queue(_FIRST, functools.partial(fn, *args, **kwargs))
+
+    def submit(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+        """Queue ``fn(*args, **kwargs)`` after everything queued before it; the caller goes on at once."""
+        return self._queue(_IN_ORDER, functools.partial(fn, *args, **kwargs))
 
     def close(self) -> None:
         """Finish queued work and stop the thread."""
-        self._executor.shutdown(wait=True)
+        self._jobs.put((_STOP, next(self._sequence), None, None, None))
+        self._thread.join()
+
+    def _queue(self, priority: int, job: Callable[[], T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((priority, next(self._sequence), job, loop, future))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            _, _, job, loop, future = self._jobs.get()
+            if job is None:
+                return
+            try:
+                outcome, failed = job(), False
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                outcome, failed = exc, True
+            try:
+                loop.call_soon_threadsafe(_settle, future, outcome, failed)
+            except RuntimeError:  # the loop has closed; nobody is waiting any more
+                pass
+
+
+def _settle(future: asyncio.Future[Any], outcome: Any, failed: bool) -> None:
+    if future.cancelled():
+        return
+    if failed:
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -41,6 +41,8 @@ from .trainer import Trainer
 
 log = structlog.get_logger(__name__)
 CHECKPOINT_RETRY_S = 5.0
+MAX_QUEUED_STEPS = 32
+"""Optimizer steps queued on the device thread before the loop waits for them."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class Service:
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._failed = False
+        self._failure: Exception | None = None
         self._dirty = False
         self._checkpoints_this_run = 0
         self._next_checkpoint = time.monotonic() + s.checkpoint_interval_s
@@ -112,6 +115,8 @@ class Service:
             try:
                 while not self._stop.is_set():
                     await self._turn()
+                if self._failure is not None:
+                    raise self._failure
             finally:
                 probe.cancel()
         except BaseException:
@@ -161,13 +166,8 @@ class Service:
         assert self._producer is not None
         for events in batches:
             started = time.perf_counter()
-            scores, version = await self._device.run(self._predict_on_device, events.features)
+            scores, version = await self._device.run_first(self._predict_on_device, events.features)
             self.telemetry.batch_predicted(len(events), time.perf_counter() - started, events.event_times())
-            self._learn_from(self.join.add_predictions(events.ids, events.features, scores, time.time()))
-            # Test-then-train per batch: in catch-up, the next batch is predicted by weights
-            # that already learned from the labels joined so far. The steps run while this
-            # batch is encoded and produced.
-            await self._train_due()
             predictions = Predictions(events, scores, version)
             values = encode_predictions(predictions, self.settings.task)
             source_partitions = self._consumer.partitions_for_topic(self.settings.events_topic) if self._consumer else None
@@ -181,6 +181,11 @@ class Service:
             )
             self.counters["events_predicted"] += len(events)
             self.telemetry.predictions_published(len(events))
+            self._learn_from(self.join.add_predictions(events.ids, events.features, scores, time.time()))
+            # Test-then-train per batch: in catch-up, the next batch is predicted by weights
+            # that already learned from the labels joined so far (unless it runs ahead of
+            # queued steps, see _train).
+            await self._train_due()
             await self._finish_steps(wait=False)
 
     def _predict_on_device(self, features: Any) -> tuple[Any, int]:
@@ -202,7 +207,7 @@ class Service:
             read_to_end=lambda p: self._read_to_end(TopicPartition(labels_topic, p)),
             lowest_waiting=self.join.lowest_waiting_label,
         )
-        self._train(steps)
+        await self._train(steps)
 
     def _everything_read(self) -> bool:
         """Every assigned partition read to its end and every read event predicted (false mid-rebalance)."""
@@ -230,16 +235,20 @@ class Service:
             if position is not None:
                 self.offsets[tp] = position
 
-    def _train(self, batches: list[Examples]) -> None:
-        """Queue optimizer steps on the device thread, in order, without waiting for them.
+    async def _train(self, batches: list[Examples]) -> None:
+        """Queue optimizer steps on the device thread, in order, without waiting for each.
 
-        They run while the loop decodes and produces; anything queued after them (a
-        prediction, the checkpoint's snapshot) sees their effect. :meth:`_finish_steps`
+        They run while the loop decodes and produces; the checkpoint's snapshot, queued
+        after them, sees their effect. Predictions may run ahead of queued steps (they
+        change nothing a step depends on), so at most ``MAX_QUEUED_STEPS`` wait: beyond
+        that the loop waits, which is the backpressure on intake. :meth:`_finish_steps`
         reports them.
         """
         for examples in batches:
             self._steps.append(self._device.submit(self._train_on_device, examples))
             self._dirty = True
+            if len(self._steps) > MAX_QUEUED_STEPS:
+                await asyncio.wait([self._steps[-MAX_QUEUED_STEPS - 1]])
 
     def _train_on_device(self, examples: Examples) -> StepOutcome:
         """One step, and the guardrail's rollback right after a poisoned one (device thread)."""
@@ -392,9 +401,15 @@ class Service:
         revoked = list(revoked)
         if not revoked or self._failed:
             return
-        async with self._lock:
-            if self._dirty:
-                await self.checkpoint("revoked")
+        try:
+            async with self._lock:
+                if self._dirty:
+                    await self.checkpoint("revoked")
+        except Exception as exc:
+            # aiokafka logs and swallows a listener's error; the run loop re-raises it instead.
+            self._failed, self._failure = True, exc
+            self._stop.set()
+            raise
         log.info("partitions_revoked", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
 
     async def _close(self) -> None:
@@ -402,7 +417,7 @@ class Service:
             if not self._failed:
                 async with self._lock:
                     await self._predict(self.batcher.take_all())
-                    self._train(self.schedule.take_all())
+                    await self._train(self.schedule.take_all())
                     if not await self.checkpoint("shutdown"):
                         raise CheckpointError(
                             "the final checkpoint could not be written; the next start resumes from the last durable one"

@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from .conftest import BrokerInfo, StartService, TestTopics
+from stream_learner.config import Settings
+from stream_learner.errors import DeliveryError
+from stream_learner.service import Service
+
+from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
 from .service_process import ServiceProcess, checkpoint_show
 from .stream_io import read_predictions
 from .test_crash_safety import FAST, PacedStream, wait_until_joined
@@ -80,3 +84,40 @@ async def test_a_second_member_joining_and_leaving_loses_and_repeats_no_label(
     assert revoked, "the service must give partitions up"
     assert any(e.get("reason") == "revoked" for e in logged(service, "checkpoint_written")), "and checkpoint first"
     await finish_and_check(service, kafka_broker, topics, tmp_path, total)
+
+
+async def test_a_checkpoint_failing_on_revoke_fails_the_service_instead_of_being_swallowed(
+    kafka_broker: BrokerInfo, topics: TestTopics, tmp_path: Path
+) -> None:
+    # aiokafka logs and swallows errors raised in rebalance listeners; the service must not go on as if nothing happened.
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, bootstrap_servers=kafka_broker.bootstrap_servers, events_topic=topics.events, labels_topic=topics.labels,
+        predictions_topic=topics.predictions, dead_letter_topic=topics.dead_letter, group_id=f"group-{topics.events}",
+        input_dim=INPUT_DIM, checkpoint_dir=tmp_path / "checkpoints", metrics_port=0, session_timeout_ms=6000,
+    )  # fmt: skip
+    service = Service(settings)
+    checkpoint = service.checkpoint
+
+    async def failing_on_revoke(reason: str) -> bool:
+        if reason == "revoked":
+            raise DeliveryError("injected: a prediction was not acknowledged")
+        return await checkpoint(reason)
+
+    service.checkpoint = failing_on_revoke  # type: ignore[method-assign]
+    running = asyncio.create_task(service.run())
+    await PacedStream(kafka_broker.bootstrap_servers, topics, 200, rate=2000, label_lag=10).run()
+    deadline = time.monotonic() + 30
+    while not service._dirty and time.monotonic() < deadline:  # noqa: SLF001 - wait for something to checkpoint
+        await asyncio.sleep(0.05)
+    intruder = AIOKafkaConsumer(
+        topics.events, bootstrap_servers=kafka_broker.bootstrap_servers, group_id=f"group-{topics.events}",
+        enable_auto_commit=False, session_timeout_ms=6000,
+    )  # fmt: skip
+    await intruder.start()
+    try:
+        with pytest.raises(DeliveryError, match="injected"):
+            await asyncio.wait_for(running, 60)
+    finally:
+        await intruder.stop()
+        if not running.done():
+            running.cancel()
