@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import structlog
 import torch
@@ -96,6 +96,14 @@ class CheckpointStore:
 
     def load_latest(self) -> LoadedCheckpoint | None:
         """The newest checkpoint that reads back whole, or None when there is none."""
+        return next(iter(self.load_all()), None)
+
+    def load_all(self) -> Iterator[LoadedCheckpoint]:
+        """Every checkpoint that reads back whole, newest first; unreadable ones are skipped with a warning.
+
+        Raises :class:`CheckpointError` when there are checkpoint files but none reads back.
+        """
+        read_any = False
         for path in self.paths():
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
@@ -105,10 +113,10 @@ class CheckpointStore:
             if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
                 log.warning("checkpoint_unreadable", path=str(path), error="not a stream_learner checkpoint")
                 continue
-            return LoadedCheckpoint(path, state)
-        if self.paths():
+            read_any = True
+            yield LoadedCheckpoint(path, state)
+        if not read_any and self.paths():
             raise CheckpointError(f"no checkpoint in {self.directory} could be read; refusing to start from scratch")
-        return None
 
     def prune(self) -> list[Path]:
         """Delete all but the newest ``keep`` checkpoints and stale temp files; returns what was deleted."""

@@ -70,7 +70,12 @@ class Settings(BaseSettings):
     ssl_keyfile: Path | None = None
     """Client private key for mutual TLS."""
     delivery: Delivery = "at_least_once"
-    """at_least_once (predictions may repeat after a crash). exactly_once (Kafka transactions) is not available yet."""
+    """at_least_once: predictions may repeat after a crash. exactly_once: predictions, dead letters and
+    offsets go out in one Kafka transaction per checkpoint, so a read_committed consumer sees each
+    prediction once (needs a broker with transactions; one running instance per group)."""
+    transactional_id: str | None = None
+    """exactly_once: the producer's transactional id (default ``stream-learner.<GROUP_ID>``). A new
+    instance with the same id fences the previous one, so keep it the same across restarts."""
 
     task: Task = "classification"
     """classification (class index labels) or regression (numeric labels)."""
@@ -146,13 +151,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_delivery(self) -> "Settings":
-        if self.delivery == "exactly_once":
+        if self.delivery == "exactly_once" and self.keep_checkpoints < 2:
             raise ValueError(
-                "delivery=exactly_once is not available yet (transactional predictions need Apache Kafka "
-                "and per-partition fencing); use at_least_once: predictions carry model_version, and a "
-                "crash repeats only those read after the last checkpoint"
+                "delivery=exactly_once needs keep_checkpoints >= 2: after a crash between writing a "
+                "checkpoint and committing its transaction, the service resumes from the one before"
             )
         return self
+
+    @property
+    def effective_transactional_id(self) -> str:
+        """The transactional id used with ``delivery=exactly_once``."""
+        return self.transactional_id or f"stream-learner.{self.group_id}"
 
     @model_validator(mode="after")
     def _check_model_name(self) -> "Settings":

@@ -4,7 +4,8 @@
     ├── ConfigError                 settings that cannot work together
     ├── CheckpointError             a checkpoint cannot be written or read
     │   └── CheckpointMismatchError the newest checkpoint does not fit the settings
-    └── DeliveryError               the broker did not acknowledge a produced record
+    ├── DeliveryError               the broker did not acknowledge a produced record
+    └── BrokerCapabilityError       the broker lacks something the settings need (transactions)
 
 Bad records are not errors: they are values (:class:`stream_learner.records.Rejected`)
 that go to the dead-letter topic.
@@ -43,3 +44,7 @@ class DeliveryError(StreamLearnerError):
     """A produced record was not acknowledged; the cut cannot move past it."""
 
     retriable = True
+
+
+class BrokerCapabilityError(StreamLearnerError):
+    """The broker cannot do what the settings ask for (e.g. transactions for ``delivery=exactly_once``)."""

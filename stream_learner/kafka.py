@@ -112,13 +112,18 @@ def make_consumer(settings: Settings) -> AIOKafkaConsumer:
         max_partition_fetch_bytes=MAX_REQUEST_BYTES,
         fetch_max_bytes=4 * MAX_REQUEST_BYTES,
         fetch_max_wait_ms=10,
+        isolation_level="read_committed" if settings.delivery == "exactly_once" else "read_uncommitted",
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(settings.session_timeout_ms // 3, 100),
     )
 
 
 def make_producer(settings: Settings) -> AIOKafkaProducer:
-    """A producer that batches for throughput and waits for every replica's acknowledgement."""
+    """A producer that batches for throughput and waits for every replica's acknowledgement.
+
+    With ``delivery=exactly_once`` it is transactional (idempotent, ``effective_transactional_id``).
+    """
+    transactional = settings.delivery == "exactly_once"
     return AIOKafkaProducer(
         **security_kwargs(settings),
         bootstrap_servers=settings.bootstrap_servers,
@@ -127,6 +132,8 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         linger_ms=2,
         max_batch_size=256 * 1024,
         max_request_size=MAX_REQUEST_BYTES,
+        transactional_id=settings.effective_transactional_id if transactional else None,
+        enable_idempotence=transactional,
     )
 
 

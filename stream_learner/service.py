@@ -38,6 +38,7 @@ from .snapshot import restore_state, snapshot_state
 from .telemetry import Telemetry
 from .schedule import TrainingSchedule
 from .trainer import Trainer
+from .transactions import Transactions, choose_checkpoint, committed_offsets
 
 log = structlog.get_logger(__name__)
 CHECKPOINT_RETRY_S = 5.0
@@ -79,6 +80,7 @@ class Service:
         self._device = DeviceThread()
         self._deliveries: list[asyncio.Future[Any]] = []
         self._steps: list[asyncio.Future[StepOutcome]] = []
+        self._transactions: Transactions | None = None
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._failed = False
@@ -99,11 +101,19 @@ class Service:
 
     async def run(self) -> None:
         """Serve until :meth:`stop`; raises if the service fails (no checkpoint is written then)."""
-        await self._restore()
         self._producer = make_producer(self.settings)
         self._consumer = make_consumer(self.settings)
+        if self.settings.delivery == "exactly_once":
+            self._transactions = Transactions(self._producer, self.settings.group_id)
+        else:
+            await self._restore()
         try:
-            await self._producer.start()
+            if self._transactions is not None:
+                # Fence earlier instances (their open transaction ends) before reading what they committed.
+                await self._transactions.start()
+                await self._restore(committed=await committed_offsets(self.settings))
+            else:
+                await self._producer.start()
             self._consumer.subscribe(
                 [self.settings.events_topic, self.settings.labels_topic],
                 listener=RebalanceHooks(self._on_revoked, self._on_assigned),
@@ -171,6 +181,8 @@ class Service:
             predictions = Predictions(events, scores, version)
             values = encode_predictions(predictions, self.settings.task)
             source_partitions = self._consumer.partitions_for_topic(self.settings.events_topic) if self._consumer else None
+            if self._transactions is not None:
+                await self._transactions.begin()
             self._deliveries += await send_partitioned(
                 self._producer,
                 self.settings.predictions_topic,
@@ -287,6 +299,8 @@ class Service:
 
     async def _dead_letter(self, rejected: list[Rejected]) -> None:
         assert self._producer is not None
+        if rejected and self._transactions is not None:
+            await self._transactions.begin()
         for item in rejected:
             r = item.record
             log.warning("record_dead_lettered", where=r.where, reason=item.reason, detail=item.detail)
@@ -341,8 +355,12 @@ class Service:
             self._next_checkpoint = time.monotonic() + CHECKPOINT_RETRY_S
             return False
         self._crash_point("written")
-        # Step 5. Commit the same offsets to Kafka, for lag tools; the checkpoint is the source of truth.
-        await self._commit(state["offsets"])
+        # Step 5. Commit the same offsets to Kafka: for lag tools, the checkpoint being the source of
+        # truth; or, with exactly_once, with the transaction of everything produced since the last cut.
+        if self._transactions is not None:
+            await self._transactions.commit(self._assigned(state["offsets"]))
+        else:
+            await self._commit(state["offsets"])
         self._crash_point("committed")
         # Step 6. Prune old checkpoints; a failure here costs disk space, not safety.
         try:
@@ -363,15 +381,20 @@ class Service:
             log.warning("crash_injected", step=step, checkpoint=self._checkpoints_this_run)
             os._exit(137)
 
-    async def _commit(self, offsets: dict[str, dict[int, int]]) -> None:
+    def _assigned(self, offsets: dict[str, dict[int, int]]) -> dict[TopicPartition, int]:
+        """The checkpoint's offsets of the partitions this member holds."""
         assert self._consumer is not None
         assigned = self._consumer.assignment()
-        to_commit = {
+        return {
             tp: offset
             for topic, parts in offsets.items()
             for partition, offset in parts.items()
             if (tp := TopicPartition(topic, partition)) in assigned
         }
+
+    async def _commit(self, offsets: dict[str, dict[int, int]]) -> None:
+        assert self._consumer is not None
+        to_commit = self._assigned(offsets)
         if not to_commit:
             return
         try:
@@ -379,8 +402,12 @@ class Service:
         except Exception as exc:  # noqa: BLE001 - Kafka's offsets are advisory; the checkpoint is durable
             log.warning("offset_commit_failed", error=f"{type(exc).__name__}: {exc}")
 
-    async def _restore(self) -> None:
-        loaded = await asyncio.to_thread(self.store.load_latest)
+    async def _restore(self, committed: dict[TopicPartition, int] | None = None) -> None:
+        """Load the newest checkpoint; with ``committed`` (exactly_once), the newest whose transaction committed."""
+        if committed is None:
+            loaded = await asyncio.to_thread(self.store.load_latest)
+        else:
+            loaded = await asyncio.to_thread(lambda: choose_checkpoint(self.store.load_all(), committed))
         if loaded is None:
             log.info("no_checkpoint", directory=str(self.store.directory))
             return
@@ -426,6 +453,8 @@ class Service:
             self._failed = True
             raise
         finally:
+            if self._failed and self._transactions is not None and self._transactions.open:
+                await self._abort_transaction()
             if self._consumer is not None:
                 await self._consumer.stop()
             if self._producer is not None:
@@ -433,6 +462,14 @@ class Service:
             self._device.close()
             self.telemetry.close()
             log.info("service_stopped", failed=self._failed, **self.stats())
+
+    async def _abort_transaction(self) -> None:
+        """Best effort: end the open transaction now rather than at the broker's transaction timeout."""
+        assert self._producer is not None
+        try:
+            await asyncio.wait_for(self._producer.abort_transaction(), 5.0)
+        except Exception as exc:  # noqa: BLE001 - the next start's fencing aborts it anyway
+            log.warning("transaction_abort_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _probe_broker(self, every_s: float = 2.0, timeout_s: float = 2.0) -> None:
         """Keep ``_broker_reachable`` current with a metadata request every ``every_s``."""

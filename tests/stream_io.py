@@ -42,10 +42,12 @@ async def read_topic(bootstrap: str, topic: str, *, until_count: int, timeout: f
         await consumer.stop()
 
 
-async def read_predictions(bootstrap: str, topic: str, *, expected: int, timeout: float) -> dict[str, list[dict[str, Any]]]:
+async def read_predictions(
+    bootstrap: str, topic: str, *, expected: int, timeout: float, **kafka_options: Any
+) -> dict[str, list[dict[str, Any]]]:
     """Predictions grouped by event id, as contract JSON objects (the consumer checks key == id)."""
     by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    async with PredictionConsumer(bootstrap, topic=topic) as consumer:
+    async with PredictionConsumer(bootstrap, topic=topic, **kafka_options) as consumer:
         read = await consumer.read(expected, timeout)
         read += await consumer.getmany(timeout_s=0.2)  # and whatever follows at once: duplicates must show
         for prediction in read:
