@@ -3,13 +3,16 @@
 While the service is catching up, the order depends on the data, not on timing:
 - each step takes ``batch_size`` examples of one labels partition, lowest label
   offsets first, and never passes a label of that partition still waiting for
-  its event (for at most ``hold_s`` of this process's time);
+  its event: while events are left to read (its event may be among them) and
+  fewer than ``max_held`` examples of the partition queue behind it; after
+  that, for at most ``hold_s`` of this process's time;
 - partitions take turns in a fixed round-robin order (partition number); the turn
   waits for a partition that may still get examples (labels left to read, or a
   label waiting for its event) and passes one that cannot.
 
 So a replay from a checkpoint over the same records makes the same steps as an
-uninterrupted run. Once everything is read (live traffic), a partition's
+uninterrupted run, as long as labels run fewer than ``max_held`` examples ahead
+of their events. Once everything is read (live traffic), a partition's
 remainder trains once it has waited ``max_wait_s`` (the turn waits at most that
 long), and step composition follows timing.
 """
@@ -140,8 +143,8 @@ class _Queue:
 class TrainingSchedule:
     """Per-partition queues of joined examples, ordered by label offset, taken in turns."""
 
-    def __init__(self, batch_size: int, max_wait_s: float, hold_s: float = 5.0) -> None:
-        self.batch_size, self.max_wait_s, self.hold_s = batch_size, max_wait_s, hold_s
+    def __init__(self, batch_size: int, max_wait_s: float, hold_s: float = 5.0, max_held: int = 1_000_000) -> None:
+        self.batch_size, self.max_wait_s, self.hold_s, self.max_held = batch_size, max_wait_s, hold_s, max_held
         self._queues: dict[int, _Queue] = {UNLABELED_PARTITION: _Queue()}
         self._turn = UNLABELED_PARTITION
         self._blocked_since: dict[int, tuple[int, float]] = {}
@@ -175,12 +178,20 @@ class TrainingSchedule:
         for p in np.unique(partitions).tolist():
             self._queues.setdefault(p, _Queue()).add(chunk.take(np.flatnonzero(partitions == p)))
 
-    def take_due(self, now: float, everything_read: bool, read_to_end: ReadToEnd, lowest_waiting: LowestWaiting) -> list[Examples]:
+    def take_due(
+        self,
+        now: float,
+        everything_read: bool,
+        read_to_end: ReadToEnd,
+        lowest_waiting: LowestWaiting,
+        events_unread: bool = False,
+    ) -> list[Examples]:
         """The steps due now, in turn order; stops at a partition that may still complete its next step.
 
         ``everything_read``: no assigned partition of either topic has records left to read.
         ``read_to_end(p)``: labels partition ``p`` has no records left to read.
         ``lowest_waiting(p)``: the lowest offset of ``p`` whose label waits for its event, if any.
+        ``events_unread``: events are left to read or to predict (a waiting label's event may come).
         """
         steps: list[Examples] = []
         order = sorted(self._queues)
@@ -189,7 +200,7 @@ class TrainingSchedule:
         for p in itertools.islice(itertools.cycle(order), start, None):
             if idle == len(order):
                 break
-            step, wait = self._next_step(p, now, everything_read, read_to_end, lowest_waiting)
+            step, wait = self._next_step(p, now, everything_read, read_to_end, lowest_waiting, events_unread)
             if wait:
                 self._turn = p
                 return steps
@@ -209,14 +220,20 @@ class TrainingSchedule:
         return steps
 
     def _next_step(
-        self, p: int, now: float, everything_read: bool, read_to_end: ReadToEnd, lowest_waiting: LowestWaiting
+        self,
+        p: int,
+        now: float,
+        everything_read: bool,
+        read_to_end: ReadToEnd,
+        lowest_waiting: LowestWaiting,
+        events_unread: bool,
     ) -> tuple[Examples | None, bool]:
         """(step or None, whether the turn must wait for partition ``p``)."""
         queue = self._queues[p]
         if p == UNLABELED_PARTITION or everything_read:
             return self._live_step(queue, now)
         to_end = read_to_end(p)
-        limit = self._hold_limit(p, now, lowest_waiting(p))
+        limit = self._hold_limit(p, now, lowest_waiting(p), events_unread and len(queue) < self.max_held)
         if queue.count_below(limit, self.batch_size) == self.batch_size:
             return _examples(queue.pop(self.batch_size)), False
         may_grow = not to_end or limit != math.inf
@@ -231,12 +248,16 @@ class TrainingSchedule:
             return _examples(queue.pop(count)), False
         return None, True
 
-    def _hold_limit(self, p: int, now: float, waiting: tuple[int, float] | None) -> float:
-        """The offset steps of ``p`` may not pass: its lowest waiting label, until held for ``hold_s``."""
+    def _hold_limit(self, p: int, now: float, waiting: tuple[int, float] | None, event_may_come: bool) -> float:
+        """The offset steps of ``p`` may not pass: its lowest waiting label, while its event may come
+        (a rule on the data, so replays agree), then until held for ``hold_s``."""
         if waiting is None:
             self._blocked_since.pop(p, None)
             return math.inf
         offset = waiting[0]
+        if event_may_come:
+            self._blocked_since.pop(p, None)
+            return float(offset)
         blocked = self._blocked_since.get(p)
         if blocked is None or blocked[0] != offset:
             self._blocked_since[p] = blocked = (offset, now)

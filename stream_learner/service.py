@@ -71,7 +71,7 @@ class Service:
         default_label = s.default_label if s.missing_label_policy == "default" else None
         self.join = JoinBuffer(s.input_dim, s.output_dim, s.max_pending, s.label_ttl_s, default_label=default_label)
         self.batcher = MicroBatcher(s.max_batch_size, s.max_batch_delay_ms / 1000)
-        self.schedule = TrainingSchedule(s.train_batch_size, s.max_batch_delay_ms / 1000)
+        self.schedule = TrainingSchedule(s.train_batch_size, s.max_batch_delay_ms / 1000, max_held=s.max_pending)
         self.metrics = PrequentialMetrics(s.task, s.metrics_window)
         self.store = CheckpointStore(s.checkpoint_dir, s.keep_checkpoints)
         self.counters: Counter[str] = Counter()
@@ -218,6 +218,7 @@ class Service:
             everything_read=self._everything_read(),
             read_to_end=lambda p: self._read_to_end(TopicPartition(labels_topic, p)),
             lowest_waiting=self.join.lowest_waiting_label,
+            events_unread=not self._events_read(),
         )
         await self._train(steps)
 
@@ -226,6 +227,12 @@ class Service:
         assert self._consumer is not None
         assigned = self._consumer.assignment()
         return bool(assigned) and not self.batcher and all(self._read_to_end(tp) for tp in assigned)
+
+    def _events_read(self) -> bool:
+        """Every assigned events partition read to its end, and every read event predicted."""
+        assert self._consumer is not None
+        events = [tp for tp in self._consumer.assignment() if tp.topic == self.settings.events_topic]
+        return not self.batcher and all(self._read_to_end(tp) for tp in events)
 
     def _read_to_end(self, tp: TopicPartition) -> bool:
         """No records of ``tp`` left to read; a partition owned by another member counts as read."""

@@ -70,6 +70,22 @@ def test_a_label_whose_event_never_comes_holds_back_only_for_hold_s_of_this_proc
     assert steps_as_positions(steps) == [[(0, 0), (0, 1), (0, 3), (0, 4)]]
 
 
+def test_while_events_are_left_to_read_a_waiting_label_holds_however_long_it_takes() -> None:
+    # In catch-up, labels can be read far ahead of their events: how long a label waits is
+    # timing, so the hold must end on the data (events read, or too much queued), not on a clock.
+    schedule = TrainingSchedule(batch_size=B, max_wait_s=0.01, hold_s=5.0, max_held=8)
+    schedule.set_partitions([0])
+    schedule.add(examples(0, [0, 1, 3, 4]), now=0.0)
+    waiting = lambda p: (2, -100.0)  # noqa: E731
+    for now in (0.0, 60.0, 3600.0):
+        assert schedule.take_due(now, False, read_to_end=lambda p: True, lowest_waiting=waiting, events_unread=True) == []
+    schedule.add(examples(0, [5, 6, 7, 8]), now=3600.0)  # 8 queued behind the waiting label: the cap
+    # From the cap on (as once every event is read), the clock of hold_s runs.
+    assert schedule.take_due(3600.0, False, read_to_end=lambda p: False, lowest_waiting=waiting, events_unread=True) == []
+    steps = schedule.take_due(3606.0, False, read_to_end=lambda p: False, lowest_waiting=waiting, events_unread=True)
+    assert steps_as_positions(steps)[0] == [(0, 0), (0, 1), (0, 3), (0, 4)]
+
+
 def test_once_everything_is_read_a_remainder_trains_after_the_delay() -> None:
     schedule = TrainingSchedule(batch_size=B, max_wait_s=0.5)
     schedule.set_partitions([0, 1])
