@@ -43,6 +43,8 @@ from .transactions import Transactions, choose_checkpoint, committed_offsets
 log = structlog.get_logger(__name__)
 CHECKPOINT_RETRY_S = 5.0
 MAX_QUEUED_STEPS = 32
+EARLY_LABELS_HIGH = 4096
+"""Early labels above which the labels partitions pause while events are left to read."""
 """Optimizer steps queued on the device thread before the loop waits for them."""
 
 
@@ -85,6 +87,7 @@ class Service:
         self._stop = asyncio.Event()
         self._failed = False
         self._failure: Exception | None = None
+        self._early_labels_high = max(1, min(EARLY_LABELS_HIGH, s.max_pending // 2))
         self._dirty = False
         self._checkpoints_this_run = 0
         self._next_checkpoint = time.monotonic() + s.checkpoint_interval_s
@@ -150,6 +153,7 @@ class Service:
             await self._train_due()
             await self._finish_steps(wait=False)
             self._check_deliveries()
+            self._pace_labels()
             if self._dirty and time.monotonic() >= self._next_checkpoint:
                 await self.checkpoint("interval")
         if time.monotonic() >= self._next_log:
@@ -227,6 +231,23 @@ class Service:
         assert self._consumer is not None
         assigned = self._consumer.assignment()
         return bool(assigned) and not self.batcher and all(self._read_to_end(tp) for tp in assigned)
+
+    def _pace_labels(self) -> None:
+        """Pause the labels partitions while labels wait for events that are still to be read.
+
+        In catch-up a fetch carries more (smaller) label records than events, so labels run
+        ahead and pile up as early labels (evicted past ``MAX_PENDING``). Paused, they come
+        once their events are in. Never while every event is read: then no waiting label's
+        event is on its way, and pausing could only stall training.
+        """
+        assert self._consumer is not None
+        labels = [tp for tp in self._consumer.assignment() if tp.topic == self.settings.labels_topic]
+        paused = self._consumer.paused() & set(labels)
+        early = self.join.early_labels
+        if not paused and early > self._early_labels_high and not self._events_read():
+            self._consumer.pause(*labels)
+        elif paused and (early <= self._early_labels_high // 2 or self._events_read()):
+            self._consumer.resume(*paused)
 
     def _events_read(self) -> bool:
         """Every assigned events partition read to its end, and every read event predicted."""
