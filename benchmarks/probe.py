@@ -20,6 +20,8 @@ class TrainingProbe:
 
     def __init__(self, service: Any) -> None:
         self.steps: list[tuple[float, int]] = []
+        self.last_step_wall = float("nan")
+        """Epoch seconds at the end of the last optimizer step."""
         self.lags: list[float] = []
         self._fifo: deque[list[float]] = deque()  # [joined_at, count] in queue order
         self._keyed: dict[tuple[int, int], float] = {}
@@ -42,6 +44,7 @@ class TrainingProbe:
         def probed_learn(examples: Any) -> Any:
             loss = learn(examples)
             self._stepped(examples, time.monotonic())
+            self.last_step_wall = time.time()
             return loss
 
         trainer.learn_many = probed_learn

@@ -135,8 +135,12 @@ def _settings(
 async def _window(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
     """Rate from the first to the last output record's Kafka timestamp, and a completeness check."""
     stamps, keys = await read_timestamps(bootstrap, topic, expected)
-    span = (stamps.max() - stamps.min()) / 1000 if stamps.size else math.nan
-    return {"outputs": int(stamps.size), "distinct_keys": keys, "seconds": span, "rate": expected / span if span else math.nan}
+    first, last = (stamps.min() / 1000, stamps.max() / 1000) if stamps.size else (math.nan, math.nan)
+    span = last - first
+    return {
+        "outputs": int(stamps.size), "distinct_keys": keys, "seconds": span, "rate": expected / span if span else math.nan,
+        "first": first, "last": last,
+    }  # fmt: skip
 
 
 async def _wait_assigned(service: Service, task: asyncio.Task[None], partitions: int, timeout_s: float = 60.0) -> None:
@@ -181,8 +185,13 @@ async def service_catch_up(
         probe.close()
     window = await _window(bootstrap, outputs, n)
     stats = service.stats()
+    # Done when the last event is predicted and the last label trained, whichever comes later.
+    seconds = max(window["last"], probe.last_step_wall) - window["first"]
     return {
         **window,
+        "predict_rate": window["rate"],
+        "seconds": seconds,
+        "rate": n / seconds if seconds > 0 else math.nan,
         "trained": stats["examples_trained"],
         "joined": stats["labels_joined"],
         "train_rate": probe.examples_per_s(),
@@ -279,7 +288,7 @@ def _fmt(x: Any, digits: int = 0) -> str:
 
 def render(rows: list[Row], passthrough_rates: dict[int, list[float]], memory: dict[int, float], alone: dict[str, float], settings: Settings) -> str:
     delay = settings.max_batch_delay_ms
-    out = ["### Catch-up throughput (events/s, first prediction to last)", ""]
+    out = ["### Catch-up throughput (events/s, first prediction to the last prediction or optimizer step, whichever is later)", ""]
     out += [
         "| model | MAX_BATCH_SIZE | TRAIN_BATCH_SIZE | events | service | pass-through | ratio | labels trained | target ≥ 0.8× |",
         "|---|---:|---:|---:|---:|---:|---:|---:|:-:|",
