@@ -8,7 +8,6 @@ is refused with a clear error (tested), and the read_committed tests skip there.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from stream_learner.transactions import choose_checkpoint
 from .conftest import INPUT_DIM, TOPIC_PARTITIONS, BrokerInfo, StartService, TestTopics
 from .service_process import ServiceProcess, checkpoint_show
 from .stream_io import produce_events, produce_labels, read_predictions
+from .test_crash_safety import wait_for_exit, wait_until_joined
 
 NO_TRANSACTIONS = "aiokafka's transactional producer and read_committed filtering of aborted records"
 
@@ -131,24 +131,10 @@ async def _prefill(bootstrap: str, topics: TestTopics, total: int) -> None:
         await producer.stop()
 
 
-async def _wait_for_exit(service: ServiceProcess, timeout: float) -> int:
+async def _exit_code(service: ServiceProcess, timeout: float) -> int:
+    await wait_for_exit(service, timeout)
     assert service.proc is not None
-    deadline = time.monotonic() + timeout
-    while service.proc.poll() is None:
-        assert time.monotonic() < deadline, service.log_tail()
-        await asyncio.sleep(0.05)
-    return service.proc.returncode
-
-
-async def _wait_until_trained(service: ServiceProcess, total: int, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        progress = [e for e in service.log_events() if e.get("event") == "progress"]
-        if progress and progress[-1]["examples_trained"] >= total and progress[-1]["queued_examples"] == 0:
-            return
-        assert service.alive(), service.log_tail()
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"examples_trained did not reach {total}:\n{service.log_tail()}")
+    return service.proc.wait()
 
 
 @pytest.mark.integration
@@ -162,9 +148,9 @@ async def test_read_committed_consumer_sees_each_prediction_once_across_crashes(
     # Between the checkpoint file and the transaction's commit, right after the commit, mid-drain.
     for crash in ("written:2", "committed:2", "drained:2", "written:1"):
         service = start_service(**FAST, fetch_max_records=100, crash_at=crash)
-        assert await _wait_for_exit(service, 60) == 137, service.log_tail()
+        assert await _exit_code(service, 60) == 137, service.log_tail()
     service = start_service(**FAST)
-    await _wait_until_trained(service, total)
+    await wait_until_joined(service, total)
     assert service.stop() == 0
 
     shown = checkpoint_show(tmp_path / "checkpoints")
@@ -204,9 +190,9 @@ async def test_a_second_instance_fences_the_first(
     first = start_service(**FAST)
     await asyncio.to_thread(first.wait_for_log, "partitions_assigned", 60)
     second = start_service(**FAST)
-    assert await _wait_for_exit(first, 60) != 0, "the fenced instance must fail, not go on producing"
+    assert await _exit_code(first, 60) != 0, "the fenced instance must fail, not go on producing"
     assert "ProducerFenced" in first.log_tail() or "fenced" in first.log_tail().lower(), first.log_tail()
-    await _wait_until_trained(second, total)
+    await wait_until_joined(second, total)
     assert second.stop() == 0
     committed = await read_predictions(
         kafka_broker.bootstrap_servers, topics.predictions, expected=total, timeout=30, isolation_level="read_committed"
