@@ -175,7 +175,7 @@ async def service_catch_up(
             if predicted_at is None and service.counters["events_predicted"] >= n:
                 predicted_at = time.monotonic()
             if predicted_at is not None and (
-                service.trainer.counters.examples_trained >= n or time.monotonic() - predicted_at > 30
+                _labels_used(service) >= n or time.monotonic() - predicted_at > 30
             ):
                 break
         else:
@@ -193,6 +193,7 @@ async def service_catch_up(
         "seconds": seconds,
         "rate": n / seconds if seconds > 0 else math.nan,
         "trained": stats["examples_trained"],
+        "skipped": stats["examples_skipped"],
         "joined": stats["labels_joined"],
         "train_rate": probe.examples_per_s(),
         "accuracy": stats.get("prequential_accuracy"),
@@ -280,6 +281,17 @@ def trainer_alone(model: str, seconds: float = 2.0) -> float:
     return done / (time.perf_counter() - started)
 
 
+def _labels_used(service: Service) -> int:
+    """Labels that went through an optimizer step: applied, or skipped by the guardrails."""
+    counters = service.trainer.counters
+    return counters.examples_trained + counters.examples_skipped
+
+
+def _skipped(catch_up: dict[str, Any]) -> str:
+    skipped = catch_up.get("skipped", 0)
+    return f" (+{skipped:,} skipped by the guardrail)" if skipped else ""
+
+
 def _fmt(x: Any, digits: int = 0) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -299,7 +311,7 @@ def render(rows: list[Row], passthrough_rates: dict[int, list[float]], memory: d
         ratio = c["rate"] / pt
         out.append(
             f"| {r.model} | {r.batch} | {r.train_batch} | {r.events:,} | {_fmt(c['rate'])} | {_fmt(pt)} | {ratio:.2f}× | "
-            f"{c['trained']:,} / {r.events:,} | {'yes' if ratio >= 0.8 and c['trained'] >= r.events else 'no'} |"
+            f"{c['trained']:,} / {r.events:,}{_skipped(c)} | {'yes' if ratio >= 0.8 and c['trained'] + c.get('skipped', 0) >= r.events else 'no'} |"
         )
     out += ["", f"### Latency at half the catch-up rate (ms, event produced → prediction received; MAX_BATCH_DELAY_MS = {delay:g})", ""]
     out += [
