@@ -31,6 +31,7 @@ DLQ_TOPIC = "dlq.source.topic"
 DLQ_PARTITION = "dlq.source.partition"
 DLQ_OFFSET = "dlq.source.offset"
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+PARTITION_FETCH_BYTES = 1024 * 1024
 
 
 class SecuritySettings(Protocol):
@@ -109,7 +110,11 @@ def make_consumer(settings: Settings) -> AIOKafkaConsumer:
         client_id=settings.client_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_partition_fetch_bytes=MAX_REQUEST_BYTES,
+        # A small share per partition in a large response: with 16 MiB per partition the events
+        # partitions (first in the request) filled every catch-up fetch and the labels topic got
+        # nothing until the events were read, so nothing trained while the backlog was predicted.
+        # A larger record still comes whole: brokers return a partition's first batch regardless.
+        max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
         fetch_max_bytes=4 * MAX_REQUEST_BYTES,
         fetch_max_wait_ms=10,
         isolation_level="read_committed" if settings.delivery == "exactly_once" else "read_uncommitted",

@@ -141,7 +141,7 @@ class Service:
     async def _turn(self) -> None:
         assert self._consumer is not None
         timeout = min(self.batcher.seconds_until_due(time.monotonic()), 0.05)
-        fetched = await self._consumer.getmany(timeout_ms=int(timeout * 1000), max_records=self.settings.fetch_max_records)
+        fetched = await self._fetch(timeout)
         async with self._lock:
             assigned = self._consumer.assignment()
             for tp, records in fetched.items():
@@ -159,6 +159,23 @@ class Service:
         if time.monotonic() >= self._next_log:
             self._next_log = time.monotonic() + self.settings.log_interval_s
             log.info("progress", **self.stats())
+
+    async def _fetch(self, timeout_s: float) -> dict[TopicPartition, list[Any]]:
+        """Records ready now; then every assigned partition that got none gets a share of its own.
+
+        aiokafka drains its buffered fetch results in order, each up to a partition's fetch size,
+        so in catch-up a few partitions filled every ``getmany`` for many turns: the labels waited
+        until ~65 % of the events were predicted, and the schedule (partitions take turns) waited
+        for the starved labels partitions, so nothing trained meanwhile.
+        """
+        assert self._consumer is not None
+        limit = self.settings.fetch_max_records
+        fetched = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=limit)
+        starved = self._consumer.assignment() - self._consumer.paused() - {tp for tp, rs in fetched.items() if rs}
+        share = max(1, limit // max(1, len(self._consumer.assignment())))
+        for tp in starved:
+            fetched.update(await self._consumer.getmany(tp, timeout_ms=0, max_records=share))
+        return fetched
 
     async def _ingest(self, tp: TopicPartition, records: list[Any]) -> None:
         """Decode consumed records (aiokafka ``ConsumerRecord``s or :class:`RawRecord`s) of ``tp``."""
@@ -180,7 +197,10 @@ class Service:
         assert self._producer is not None
         for events in batches:
             started = time.perf_counter()
-            scores, version = await self._device.run_first(self._predict_on_device, events.features)
+            # Live, a prediction runs ahead of queued steps (latency); catching up, it waits for
+            # them, so each batch is predicted by weights that learned every label joined before it.
+            predict = self._device.run_first if self._events_read() else self._device.run
+            scores, version = await predict(self._predict_on_device, events.features)
             self.telemetry.batch_predicted(len(events), time.perf_counter() - started, events.event_times())
             predictions = Predictions(events, scores, version)
             values = encode_predictions(predictions, self.settings.task)
