@@ -32,8 +32,9 @@ def _rows(run: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
     return {(r["model"], r["batch"], r.get("train_batch", 32)): r for r in run["rows"]}
 
 
-def _passthrough(run: dict[str, Any], events: int) -> float:
-    return float(np.mean(run["passthrough"][str(events)]))
+def _passthrough(run: dict[str, Any], row: dict[str, Any]) -> float:
+    """The row's own pass-through (one broker per row), or the run's for its event count (older runs)."""
+    return float(np.mean(row.get("passthrough") or run["passthrough"][str(row["events"])]))
 
 
 def render(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str], delay_ms: float = 10.0) -> str:
@@ -47,7 +48,7 @@ def render(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str
     ]
     for key in keys:
         b, a = b_rows[key], a_rows[key]
-        pb, pa = _passthrough(before, b["events"]), _passthrough(after, a["events"])
+        pb, pa = _passthrough(before, b), _passthrough(after, a)
         rb, ra = b["catch_up"]["rate"] / pb, a["catch_up"]["rate"] / pa
         ok = ra >= 0.8 and a["catch_up"]["trained"] >= a["events"]
         out.append(

@@ -3,21 +3,23 @@
     .venv/bin/python -m benchmarks.run            # full: about 10 minutes on 2 cores
     .venv/bin/python -m benchmarks.run --quick    # smoke run: about 2 minutes
 
-Starts its own embedded broker (Tansu, in memory), pre-fills the topics, and runs, side by
-side in this one process:
+For each row, starts an embedded broker of its own (Tansu, in memory), pre-fills the topics,
+and runs, side by side in this one process:
 
 1. catch-up: the service (``stream_learner.service.Service``, in-process) over pre-filled
    events and a label for every one of them, timed from its first prediction to its last
-   (Kafka timestamps of the prediction records), beside the bare pass-through
-   (``benchmarks.passthrough``) over the same events;
+   prediction or optimizer step (whichever is later), beside the bare pass-through
+   (``benchmarks.passthrough``) over the same events (before the service, and after it in
+   the full mode);
 2. latency: a producer in a child process paced at half the catch-up rate, event produced ->
    prediction received, beside the pass-through at the same rate;
 3. training: examples trained per second in catch-up, and the lag from a label meeting its
    event to the end of the optimizer step that uses it (in the paced run); the trainer alone;
 4. memory: bytes per pending join entry (features of dim 32).
 
-For each model (``linear``, ``mlp``) and micro-batch size (``MAX_BATCH_SIZE``: 1, 32, 256,
-1024; batch size 1 is what a per-record implementation does, so it runs over fewer events).
+For each model (``linear``, ``mlp``), micro-batch size (``MAX_BATCH_SIZE``: 1, 32, 256,
+1024; batch size 1 is what a per-record implementation does, so it runs over fewer events) and
+training step (``TRAIN_BATCH_SIZE``: the same as the micro-batch, and the default 32).
 Everything else is the service's default. Prints markdown tables; ``--json PATH`` also
 writes the raw figures.
 """
@@ -91,6 +93,8 @@ class Row:
     catch_up: dict[str, Any] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
     passthrough_latency: dict[str, Any] = field(default_factory=dict)
+    passthrough: list[float] = field(default_factory=list)
+    """Pass-through catch-up rates over the same events on the same broker (before, and after, the service)."""
 
 
 SHUTDOWN_ERRORS: list[str] = []
@@ -298,7 +302,7 @@ def _fmt(x: Any, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
-def render(rows: list[Row], passthrough_rates: dict[int, list[float]], memory: dict[int, float], alone: dict[str, float], settings: Settings) -> str:
+def render(rows: list[Row], memory: dict[int, float], alone: dict[str, float], settings: Settings) -> str:
     delay = settings.max_batch_delay_ms
     out = ["### Catch-up throughput (events/s, first prediction to the last prediction or optimizer step, whichever is later)", ""]
     out += [
@@ -306,7 +310,7 @@ def render(rows: list[Row], passthrough_rates: dict[int, list[float]], memory: d
         "|---|---:|---:|---:|---:|---:|---:|---:|:-:|",
     ]
     for r in rows:
-        pt = float(np.mean(passthrough_rates[r.events]))
+        pt = float(np.mean(r.passthrough))
         c = r.catch_up
         ratio = c["rate"] / pt
         out.append(
@@ -351,6 +355,34 @@ def render(rows: list[Row], passthrough_rates: dict[int, list[float]], memory: d
     return "\n".join(out)
 
 
+async def measure(row: Row, mode: Mode, skip_latency: bool, tmp: Path, log: Any) -> None:
+    """One row, side by side on a broker of its own: pass-through, service, pass-through again, then latency.
+
+    A fresh broker per row because Tansu keeps every record in memory: over a long run it slowed
+    as it filled (the pass-through fell from 24.5k to 15.5k events/s between the first and the
+    last row of one run), which made rows far apart incomparable.
+    """
+    with EmbeddedBroker() as broker:
+        bootstrap = broker.bootstrap_servers
+        events, labels = _name("events"), _name("labels")
+        await ensure_topics(bootstrap, {DLQ: 1, events: PARTITIONS, labels: PARTITIONS})
+        stream = make_stream(row.events)
+        await prefill(bootstrap, stream, events, labels)
+        name = f"{row.model} batch {row.batch} train batch {row.train_batch}"
+        log(f"{name}: pre-filled {row.events:,} events ({stream.mean_event_bytes():.0f} bytes each) and their labels on {bootstrap}")
+        for repeat in range(mode.passthrough_repeats):
+            row.passthrough.append((await passthrough_catch_up(bootstrap, events, row.events, tmp))["rate"])
+            log(f"{name}: pass-through catch-up {row.passthrough[-1]:,.0f} events/s")
+            if repeat == 0:
+                row.catch_up = await service_catch_up(bootstrap, events, labels, row.events, row.model, row.batch, tmp, row.train_batch)
+                log(f"{name}: service catch-up {row.catch_up['rate']:,.0f} events/s, trained {row.catch_up['trained']:,}")
+        if not skip_latency:
+            rate = 0.5 * row.catch_up["rate"]
+            row.latency = await service_latency(bootstrap, row.model, row.batch, rate, mode, tmp, row.train_batch)
+            row.passthrough_latency = await passthrough_latency(bootstrap, rate, mode, tmp)
+            log(f"{name}: latency at {rate:,.0f}/s: p99 {row.latency['p99']:.1f} ms vs pass-through {row.passthrough_latency['p99']:.1f} ms")
+
+
 async def run(mode: Mode, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     settings = Settings(_env_file=None, input_dim=INPUT_DIM)  # type: ignore[call-arg]
     rows = [
@@ -359,53 +391,17 @@ async def run(mode: Mode, args: argparse.Namespace) -> tuple[str, dict[str, Any]
         for b in mode.batch_sizes
         for t in sorted({b if t == "same" else int(t) for t in mode.train_batch_sizes}, reverse=True)
     ]
-    sizes = sorted({r.events for r in rows})
-    passthrough_rates: dict[int, list[float]] = {n: [] for n in sizes}
     log = _progress(args.quiet)
-    with tempfile.TemporaryDirectory(prefix="stream-learner-bench-") as tmpdir, EmbeddedBroker() as broker:
-        tmp = Path(tmpdir)
-        bootstrap = broker.bootstrap_servers
-        log(f"embedded broker on {bootstrap}")
-        await ensure_topics(bootstrap, {DLQ: 1})
-        topics: dict[int, tuple[str, str]] = {}
-        for n in sizes:
-            stream = make_stream(n)
-            events, labels = _name(f"events-{n}"), _name(f"labels-{n}")
-            await ensure_topics(bootstrap, {events: PARTITIONS, labels: PARTITIONS})
-            await prefill(bootstrap, stream, events, labels)
-            topics[n] = (events, labels)
-            log(f"pre-filled {n:,} events ({stream.mean_event_bytes():.0f} bytes each) and their labels")
-
-        async def passthrough_round() -> None:
-            for n in sizes:
-                result = await passthrough_catch_up(bootstrap, topics[n][0], n, tmp)
-                passthrough_rates[n].append(result["rate"])
-                log(f"pass-through catch-up {n:,}: {result['rate']:,.0f} events/s")
-
-        await passthrough_round()
+    with tempfile.TemporaryDirectory(prefix="stream-learner-bench-") as tmpdir:
         for row in rows:
-            events, labels = topics[row.events]
-            row.catch_up = await service_catch_up(bootstrap, events, labels, row.events, row.model, row.batch, tmp, row.train_batch)
-            log(
-                f"service catch-up {row.model} batch {row.batch} train batch {row.train_batch}: "
-                f"{row.catch_up['rate']:,.0f} events/s, trained {row.catch_up['trained']:,}"
-            )
-        for _ in range(mode.passthrough_repeats - 1):
-            await passthrough_round()
-        if not args.skip_latency:
-            for row in rows:
-                rate = 0.5 * row.catch_up["rate"]
-                row.latency = await service_latency(bootstrap, row.model, row.batch, rate, mode, tmp, row.train_batch)
-                row.passthrough_latency = await passthrough_latency(bootstrap, rate, mode, tmp)
-                log(f"latency {row.model} batch {row.batch} at {rate:,.0f}/s: p99 {row.latency['p99']:.1f} ms vs pass-through {row.passthrough_latency['p99']:.1f} ms")
+            await measure(row, mode, args.skip_latency, Path(tmpdir), log)
     alone = {m: trainer_alone(m, mode.trainer_seconds) for m in mode.models}
     memory = {mode.memory_entries: bytes_per_pending_entry(mode.memory_entries)}
-    table = render(rows, passthrough_rates, memory, alone, settings)
+    table = render(rows, memory, alone, settings)
     raw = {
         "machine": machine(),
         "mode": vars(mode),
         "rows": [vars(r) for r in rows],
-        "passthrough": {str(k): v for k, v in passthrough_rates.items()},
         "trainer_alone": alone,
         "memory": {str(k): v for k, v in memory.items()},
     }
