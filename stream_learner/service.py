@@ -255,9 +255,9 @@ class Service:
     def _pace_labels(self) -> None:
         """Pause the labels partitions while labels wait for events that are still to be read.
 
-        In catch-up a fetch carries more (smaller) label records than events, so labels run
-        ahead and pile up as early labels (evicted past ``MAX_PENDING``). Paused, they come
-        once their events are in. Never while every event is read: then no waiting label's
+        In catch-up the labels topic can be read ahead of the events (its records are smaller,
+        so a fetch of the same size carries more of them), and they pile up as early labels
+        (evicted past ``MAX_PENDING``). Paused, they come once their events are in. Never while every event is read: then no waiting label's
         event is on its way, and pausing could only stall training.
         """
         assert self._consumer is not None
