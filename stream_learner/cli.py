@@ -43,9 +43,8 @@ def _run(args: list[str]) -> int:
     settings = load_settings(args, prog="stream-learner run")
     configure_logging(settings.log_level)
     from .metrics import PrometheusTelemetry
-    from .service import Service
-
     from .process import freeze_startup_heap
+    from .service import Service
 
     telemetry = PrometheusTelemetry(settings)
     service = Service(settings, telemetry=telemetry)

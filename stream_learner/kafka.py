@@ -110,10 +110,10 @@ def make_consumer(settings: Settings) -> AIOKafkaConsumer:
         client_id=settings.client_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        # A small share per partition in a large response: with 16 MiB per partition the events
-        # partitions (first in the request) filled every catch-up fetch and the labels topic got
-        # nothing until the events were read, so nothing trained while the backlog was predicted.
-        # A larger record still comes whole: brokers return a partition's first batch regardless.
+        # A small share per partition: aiokafka hands out one partition's fetched result before the
+        # next (Service._fetch evens that out per turn), and with 16 MiB per partition one result
+        # held a whole catch-up's worth of one partition. A larger record still comes whole:
+        # brokers return a partition's first batch regardless.
         max_partition_fetch_bytes=PARTITION_FETCH_BYTES,
         fetch_max_bytes=4 * MAX_REQUEST_BYTES,
         fetch_max_wait_ms=10,

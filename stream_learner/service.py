@@ -43,9 +43,9 @@ from .transactions import Transactions, choose_checkpoint, committed_offsets
 log = structlog.get_logger(__name__)
 CHECKPOINT_RETRY_S = 5.0
 MAX_QUEUED_STEPS = 32
+"""Optimizer steps queued on the device thread before the loop waits for them."""
 EARLY_LABELS_HIGH = 4096
 """Early labels above which the labels partitions pause while events are left to read."""
-"""Optimizer steps queued on the device thread before the loop waits for them."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class StepOutcome:
     model_version: int
     poisoned: bool
     rolled_back: bool
+    digest: float
+    """Sum of the step's features: equal step sequences have equal digests (the replay diff)."""
 
 
 class Service:
@@ -219,8 +221,7 @@ class Service:
             self.telemetry.predictions_published(len(events))
             self._learn_from(self.join.add_predictions(events.ids, events.features, scores, time.time()))
             # Test-then-train per batch: in catch-up, the next batch is predicted by weights
-            # that already learned from the labels joined so far (unless it runs ahead of
-            # queued steps, see _train).
+            # that already learned from the labels joined so far.
             await self._train_due()
             await self._finish_steps(wait=False)
 
@@ -257,8 +258,9 @@ class Service:
 
         In catch-up the labels topic can be read ahead of the events (its records are smaller,
         so a fetch of the same size carries more of them), and they pile up as early labels
-        (evicted past ``MAX_PENDING``). Paused, they come once their events are in. Never while every event is read: then no waiting label's
-        event is on its way, and pausing could only stall training.
+        (evicted past ``MAX_PENDING``). Paused, they come once their events are in. Never while
+        every event is read: then no waiting label's event is on its way, and pausing could only
+        stall training.
         """
         assert self._consumer is not None
         labels = [tp for tp in self._consumer.assignment() if tp.topic == self.settings.labels_topic]
@@ -299,10 +301,8 @@ class Service:
         """Queue optimizer steps on the device thread, in order, without waiting for each.
 
         They run while the loop decodes and produces; the checkpoint's snapshot, queued
-        after them, sees their effect. Predictions may run ahead of queued steps (they
-        change nothing a step depends on), so at most ``MAX_QUEUED_STEPS`` wait: beyond
-        that the loop waits, which is the backpressure on intake. :meth:`_finish_steps`
-        reports them.
+        after them, sees their effect. At most ``MAX_QUEUED_STEPS`` wait: beyond that the
+        loop waits, which is the backpressure on intake. :meth:`_finish_steps` reports them.
         """
         for examples in batches:
             self._steps.append(self._device.submit(self._train_on_device, examples))
@@ -320,7 +320,8 @@ class Service:
         rolled_back = poisoned and self.settings.guardrail_action == "rollback" and good is not None
         if rolled_back:
             self.trainer.rollback(good)  # type: ignore[arg-type]
-        return StepOutcome(len(examples), loss, time.perf_counter() - started, self.trainer.model_version, poisoned, rolled_back)
+        seconds, version = time.perf_counter() - started, self.trainer.model_version
+        return StepOutcome(len(examples), loss, seconds, version, poisoned, rolled_back, float(examples.features.sum()))
 
     async def _finish_steps(self, wait: bool) -> None:
         """Report the queued steps that are done, in order (all of them with ``wait``); a failed step fails the service."""
@@ -329,6 +330,7 @@ class Service:
         while self._steps and self._steps[0].done():
             outcome = self._steps.pop(0).result()
             self.telemetry.step_trained(outcome.examples, outcome.seconds, outcome.loss, outcome.model_version)
+            log.debug("train_step", examples=outcome.examples, version=outcome.model_version, digest=outcome.digest)
             if outcome.rolled_back:
                 log.warning("training_rolled_back", examples=outcome.examples, model_version=outcome.model_version)
             elif outcome.poisoned:
