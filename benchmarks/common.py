@@ -139,3 +139,8 @@ def percentiles(values_s: Sequence[float] | np.ndarray) -> dict[str, float]:
     if v.size == 0:
         return {"p50": math.nan, "p99": math.nan, "max": math.nan}
     return {"p50": float(np.percentile(v, 50) * 1000), "p99": float(np.percentile(v, 99) * 1000), "max": float(v.max() * 1000)}
+
+
+def every_label_stepped(catch_up: dict, events: int) -> bool:
+    """A catch-up's labels all went through an optimizer step: applied, or skipped by the guardrail."""
+    return int(catch_up["trained"]) + int(catch_up.get("skipped", 0)) >= events

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from .common import every_label_stepped
+
 
 def _load(path: Path) -> dict[str, Any]:
     return orjson.loads(path.read_bytes())  # type: ignore[no-any-return]
@@ -50,7 +52,7 @@ def render(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str
         b, a = b_rows[key], a_rows[key]
         pb, pa = _passthrough(before, b), _passthrough(after, a)
         rb, ra = b["catch_up"]["rate"] / pb, a["catch_up"]["rate"] / pa
-        ok = ra >= 0.8 and a["catch_up"]["trained"] >= a["events"]
+        ok = ra >= 0.8 and every_label_stepped(a["catch_up"], a["events"])
         out.append(
             f"| {key[0]} | {key[1]}/{key[2]} | {a['events']:,} | {_fmt(b['catch_up']['rate'])} → **{_fmt(a['catch_up']['rate'])}** | "
             f"{_fmt(pb)} → {_fmt(pa)} | {rb:.2f}× → **{ra:.2f}×** | {a['catch_up']['trained']:,} / {a['events']:,} | {'yes' if ok else 'no'} |"

@@ -52,7 +52,7 @@ from stream_learner.process import freeze_startup_heap
 from stream_learner.service import Service
 from stream_learner.trainer import Trainer
 
-from .common import INPUT_DIM, PARTITIONS, make_stream, percentiles, prefill, read_timestamps
+from .common import INPUT_DIM, PARTITIONS, every_label_stepped, make_stream, percentiles, prefill, read_timestamps
 from .memory import bytes_per_pending_entry
 from .passthrough import passthrough
 from .probe import TrainingProbe
@@ -315,7 +315,7 @@ def render(rows: list[Row], memory: dict[int, float], alone: dict[str, float], s
         ratio = c["rate"] / pt
         out.append(
             f"| {r.model} | {r.batch} | {r.train_batch} | {r.events:,} | {_fmt(c['rate'])} | {_fmt(pt)} | {ratio:.2f}× | "
-            f"{c['trained']:,} / {r.events:,}{_skipped(c)} | {'yes' if ratio >= 0.8 and c['trained'] + c.get('skipped', 0) >= r.events else 'no'} |"
+            f"{c['trained']:,} / {r.events:,}{_skipped(c)} | {'yes' if ratio >= 0.8 and every_label_stepped(c, r.events) else 'no'} |"
         )
     out += ["", f"### Latency at half the catch-up rate (ms, event produced → prediction received; MAX_BATCH_DELAY_MS = {delay:g})", ""]
     out += [
