@@ -192,7 +192,19 @@ class TrainingSchedule:
         ``read_to_end(p)``: labels partition ``p`` has no records left to read.
         ``lowest_waiting(p)``: the lowest offset of ``p`` whose label waits for its event, if any.
         ``events_unread``: events are left to read or to predict (a waiting label's event may come).
+
+        Once everything is read, the full steps still queued go in the same turns as while
+        catching up, and only then the remainders, in partition order, each once it has waited
+        ``max_wait_s``: whether the last records were read before or after a full step was
+        taken is timing, and must not change the order of the steps.
         """
+        if everything_read:
+            steps = self._in_turns(now, lambda p: True, lambda p: None, False)
+            return steps + self._remainders(now)
+        return self._in_turns(now, read_to_end, lowest_waiting, events_unread)
+
+    def _in_turns(self, now: float, read_to_end: ReadToEnd, lowest_waiting: LowestWaiting, events_unread: bool) -> list[Examples]:
+        """Full steps, partitions taking turns; stops at a partition that may still complete its next step."""
         steps: list[Examples] = []
         order = sorted(self._queues)
         start = order.index(self._turn) if self._turn in order else 0
@@ -200,7 +212,7 @@ class TrainingSchedule:
         for p in itertools.islice(itertools.cycle(order), start, None):
             if idle == len(order):
                 break
-            step, wait = self._next_step(p, now, everything_read, read_to_end, lowest_waiting, events_unread)
+            step, wait = self._next_step(p, now, read_to_end, lowest_waiting, events_unread)
             if wait:
                 self._turn = p
                 return steps
@@ -223,14 +235,13 @@ class TrainingSchedule:
         self,
         p: int,
         now: float,
-        everything_read: bool,
         read_to_end: ReadToEnd,
         lowest_waiting: LowestWaiting,
         events_unread: bool,
     ) -> tuple[Examples | None, bool]:
         """(step or None, whether the turn must wait for partition ``p``)."""
         queue = self._queues[p]
-        if p == UNLABELED_PARTITION or everything_read:
+        if p == UNLABELED_PARTITION:
             return self._live_step(queue, now)
         to_end = read_to_end(p)
         limit = self._hold_limit(p, now, lowest_waiting(p), events_unread and len(queue) < self.max_held)
@@ -238,6 +249,17 @@ class TrainingSchedule:
             return _examples(queue.pop(self.batch_size)), False
         may_grow = not to_end or limit != math.inf
         return None, may_grow
+
+    def _remainders(self, now: float) -> list[Examples]:
+        """Each partition's remainder, in partition order, once it has waited ``max_wait_s``."""
+        steps: list[Examples] = []
+        for p in sorted(self._queues):
+            step, wait = self._live_step(self._queues[p], now)
+            if wait:
+                break
+            if step is not None:
+                steps.append(step)
+        return steps
 
     def _live_step(self, queue: _Queue, now: float) -> tuple[Examples | None, bool]:
         """A full step, or the remainder once it has waited ``max_wait_s`` (the turn waits for it)."""
