@@ -480,8 +480,9 @@ class Service:
             return
         try:
             async with self._lock:
-                if self._dirty:
-                    await self.checkpoint("revoked")
+                # Even with nothing new since the last cut: the revocation is then always on record
+                # as a checkpoint whose offsets were committed just before the partitions went.
+                await self.checkpoint("revoked")
         except Exception as exc:
             # aiokafka logs and swallows a listener's error; the run loop re-raises it instead.
             self._failed, self._failure = True, exc
