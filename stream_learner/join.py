@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -105,8 +106,8 @@ class JoinBuffer:
                 if early is not None:
                     matched.append(row)
                     early_rows.append(early)
-                    self._remember_joined(event_id, now)
         if matched:
+            self._remember_joined([ids[row] for row in matched], now)
             keep = np.ones(len(ids), bool)
             keep[matched] = False
             rows = np.flatnonzero(keep)
@@ -143,8 +144,7 @@ class JoinBuffer:
             pending.arrived[slots],
         )
         pending.remove(slots)
-        for row in hit_rows.tolist():
-            self._remember_joined(ids[row], now)
+        self._remember_joined([ids[row] for row in hit_rows.tolist()], now)
         if len(hit_rows) < len(ids):
             missed = np.flatnonzero(positions < 0).tolist()
             for row in missed:
@@ -263,10 +263,12 @@ class JoinBuffer:
         for heap in self._early_heaps.values():
             heapq.heapify(heap)
 
-    def _remember_joined(self, event_id: str, now: float) -> None:
-        self._joined[event_id] = now
-        if len(self._joined) > self.max_pending:
-            self._joined.popitem(last=False)
+    def _remember_joined(self, event_ids: list[str], now: float) -> None:
+        """Remember joined ids (a later label for one is a duplicate), the newest ``max_pending``."""
+        joined = self._joined
+        joined.update(zip(event_ids, itertools.repeat(now)))
+        for _ in range(len(joined) - self.max_pending):
+            joined.popitem(last=False)
 
     def state_dict(self) -> dict[str, object]:
         """Everything waiting, oldest first, as tensors and lists (loadable with ``weights_only=True``).
@@ -332,6 +334,10 @@ _MAX_WIDTH = 16
 _EMPTY = -1
 _MIX = np.uint64(0xD6E8FEB86659FD93)
 _WORD_MULT = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F], dtype=np.uint64)
+_PROBE_WINDOW = 8
+"""Table cells a lookup reads per vectorized round: one round per cell made a batch take as many
+rounds as its longest probe sequence (10-40 at the usual load)."""
+_WINDOW_STEPS = np.arange(_PROBE_WINDOW)
 
 
 def _encode_ids(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -408,33 +414,47 @@ class _PendingEvents:
         pos = (hashes & np.uint64(mask)).astype(np.int64)
         active = np.arange(n)
         while active.size:
-            cell = self._table[pos[active]].astype(np.int64)
-            empty = cell < 0
-            at = np.where(empty, 0, cell)
-            match = ~empty & (self.lengths[at] == lengths[active]) & (self.words[at] == words[active]).all(axis=1)
-            found[active[match]] = at[match]
-            active = active[~empty & ~match]
-            pos[active] = (pos[active] + 1) & mask
+            cells = self._window(pos[active], mask)
+            empty = cells < 0
+            at = np.where(empty, 0, cells)
+            match = ~empty & (self.lengths[at] == lengths[active, None]) & (self.words[at] == words[active, None, :]).all(axis=2)
+            stop = empty | match
+            first = stop.argmax(axis=1)
+            ends = stop[np.arange(len(active)), first]
+            hit = ends & match[np.arange(len(active)), first]
+            found[active[hit]] = at[hit, first[hit]]
+            active = active[~ends]
+            pos[active] = (pos[active] + _PROBE_WINDOW) & mask
         return found
 
+    def _window(self, pos: np.ndarray, mask: int) -> np.ndarray:
+        """Table cells ``pos .. pos + _PROBE_WINDOW - 1`` (wrapping) of each probe, as int64 ``[n, window]``."""
+        return self._table[(pos[:, None] + _WINDOW_STEPS) & mask].astype(np.int64)
+
     def _insert(self, hashes: np.ndarray, positions: np.ndarray) -> None:
-        """Table cells for keys known to be absent and distinct, stored at ring ``positions``."""
+        """Table cells for keys known to be absent and distinct, stored at ring ``positions``.
+
+        Each key takes the first free cell on its probe sequence, as linear probing does; where
+        keys of this batch want the same cell, the first wins and the others probe on."""
         mask = len(self._table) - 1
         pos = (hashes & np.uint64(mask)).astype(np.int64)
         active = np.arange(len(positions))
         while active.size:
-            p = pos[active]
-            cell = self._table[p].astype(np.int64)
+            cells = self._window(pos[active], mask)
             # A cell is free when empty, or stale: pointing at a position now dead.
-            free = (cell < 0) | (self.lengths[np.where(cell < 0, 0, cell)] == 0)
-            cells, first = np.unique(p[free], return_index=True)
-            winners = active[free][first]
-            self._used += int((self._table[cells] < 0).sum())
-            self._table[cells] = positions[winners]
+            free = (cells < 0) | (self.lengths[np.where(cells < 0, 0, cells)] == 0)
+            first = free.argmax(axis=1)
+            has_free = free[np.arange(len(active)), first]
+            wanted = (pos[active] + first) & mask
+            cells_wanted, winner_index = np.unique(wanted[has_free], return_index=True)
+            winners = active[has_free][winner_index]
+            self._used += int((self._table[cells_wanted] < 0).sum())
+            self._table[cells_wanted] = positions[winners]
             placed = np.zeros(len(positions), bool)
             placed[winners] = True
+            moved = ~has_free
+            pos[active[moved]] = (pos[active[moved]] + _PROBE_WINDOW) & mask
             active = active[~placed[active]]
-            pos[active] = (pos[active] + 1) & mask
 
     def _rebuild_table(self) -> None:
         size = 1024
