@@ -201,7 +201,7 @@ class Service:
             started = time.perf_counter()
             # Live, a prediction runs ahead of queued steps (latency); catching up, it waits for
             # them, so each batch is predicted by weights that learned every label joined before it.
-            predict = self._device.run_first if self._events_read() else self._device.run
+            predict = self._device.run if self._catching_up() else self._device.run_first
             scores, version = await predict(self._predict_on_device, events.features)
             self.telemetry.batch_predicted(len(events), time.perf_counter() - started, events.event_times())
             predictions = Predictions(events, scores, version)
@@ -270,6 +270,23 @@ class Service:
             self._consumer.pause(*labels)
         elif paused and (early <= self._early_labels_high // 2 or self._events_read()):
             self._consumer.resume(*paused)
+
+    def _catching_up(self) -> bool:
+        """More events wait to be read or predicted than one turn fetches (``FETCH_MAX_RECORDS``).
+
+        Not "read to the end": live, the high watermark moves on while a fetch is in flight, so
+        the consumer is a few records behind most of the time, and predictions then waited behind
+        queued steps (about 40 % of the batches at 10k events/s, measured).
+        """
+        assert self._consumer is not None
+        backlog = len(self.batcher)
+        for tp in self._consumer.assignment():
+            if tp.topic == self.settings.events_topic:
+                high = self._consumer.highwater(tp)
+                if high is None or tp not in self.offsets:
+                    return True
+                backlog += max(0, high - self.offsets[tp])
+        return backlog > self.settings.fetch_max_records
 
     def _events_read(self) -> bool:
         """Every assigned events partition read to its end, and every read event predicted."""
