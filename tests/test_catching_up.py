@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ class FakePositions:
 
 
 @pytest.fixture
-def service(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Service:
+def service(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Service]:
     for name in [n for n in os.environ if n.startswith("STREAM_LEARNER_")]:
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
@@ -40,7 +41,9 @@ def service(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Service:
         _env_file=None, input_dim=4, events_topic="ev", labels_topic="lb", fetch_max_records=100,
         max_batch_size=50, checkpoint_dir=tmp_path / "ckpt",
     )
-    return Service(settings)
+    service = Service(settings)
+    yield service
+    service._device.close()
 
 
 EV0, EV1, LB0 = TopicPartition("ev", 0), TopicPartition("ev", 1), TopicPartition("lb", 0)
