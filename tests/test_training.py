@@ -127,6 +127,25 @@ def test_state_dict_survives_weights_only_load_and_restores_identical_behaviour(
     np.testing.assert_array_equal(restored.predict_many(probe), original.predict_many(probe))
 
 
+@pytest.mark.parametrize("model", ["linear", "mlp"])
+def test_the_direct_fused_adam_step_lands_on_the_weights_and_state_of_optimizer_step(model: str) -> None:
+    stream = DriftingStream(DIM, drift_at=None)
+    direct, reference = trainer(model=model, weight_decay=0.01), trainer(model=model, weight_decay=0.01)
+    assert direct._direct_adam, "the default optimizer should take the direct path"
+    reference._direct_adam = False
+    for start in range(0, 40 * 32, 32):
+        step = stream_examples(stream, start, 32)
+        assert direct.learn_many(step) == reference.learn_many(step)
+    for name, value in reference.model.state_dict().items():
+        assert torch.equal(direct.model.state_dict()[name], value), name
+    direct_state, reference_state = direct.optimizer.state_dict()["state"], reference.optimizer.state_dict()["state"]
+    assert direct_state.keys() == reference_state.keys()
+    for index, state in reference_state.items():
+        assert float(state["step"]) == 40
+        for key, value in state.items():
+            assert torch.equal(direct_state[index][key], value), (index, key)
+
+
 def factory(settings: Settings) -> nn.Module:
     return nn.Sequential(nn.Linear(settings.input_dim, 4), nn.Tanh(), nn.Linear(4, settings.output_dim))
 
