@@ -1,7 +1,7 @@
 """One command for every figure in ``docs/benchmarks.md``.
 
-    .venv/bin/python -m benchmarks.run            # full: about 10 minutes on 2 cores
-    .venv/bin/python -m benchmarks.run --quick    # smoke run: about 2 minutes
+    .venv/bin/python -m benchmarks.run            # full: about 23 minutes on 2 cores
+    .venv/bin/python -m benchmarks.run --quick    # smaller run: about 6 minutes
 
 For each row, starts an embedded broker of its own (Tansu, in memory), pre-fills the topics,
 and runs, side by side in this one process:
@@ -433,7 +433,7 @@ def _quiet_logs() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_const", const="quick", dest="mode", help="smaller run (about 2 minutes)")
+    parser.add_argument("--quick", action="store_const", const="quick", dest="mode", help="smaller run (about 6 minutes)")
     parser.add_argument("--smoke", action="store_const", const="smoke", dest="mode", help="tiny run for the test suite")
     parser.add_argument("--models", help="comma-separated, e.g. linear,mlp")
     parser.add_argument("--batch-sizes", help="comma-separated MAX_BATCH_SIZE values, e.g. 1,32,256,1024")
