@@ -45,7 +45,8 @@ class Examples:
     offsets: np.ndarray | None = None
     """int64 ``[k]``: offset of each label record in its partition."""
     event_arrived: np.ndarray | None = None
-    """float64 ``[k]``: epoch seconds each event arrived (for the label-delay metric), where known."""
+    """float64 ``[k]``: epoch seconds each event arrived (for the label-delay metric), where known;
+    for a label that came before its event, the time the event arrived and joined it."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -117,7 +118,8 @@ class JoinBuffer:
         self.counters.labels_joined += len(matched)
         found = np.asarray(early_rows, np.float64).reshape(-1, 4)
         return Examples(
-            features[matched], found[:, 0], scores[matched], found[:, 2].astype(np.int64), found[:, 3].astype(np.int64)
+            features[matched], found[:, 0], scores[matched], found[:, 2].astype(np.int64), found[:, 3].astype(np.int64),
+            np.full(len(matched), now),  # the event arrives now, its label was already in: no delay
         )
 
     def add_labels(

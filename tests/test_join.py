@@ -53,6 +53,8 @@ def test_early_label_waits_and_joins_when_its_event_is_predicted() -> None:
     np.testing.assert_array_equal(joined.features, features_of(5)[None])
     np.testing.assert_array_equal(joined.scores, scores_of(5)[None])
     np.testing.assert_array_equal(joined.labels, [1.0])
+    # For the label-delay metric: the event arrived at 1.0 and met its label at once.
+    np.testing.assert_array_equal(joined.event_arrived, [1.0])
     assert buf.early_labels == 0
     assert buf.pending_events == 1  # e-4 waits; e-5 was never stored
     assert buf.counters.labels_joined == 1
