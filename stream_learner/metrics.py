@@ -168,10 +168,10 @@ class ServiceCollector(Collector):
 def _restored(service: "Service") -> bool:
     """Whether the service has restored its checkpoint (or found none) and so holds its real totals.
 
-    The service creates its Kafka clients right after restoring; a public flag on the service
-    would be better than reading its private attribute.
+    Not "its Kafka clients exist": they are made before the restore (an exactly-once start needs
+    its producer first), and a scrape in between read the totals as 0 (seen once in CI).
     """
-    return getattr(service, "_consumer", None) is not None
+    return service.restored
 
 
 def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:

@@ -98,6 +98,8 @@ class Service:
         self._producer: AIOKafkaProducer | None = None
         self._broker_reachable = False
         self._last_good_trainer_state: dict[str, Any] | None = None
+        self.restored = False
+        """True once the checkpoint is restored (or none was found): the totals are the service's own."""
         self._last_checkpoint_at = time.time()
 
     def stop(self) -> None:
@@ -477,10 +479,11 @@ class Service:
             loaded = await asyncio.to_thread(lambda: choose_checkpoint(self.store.load_all(), committed))
         if loaded is None:
             log.info("no_checkpoint", directory=str(self.store.directory))
-            return
-        await self._device.run(restore_state, self, loaded.state)
-        self._last_good_trainer_state = loaded.state["trainer"]
-        log.info("checkpoint_restored", path=str(loaded.path), model_version=self.trainer.model_version)
+        else:
+            await self._device.run(restore_state, self, loaded.state)
+            self._last_good_trainer_state = loaded.state["trainer"]
+            log.info("checkpoint_restored", path=str(loaded.path), model_version=self.trainer.model_version)
+        self.restored = True
 
     async def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assert self._consumer is not None

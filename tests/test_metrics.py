@@ -464,3 +464,26 @@ def test_readyz_is_503_while_the_broker_cannot_be_reached(start_service: StartSe
             broker.resume()
         scraper.wait_status("/readyz", 200, timeout=60)
         assert service.stop() == 0
+
+
+def test_totals_have_no_sample_until_the_checkpoint_is_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The service makes its Kafka clients before it restores (an exactly-once start needs its
+    # producer first); a scrape in between must not read the totals as 0 (a false counter reset).
+    from stream_learner.metrics import ServiceCollector
+
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(_env_file=None, input_dim=INPUT_DIM, bootstrap_servers="127.0.0.1:1", checkpoint_dir=tmp_path)  # type: ignore[call-arg]
+    service = Service(settings)
+    try:
+        service._consumer = object()  # type: ignore[assignment]  # the clients exist, the restore has not run
+        collector = ServiceCollector(service)
+
+        def total() -> list[Any]:
+            # The first families only: later ones (lag, health) read the consumer.
+            return next(f for f in collector.collect() if f.name == "stream_learner_events_consumed").samples
+
+        assert total() == []
+        service.restored = True
+        assert [s.value for s in total()] == [0]
+    finally:
+        service._device.close()
