@@ -281,14 +281,11 @@ class Service:
         queued steps (about 40 % of the batches at 10k events/s, measured).
         """
         assert self._consumer is not None
-        backlog = len(self.batcher)
-        for tp in self._consumer.assignment():
-            if tp.topic == self.settings.events_topic:
-                high = self._consumer.highwater(tp)
-                if high is None or tp not in self.offsets:
-                    return True
-                backlog += max(0, high - self.offsets[tp])
-        return backlog > self.settings.fetch_max_records
+        lags = self.lag_by_partition()
+        events = [tp for tp in self._consumer.assignment() if tp.topic == self.settings.events_topic]
+        if any(tp not in lags or tp not in self.offsets for tp in events):
+            return True  # no position or high watermark yet: nothing says the backlog is small
+        return len(self.batcher) + sum(lags[tp] for tp in events) > self.settings.fetch_max_records
 
     def _events_read(self) -> bool:
         """Every assigned events partition read to its end, and every read event predicted."""
