@@ -64,7 +64,6 @@ class Trainer:
         self.model = model.to(device)
         self.optimizer = _make_optimizer(settings, self.model)
         self.counters = TrainCounters()
-        self._parameters = list(self.model.parameters())
         self._direct_adam = _takes_direct_fused_adam(self.optimizer)
 
     @property
@@ -114,8 +113,9 @@ class Trainer:
 
     def _clear_grads(self) -> None:
         """``optimizer.zero_grad(set_to_none=True)`` without its profiler hooks."""
-        for p in self._parameters:
-            p.grad = None
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
 
     def _step_fused_adam_directly(self) -> bool:
         """The fused Adam kernel on the optimizer's own state tensors; False where it does not apply.
@@ -130,7 +130,7 @@ class Trainer:
         if not self._direct_adam:
             return False
         group = self.optimizer.param_groups[0]
-        params = self._parameters
+        params = group["params"]
         states = [self.optimizer.state.get(p) for p in params]
         if not all(states) or any(p.grad is None for p in params):
             return False
