@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream_learner.broker import EmbeddedBroker, ensure_topics
 from stream_learner.config import Settings
 from stream_learner.errors import ConfigError
-from stream_learner.metrics import BulkHistogram, MetricsServer, PrometheusTelemetry, TensorBoardLog
+from stream_learner.metrics import BulkHistogram, MetricsServer, PrometheusTelemetry, ServiceCollector, TensorBoardLog
 from stream_learner.service import Service
 from stream_learner.synthetic import DriftingStream
 
@@ -469,8 +469,6 @@ def test_readyz_is_503_while_the_broker_cannot_be_reached(start_service: StartSe
 def test_totals_have_no_sample_until_the_checkpoint_is_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The service makes its Kafka clients before it restores (an exactly-once start needs its
     # producer first); a scrape in between must not read the totals as 0 (a false counter reset).
-    from stream_learner.metrics import ServiceCollector
-
     monkeypatch.chdir(tmp_path)
     settings = Settings(_env_file=None, input_dim=INPUT_DIM, bootstrap_servers="127.0.0.1:1", checkpoint_dir=tmp_path)  # type: ignore[call-arg]
     service = Service(settings)
