@@ -3,8 +3,9 @@ measured process: produces events at a fixed rate (each stamped with ``ts`` = th
 time it is handed to the producer), their labels ``label_delay`` seconds later, and reads
 the output topic, where each record echoes its event's ``ts``.
 
-Prints one JSON object: latencies (event produced -> output received) of the events
-produced after the warm-up, and counts.
+Prints a ``{"phase": ...}`` line when pacing starts and one when it ends, then one JSON
+object: latencies (event produced -> output received) of the events produced after the
+warm-up, counts, and the CPU cores this process used while pacing.
 
     python -m benchmarks.loadgen --bootstrap 127.0.0.1:9092 --events e --labels l --outputs p --rate 10000 --duration 10
 """
@@ -38,6 +39,12 @@ async def _receive(consumer: AIOKafkaConsumer, measured_from: float, out: list[f
                     out.append(received - ts)
 
 
+def _mark(phase: str) -> None:
+    """A line for the parent, which times its own and the broker's CPU over the paced window."""
+    sys.stdout.write(orjson.dumps({"phase": phase}).decode() + "\n")
+    sys.stdout.flush()
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
     total = int(args.rate * args.duration)
     stream = make_stream(total, seed=11)
@@ -58,6 +65,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         started = time.time()
         receiving = asyncio.create_task(_receive(consumer, started + args.warmup, latencies, counts, stop))
         labels: deque[tuple[float, int, int]] = deque()
+        _mark("producing")
+        cpu0 = time.process_time()
         sent, t0 = 0, time.monotonic()
         futures = []
         while sent < total:
@@ -75,6 +84,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             futures = [f for f in futures if not f.done()]
             await asyncio.sleep(TICK_S)
         produced_for = time.monotonic() - t0
+        cores = (time.process_time() - cpu0) / produced_for
+        _mark("produced")
         while labels:
             _, a, b = labels.popleft()
             items = ((int(stream.partitions[i]), stream.keys[i], stream.label_value(i), None) for i in range(a, b))
@@ -94,6 +105,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "received": counts["received"],
         "rate": total / produced_for,
         "measured": int(lat.size),
+        "cores": cores,
         **percentiles(lat),
     }
 

@@ -211,7 +211,40 @@ async def passthrough_catch_up(bootstrap: str, events: str, n: int, tmp: Path) -
     return await _window(bootstrap, outputs, n)
 
 
-async def _loadgen(bootstrap: str, events: str, labels: str, outputs: str, rate: float, mode: Mode) -> dict[str, Any]:
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``); None where unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _CpuWindow:
+    """CPU cores this process and the broker used between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, broker_pid: int | None) -> None:
+        self.broker_pid = broker_pid
+        self.cores: dict[str, float | None] = {}
+
+    def start(self) -> None:
+        self._at, self._own, self._broker = time.monotonic(), time.process_time(), process_cpu_seconds(self.broker_pid)
+
+    def stop(self) -> None:
+        wall = time.monotonic() - self._at
+        broker = process_cpu_seconds(self.broker_pid)
+        self.cores = {
+            "measured": (time.process_time() - self._own) / wall,
+            "broker": None if broker is None or self._broker is None else (broker - self._broker) / wall,
+        }
+
+
+async def _loadgen(
+    bootstrap: str, events: str, labels: str, outputs: str, rate: float, mode: Mode, broker_pid: int | None = None
+) -> dict[str, Any]:
+    """Run the paced load generator; its result, plus the CPU cores each process used while it paced."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     proc = await asyncio.create_subprocess_exec(
@@ -220,10 +253,20 @@ async def _loadgen(bootstrap: str, events: str, labels: str, outputs: str, rate:
         "--rate", f"{rate:.1f}", "--duration", str(mode.duration_s), "--warmup", str(mode.warmup_s),
         cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, _ = await proc.communicate()
-    if proc.returncode != 0:
+    assert proc.stdout is not None
+    window, last = _CpuWindow(broker_pid), b""
+    async for line in proc.stdout:
+        if line.strip():
+            last = line
+        phase = orjson.loads(line).get("phase") if line.startswith(b'{"phase"') else None
+        if phase == "producing":
+            window.start()
+        elif phase == "produced":
+            window.stop()
+    if await proc.wait() != 0:
         raise RuntimeError(f"loadgen failed with exit code {proc.returncode}")
-    return orjson.loads(out.strip().splitlines()[-1])
+    result = orjson.loads(last)
+    return {**result, "cores": {**window.cores, "loadgen": result.pop("cores", None)}}
 
 
 async def _fresh_topics(bootstrap: str) -> tuple[str, str, str]:
@@ -233,7 +276,7 @@ async def _fresh_topics(bootstrap: str) -> tuple[str, str, str]:
 
 
 async def service_latency(
-    bootstrap: str, model: str, batch: int, rate: float, mode: Mode, tmp: Path, train_batch: int = 32
+    bootstrap: str, model: str, batch: int, rate: float, mode: Mode, tmp: Path, train_batch: int = 32, broker_pid: int | None = None
 ) -> dict[str, Any]:
     events, labels, outputs = await _fresh_topics(bootstrap)
     service = Service(_settings(bootstrap, events, labels, outputs, model, batch, tmp / uuid.uuid4().hex, train_batch))
@@ -243,7 +286,7 @@ async def service_latency(
     try:
         await _wait_assigned(service, task, 2 * PARTITIONS)
         await asyncio.sleep(0.5)
-        result = await _loadgen(bootstrap, events, labels, outputs, rate, mode)
+        result = await _loadgen(bootstrap, events, labels, outputs, rate, mode, broker_pid)
     finally:
         await _stop(service, task)
         probe.close()
@@ -251,7 +294,7 @@ async def service_latency(
     return {**result, "train_lag": lags, "trained": service.trainer.counters.examples_trained}
 
 
-async def passthrough_latency(bootstrap: str, rate: float, mode: Mode, tmp: Path) -> dict[str, Any]:
+async def passthrough_latency(bootstrap: str, rate: float, mode: Mode, tmp: Path, broker_pid: int | None = None) -> dict[str, Any]:
     events, labels, outputs = await _fresh_topics(bootstrap)
     stop = asyncio.Event()
     ready = asyncio.Event()
@@ -261,7 +304,7 @@ async def passthrough_latency(bootstrap: str, rate: float, mode: Mode, tmp: Path
     try:
         await asyncio.wait_for(ready.wait(), 60)
         await asyncio.sleep(0.5)
-        return await _loadgen(bootstrap, events, labels, outputs, rate, mode)
+        return await _loadgen(bootstrap, events, labels, outputs, rate, mode, broker_pid)
     finally:
         stop.set()
         await task
@@ -302,6 +345,24 @@ def _fmt(x: Any, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
+def _cpu_table(rows: list[Row]) -> list[str]:
+    """CPU cores each process used while the load was paced: what the latency runs shared."""
+    paced = [r for r in rows if r.latency.get("cores")]
+    if not paced:
+        return []
+    out = ["", f"### CPU cores used while paced (measured process / load generator / broker; {os.cpu_count()} cores in all)", ""]
+    out += ["| model | MAX_BATCH_SIZE | TRAIN_BATCH_SIZE | service run | sum | pass-through run | sum |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in paced:
+        cells = []
+        for run in (r.latency, r.passthrough_latency):
+            c = run.get("cores", {})
+            parts = [c.get("measured"), c.get("loadgen"), c.get("broker")]
+            total = sum(x for x in parts if x is not None)
+            cells += [" / ".join(_fmt(x, 2) for x in parts), _fmt(total, 2)]
+        out.append(f"| {r.model} | {r.batch} | {r.train_batch} | {' | '.join(cells)} |")
+    return out
+
+
 def render(rows: list[Row], memory: dict[int, float], alone: dict[str, float], settings: Settings) -> str:
     delay = settings.max_batch_delay_ms
     out = ["### Catch-up throughput (events/s, first prediction to the last prediction or optimizer step, whichever is later)", ""]
@@ -333,6 +394,7 @@ def render(rows: list[Row], memory: dict[int, float], alone: dict[str, float], s
             f"| {r.model} | {r.batch} | {r.train_batch} | {_fmt(s['rate'])} | {_fmt(s['p50'], 1)} | {_fmt(s['p99'], 1)} | {_fmt(s['max'], 1)} | "
             f"{_fmt(p['p50'], 1)} | {_fmt(p['p99'], 1)} | {_fmt(p['max'], 1)} | {_fmt(gap, 1)}{lost} | {'yes' if gap <= delay + 20 else 'no'} |"
         )
+    out += _cpu_table(rows)
     out += ["", "### Training", ""]
     out += [
         "| model | MAX_BATCH_SIZE | TRAIN_BATCH_SIZE | examples/s in catch-up | label → step lag p50 (ms, paced) | p99 | max | prequential accuracy |",
@@ -378,8 +440,8 @@ async def measure(row: Row, mode: Mode, skip_latency: bool, tmp: Path, log: Any)
                 log(f"{name}: service catch-up {row.catch_up['rate']:,.0f} events/s, trained {row.catch_up['trained']:,}")
         if not skip_latency:
             rate = 0.5 * row.catch_up["rate"]
-            row.latency = await service_latency(bootstrap, row.model, row.batch, rate, mode, tmp, row.train_batch)
-            row.passthrough_latency = await passthrough_latency(bootstrap, rate, mode, tmp)
+            row.latency = await service_latency(bootstrap, row.model, row.batch, rate, mode, tmp, row.train_batch, broker.pid)
+            row.passthrough_latency = await passthrough_latency(bootstrap, rate, mode, tmp, broker.pid)
             log(f"{name}: latency at {rate:,.0f}/s: p99 {row.latency['p99']:.1f} ms vs pass-through {row.passthrough_latency['p99']:.1f} ms")
 
 

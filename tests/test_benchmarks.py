@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,10 +26,25 @@ def test_benchmark_smoke_run_prints_every_table() -> None:
     )
     assert done.returncode == 0, done.stderr[-4000:]
     out = done.stdout
-    for heading in ("Catch-up throughput", "Latency at half the catch-up rate", "Training", "Memory per pending join entry"):
+    for heading in ("Catch-up throughput", "Latency at half the catch-up rate", "CPU cores used while paced", "Training", "Memory per pending join entry"):
         assert f"### {heading}" in out, out
     assert re.search(r"^\| linear \| 256 \| 256 \| 2,000 \| [\d,]+ \| [\d,]+ \| [\d.]+× \| 2,000 / 2,000 \|", out, re.M), out
     number = r"-?[\d,]+(?:\.\d+)?"  # 1,530.0 and -785.9 too: the figures depend on the machine
     assert re.search(rf"^\| linear \| 256 \| 256 \| [\d,]+(?: \| {number}){{6}} \|", out, re.M), out
+    cores = r"\d\.\d\d / \d\.\d\d / \d\.\d\d \| \d\.\d\d"  # measured / load generator / broker | sum
+    assert re.search(rf"^\| linear \| 256 \| 256 \| {cores} \| {cores} \|", out, re.M), out
     assert re.search(r"^\| 20,000 \| [\d.]+ \|", out, re.M), out
     assert "Trainer alone" in out
+
+
+def test_process_cpu_seconds_counts_this_process_and_knows_no_missing_one() -> None:
+    from benchmarks.run import process_cpu_seconds
+
+    before = process_cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    after = process_cpu_seconds(os.getpid())
+    assert before is not None and after is not None and after - before >= 0.2
+    assert process_cpu_seconds(2**22 + 12345) is None  # above Linux's pid_max
+    assert process_cpu_seconds(None) is None
