@@ -20,7 +20,7 @@ _NUMBER = (int, float)
 
 
 def decode_events(records: Sequence[RawRecord], input_dim: int, now: float) -> tuple[EventBatch, list[Rejected]]:
-    """Decode event records into one batch; bad ones are rejected with a reason.
+    """Decode event records (of any partitions) into one batch; bad ones are rejected with a reason.
 
     ``records`` may be aiokafka ``ConsumerRecord`` objects as well (anything with the
     attributes of :class:`RawRecord`); a rejected one is copied into a ``RawRecord``.
@@ -28,6 +28,7 @@ def decode_events(records: Sequence[RawRecord], input_dim: int, now: float) -> t
     ids: list[str] = []
     rows: list[list[Any]] = []
     ts: list[float] = []
+    partitions: list[int] = []
     keep: list[RawRecord] = []
     rejected: list[Rejected] = []
     loads, nan = orjson.loads, math.nan
@@ -52,6 +53,7 @@ def decode_events(records: Sequence[RawRecord], input_dim: int, now: float) -> t
                 ids.append(event_id)
                 rows.append(features)
                 ts.append(nan if t is None else t)
+                partitions.append(record.partition)
                 keep.append(record)
                 continue
         obj, problem = _load_object(record)
@@ -63,13 +65,16 @@ def decode_events(records: Sequence[RawRecord], input_dim: int, now: float) -> t
         ids.append(obj["id"])
         rows.append(obj["features"])
         ts.append(_event_time(obj.get("ts")))
+        partitions.append(record.partition)
         keep.append(record)
     features, bad_rows = _feature_matrix(rows, input_dim, keep)
     if bad_rows:
         rejected.extend(Rejected(RawRecord.of(keep[i]), reason, detail) for i, (reason, detail) in bad_rows.items())
         good = [i for i in range(len(ids)) if i not in bad_rows]
-        ids, features, ts = [ids[i] for i in good], features[good], [ts[i] for i in good]
-    batch = EventBatch(ids, features, np.asarray(ts, dtype=np.float64), np.full(len(ids), now))
+        ids, features, ts, partitions = [ids[i] for i in good], features[good], [ts[i] for i in good], [partitions[i] for i in good]
+    batch = EventBatch(
+        ids, features, np.asarray(ts, dtype=np.float64), np.full(len(ids), now), np.asarray(partitions, dtype=np.int64)
+    )
     return batch, rejected
 
 
@@ -79,6 +84,7 @@ def decode_labels(
     """Decode label records; ids and values are checked against the task (``records`` as for :func:`decode_events`)."""
     ids: list[str] = []
     labels: list[float] = []
+    partitions: list[int] = []
     offsets: list[int] = []
     rejected: list[Rejected] = []
     loads = orjson.loads
@@ -100,6 +106,7 @@ def decode_labels(
             ):
                 ids.append(event_id)
                 labels.append(float(label))
+                partitions.append(record.partition)
                 offsets.append(record.offset)
                 continue
         obj, problem = _load_object(record)
@@ -110,8 +117,12 @@ def decode_labels(
             continue
         ids.append(obj["id"])
         labels.append(float(obj["label"]))
+        partitions.append(record.partition)
         offsets.append(record.offset)
-    return LabelBatch(ids, np.asarray(labels, dtype=np.float64), np.asarray(offsets, dtype=np.int64)), rejected
+    batch = LabelBatch(
+        ids, np.asarray(labels, dtype=np.float64), np.asarray(offsets, dtype=np.int64), np.asarray(partitions, dtype=np.int64)
+    )
+    return batch, rejected
 
 
 def encode_predictions(predictions: Predictions, task: str) -> list[bytes]:

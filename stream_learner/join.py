@@ -123,10 +123,11 @@ class JoinBuffer:
         )
 
     def add_labels(
-        self, ids: list[str], labels: np.ndarray, now: float, partition: int = 0, offsets: np.ndarray | None = None
+        self, ids: list[str], labels: np.ndarray, now: float, partition: int | np.ndarray = 0, offsets: np.ndarray | None = None
     ) -> Examples:
-        """Join labels (read from ``partition`` at ``offsets``) to waiting events; the rest wait or are duplicates."""
+        """Join labels (read at ``offsets`` of ``partition``, one or one per label) to waiting events; the rest wait or are duplicates."""
         offsets = np.arange(len(ids), dtype=np.int64) if offsets is None else offsets
+        partitions = np.broadcast_to(np.asarray(partition, np.int64), (len(ids),))
         pending = self._pending
         positions = pending.find(*pending.keys_of(ids)) if len(ids) else np.zeros(0, np.int64)
         hit_rows = np.flatnonzero(positions >= 0)
@@ -141,7 +142,7 @@ class JoinBuffer:
             pending.features[slots],
             labels[hit_rows],
             pending.scores[slots],
-            np.full(len(hit_rows), partition, np.int64),
+            partitions[hit_rows],
             offsets[hit_rows],
             pending.arrived[slots],
         )
@@ -154,7 +155,7 @@ class JoinBuffer:
                 if event_id in self._joined or event_id in self._early:
                     self.counters.labels_duplicate += 1
                 else:
-                    self._store_early(event_id, float(labels[row]), now, partition, int(offsets[row]))
+                    self._store_early(event_id, float(labels[row]), now, int(partitions[row]), int(offsets[row]))
         self.counters.labels_joined += len(hit_rows)
         return joined
 

@@ -86,10 +86,6 @@ class EventBatch:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def from_partition(self, partition: int) -> "EventBatch":
-        """This batch, marked as read from events partition ``partition``."""
-        return EventBatch(self.ids, self.features, self.ts, self.received_at, np.full(len(self.ids), partition, np.int64))
-
     @staticmethod
     def empty(input_dim: int) -> "EventBatch":
         """A batch of no events."""
@@ -132,6 +128,8 @@ class LabelBatch:
     """float64 ``[n]``: class indices (exact integers) or regression targets."""
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     """int64 ``[n]``: offset of each label record in its partition."""
+    partitions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """int64 ``[n]``: partition of each label record."""
 
     def __len__(self) -> int:
         return len(self.ids)

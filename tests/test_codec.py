@@ -105,6 +105,19 @@ def test_several_bad_records_keep_good_ones_in_order() -> None:
     assert sorted((r.record.offset, r.reason) for r in rejected) == [(1, "invalid_json"), (2, "wrong_feature_length"), (4, "bad_features")]
 
 
+def test_records_of_several_partitions_decode_in_one_batch_that_knows_each_ones_partition() -> None:
+    events = [RawRecord("events", p, o, None, event(f"e{p}{o}", [p, o, 0])) for p, o in [(2, 5), (0, 7), (2, 6), (3, 0)]]
+    batch, rejected = decode_events([events[0], record(b"{", offset=9), *events[1:]], DIM, now=0.0)
+    assert [r.record.offset for r in rejected] == [9]
+    assert batch.ids == ["e25", "e07", "e26", "e30"]
+    np.testing.assert_array_equal(batch.partitions, [2, 0, 2, 3])
+    labels = [RawRecord("labels", p, o, None, label(f"e{p}{o}", 1)) for p, o in [(1, 4), (0, 8), (1, 5)]]
+    decoded, rejected = decode_labels([labels[0], RawRecord("labels", 0, 9, None, b"[]"), *labels[1:]], "classification", 2)
+    assert [r.record.offset for r in rejected] == [9]
+    np.testing.assert_array_equal(decoded.partitions, [1, 0, 1])
+    np.testing.assert_array_equal(decoded.offsets, [4, 8, 5])
+
+
 def test_all_records_bad_gives_an_empty_batch_of_the_right_width() -> None:
     batch, rejected = decode_events([record(b"x"), record(b"[]")], DIM, now=0.0)
     assert len(batch) == 0 and batch.features.shape == (0, DIM)

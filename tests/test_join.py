@@ -60,6 +60,20 @@ def test_early_label_waits_and_joins_when_its_event_is_predicted() -> None:
     assert buf.counters.labels_joined == 1
 
 
+def test_labels_of_several_partitions_keep_each_ones_position_joined_or_early() -> None:
+    buf = buffer()
+    predict(buf, [1, 2], now=0.0)
+    ids = ["e-1", "e-3", "e-2", "e-4"]
+    joined = buf.add_labels(ids, np.ones(4), 1.0, np.array([0, 1, 2, 1]), np.array([10, 20, 30, 21]))
+    np.testing.assert_array_equal(joined.partitions, [0, 2])
+    np.testing.assert_array_equal(joined.offsets, [10, 30])
+    assert buf.lowest_waiting_label(1) == (20, 1.0)  # e-3 and e-4 wait in partition 1
+    assert buf.lowest_waiting_label(0) is None
+    late = predict(buf, [3, 4], now=2.0)
+    np.testing.assert_array_equal(late.partitions, [1, 1])
+    np.testing.assert_array_equal(late.offsets, [20, 21])
+
+
 def test_second_label_after_join_is_a_dropped_duplicate() -> None:
     buf = buffer()
     predict(buf, [1], now=0.0)
