@@ -1,8 +1,11 @@
-"""The device thread: the one place where torch runs.
+"""The device thread: where torch runs.
 
 Inference and training both run on one worker thread, so the model needs no locks
 and the event loop never blocks on compute (torch releases the GIL in its kernels,
-so fetching and producing go on meanwhile).
+so fetching and producing go on meanwhile). The one exception: while the thread is
+:meth:`DeviceThread.idle`, the thread that queues the work may run a job itself, in
+the place the next job would run (for a small model on the CPU, the handoff to the
+thread and back costs more than the forward pass).
 
 Order of effects: work queued with :meth:`DeviceThread.submit` or :meth:`DeviceThread.run`
 runs in submission order, so a snapshot queued after a training step sees that
@@ -32,6 +35,10 @@ class DeviceThread:
     def __init__(self) -> None:
         self._jobs: queue.PriorityQueue[tuple[int, int, Callable[[], Any] | None, Any, Any]] = queue.PriorityQueue()
         self._sequence = itertools.count()
+        self._queued = 0
+        """Jobs queued so far (written by the queueing thread only)."""
+        self._finished = 0
+        """Jobs finished so far (written by the worker only)."""
         self._thread = threading.Thread(target=self._work, name="stream-learner-device", daemon=True)
         self._thread.start()
 
@@ -50,6 +57,14 @@ class DeviceThread:
         """Queue ``fn(*args, **kwargs)`` after everything queued before it; the caller goes on at once."""
         return self._queue(_IN_ORDER, functools.partial(fn, *args, **kwargs))
 
+    def idle(self) -> bool:
+        """Nothing queued and nothing running: a job run now by the caller runs where the next job would.
+
+        Only meaningful in the thread that queues every job (the event loop's): no other
+        thread can queue one meanwhile, so the thread stays idle until the caller queues again.
+        """
+        return self._queued == self._finished
+
     def close(self) -> None:
         """Finish queued work and stop the thread."""
         self._jobs.put((_STOP, next(self._sequence), None, None, None))
@@ -58,6 +73,7 @@ class DeviceThread:
     def _queue(self, priority: int, job: Callable[[], T]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        self._queued += 1
         self._jobs.put((priority, next(self._sequence), job, loop, future))
         return future
 
@@ -70,6 +86,7 @@ class DeviceThread:
                 outcome, failed = job(), False
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
                 outcome, failed = exc, True
+            self._finished += 1
             try:
                 loop.call_soon_threadsafe(_settle, future, outcome, failed)
             except RuntimeError:  # the loop has closed; nobody is waiting any more
