@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import itertools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -77,7 +76,8 @@ class JoinBuffer:
         self._pending = _PendingEvents(input_dim, output_dim)
         self._early: OrderedDict[str, tuple[float, float, int, int]] = OrderedDict()
         self._early_heaps: dict[int, list[tuple[int, str]]] = {}
-        self._joined: OrderedDict[str, float] = OrderedDict()
+        self._joined = _PendingEvents(0, 0)
+        """Ids of joined events (a later label for one is a duplicate): keys and join times, no features."""
         self._unlabeled: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         """Events dropped without a label (features, scores, arrived), kept for take_unlabeled."""
 
@@ -150,9 +150,10 @@ class JoinBuffer:
         self._remember_joined([ids[row] for row in hit_rows.tolist()], now)
         if len(hit_rows) < len(ids):
             missed = np.flatnonzero(positions < 0).tolist()
-            for row in missed:
+            was_joined = self._joined.find(*self._joined.keys_of([ids[row] for row in missed])) >= 0
+            for row, joined_before in zip(missed, was_joined.tolist()):
                 event_id = ids[row]
-                if event_id in self._joined or event_id in self._early:
+                if joined_before or event_id in self._early:
                     self.counters.labels_duplicate += 1
                 else:
                     self._store_early(event_id, float(labels[row]), now, int(partitions[row]), int(offsets[row]))
@@ -180,8 +181,9 @@ class JoinBuffer:
         while self._early and next(iter(self._early.values()))[1] < horizon:
             self._early.popitem(last=False)
             self.counters.labels_expired += 1
-        while self._joined and next(iter(self._joined.values())) < horizon:
-            self._joined.popitem(last=False)
+        forgotten = self._joined.oldest(self._joined.live, horizon)
+        if len(forgotten):
+            self._joined.remove(forgotten)
 
     def take_unlabeled(self) -> Examples:
         """Events dropped without a label, labelled ``default_label`` (missing-label policy "default")."""
@@ -268,37 +270,51 @@ class JoinBuffer:
 
     def _remember_joined(self, event_ids: list[str], now: float) -> None:
         """Remember joined ids (a later label for one is a duplicate), the newest ``max_pending``."""
+        if not event_ids:
+            return
         joined = self._joined
-        joined.update(zip(event_ids, itertools.repeat(now)))
-        for _ in range(len(joined) - self.max_pending):
-            joined.popitem(last=False)
+        words, lengths, hashes = joined.keys_of(event_ids)
+        new = np.flatnonzero(joined.find(words, lengths, hashes) < 0)
+        _, first = np.unique(hashes[new], return_index=True)
+        if len(first) < len(new):
+            new = new[self._distinct_keys(words[new], lengths[new], hashes[new], np.sort(first))]
+        nothing = np.zeros((len(new), 0), np.float32)
+        joined.append(words[new], lengths[new], hashes[new], nothing, nothing, now)
+        over = joined.live - self.max_pending
+        if over > 0:
+            joined.remove(joined.oldest(over))
 
     def state_dict(self) -> dict[str, object]:
         """Everything waiting, oldest first, as tensors and lists (loadable with ``weights_only=True``).
 
         Pending events' ids are their keys: ``event_keys`` (uint8 ``[n, width]``, UTF-8 bytes
-        zero-padded, or a digest) and ``event_key_lengths`` (the byte length; 65535 for a digest).
+        zero-padded, or a digest) and ``event_key_lengths`` (the byte length; 65535 for a digest);
+        the ids of joined events likewise (``joined_keys``, ``joined_key_lengths``).
         """
         pending = self._pending
         order = pending.order()
+        event_keys, event_key_lengths = _key_tensors(pending, order)
+        joined_order = self._joined.order()
+        joined_keys, joined_key_lengths = _key_tensors(self._joined, joined_order)
         parts = [(pending.features[order], pending.scores[order], pending.arrived[order]), *self._unlabeled]
         early = list(self._early.items())
         return {
-            "event_keys": torch.from_numpy(np.ascontiguousarray(pending.words[order]).view(np.uint8).reshape(len(order), pending.width).copy()),
-            "event_key_lengths": torch.from_numpy(pending.lengths[order].astype(np.int32)),
+            "event_keys": event_keys,
+            "event_key_lengths": event_key_lengths,
             "unlabeled": sum(len(p[0]) for p in self._unlabeled),
             "features": torch.from_numpy(np.concatenate([p[0] for p in parts])),
             "scores": torch.from_numpy(np.concatenate([p[1] for p in parts])),
             "arrived": torch.from_numpy(np.concatenate([p[2] for p in parts])),
             "early_ids": [k for k, _ in early],
             "early": torch.tensor([v for _, v in early], dtype=torch.float64).reshape(-1, 4),
-            "joined_ids": list(self._joined.keys()),
-            "joined_at": torch.tensor(list(self._joined.values()), dtype=torch.float64),
+            "joined_keys": joined_keys,
+            "joined_key_lengths": joined_key_lengths,
+            "joined_at": torch.from_numpy(self._joined.arrived[joined_order].copy()),
             "counters": dict(vars(self.counters)),
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        """Replace the contents with a :meth:`state_dict` (also one that lists ``event_ids`` as strings)."""
+        """Replace the contents with a :meth:`state_dict` (also one that lists ``event_ids`` or ``joined_ids`` as strings)."""
         unlabeled: int = state["unlabeled"]  # type: ignore[assignment]
         features = state["features"].numpy()  # type: ignore[attr-defined]
         scores = state["scores"].numpy()  # type: ignore[attr-defined]
@@ -309,17 +325,22 @@ class JoinBuffer:
         else:
             keys, lengths = _encode_ids(state["event_ids"])  # type: ignore[arg-type]
         n = len(lengths)
-        width = 8 if n == 0 or not (keys[:, 8:].any() or (lengths > 8).any()) else _MAX_WIDTH
-        words = np.ascontiguousarray(keys.reshape(n, keys.shape[-1] if keys.ndim == 2 else 0)[:, :width]).view(np.uint64).reshape(n, width // 8)
         self._pending = _PendingEvents(self.input_dim, self.output_dim)
-        self._pending.load(words, lengths, features[:n], scores[:n], arrived[:n])
+        self._pending.load(_words(keys, lengths), lengths, features[:n], scores[:n], arrived[:n])
         self._unlabeled = [(features[n:].copy(), scores[n:].copy(), arrived[n:].copy())] if unlabeled else []
         early = state["early"].tolist()  # type: ignore[attr-defined]
         self._early = OrderedDict(
             (k, (v[0], v[1], int(v[2]), int(v[3]))) for k, v in zip(state["early_ids"], early)  # type: ignore[call-overload]
         )
         self._rebuild_early_heaps()
-        self._joined = OrderedDict(zip(state["joined_ids"], state["joined_at"].tolist()))  # type: ignore[call-overload, attr-defined]
+        self._joined = _PendingEvents(0, 0)
+        if "joined_keys" in state:
+            joined_keys = state["joined_keys"].numpy()  # type: ignore[attr-defined]
+            joined_lengths = state["joined_key_lengths"].numpy().astype(np.uint16)  # type: ignore[attr-defined]
+        else:
+            joined_keys, joined_lengths = _encode_ids(state["joined_ids"])  # type: ignore[arg-type]
+        nothing = np.zeros((len(joined_lengths), 0), np.float32)
+        self._joined.load(_words(joined_keys, joined_lengths), joined_lengths, nothing, nothing, state["joined_at"].numpy())  # type: ignore[attr-defined]
         self.counters = JoinCounters(**state["counters"])  # type: ignore[arg-type]
 
 
@@ -357,6 +378,19 @@ def _encode_ids(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         packed = np.array(encoded, dtype=f"S{_MAX_WIDTH}")
         keys[:] = packed.view(np.uint8).reshape(len(encoded), _MAX_WIDTH)
     return keys, lengths.astype(np.uint16)
+
+
+def _words(keys: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Keys (uint8 ``[n, width]``, as :func:`_encode_ids` or a state dict has them) as uint64 words, 8 bytes wide where they fit."""
+    n = len(lengths)
+    width = 8 if n == 0 or not (keys[:, 8:].any() or (lengths > 8).any()) else _MAX_WIDTH
+    return np.ascontiguousarray(keys.reshape(n, keys.shape[-1] if keys.ndim == 2 else 0)[:, :width]).view(np.uint64).reshape(n, width // 8)
+
+
+def _key_tensors(store: "_PendingEvents", order: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys at ring positions ``order`` of ``store``: uint8 ``[n, width]`` and their int32 lengths."""
+    keys = np.ascontiguousarray(store.words[order]).view(np.uint8).reshape(len(order), store.width).copy()
+    return torch.from_numpy(keys), torch.from_numpy(store.lengths[order].astype(np.int32))
 
 
 def _hash(words: np.ndarray, lengths: np.ndarray) -> np.ndarray:

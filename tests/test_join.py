@@ -225,3 +225,41 @@ def test_empty_state_dict_round_trip() -> None:
     assert (restored.pending_events, restored.early_labels) == (0, 0)
     predict(restored, [1], now=0.0)
     assert len(label(restored, [1], [1.0], now=1.0)) == 1
+
+
+def test_joined_ids_are_remembered_newest_max_pending_and_until_ttl() -> None:
+    buf = buffer(max_pending=3, ttl_s=10.0)
+    predict(buf, [1, 2, 3], now=0.0)
+    label(buf, [1, 2, 3], [1.0] * 3, now=1.0)
+    predict(buf, [4], now=1.0)
+    label(buf, [4], [1.0], now=1.0)
+    assert len(label(buf, [2, 3, 4], [0.0] * 3, now=2.0)) == 0
+    assert (buf.counters.labels_duplicate, buf.early_labels) == (3, 0)
+    label(buf, [1], [0.0], now=2.0)  # e-1 was forgotten (only the newest 3 are kept): it waits as an early label
+    assert (buf.counters.labels_duplicate, buf.early_labels) == (3, 1)
+    buf.expire(now=11.5)  # joined at 1.0, ttl 10 s
+    label(buf, [2], [0.0], now=11.5)
+    assert (buf.counters.labels_duplicate, buf.early_labels) == (3, 2)  # e-2 was forgotten: it waits, as e-1 does
+
+
+def test_long_and_wide_joined_ids_are_told_apart() -> None:
+    buf = buffer()
+    ids = ["short", "twelve-bytes", "an id far longer than sixteen bytes", "an id far longer than sixteen bytez"]
+    buf.add_predictions(ids, np.zeros((4, DIM), np.float32), np.zeros((4, OUT), np.float32), 0.0)
+    assert len(buf.add_labels(ids[:3], np.ones(3), 1.0)) == 3
+    assert len(buf.add_labels(ids, np.ones(4), 2.0)) == 1  # only the fourth was still waiting
+    assert buf.counters.labels_duplicate == 3
+    restored = restored_from(buf)
+    assert len(restored.add_labels(ids, np.ones(4), 3.0)) == 0
+    assert restored.counters.labels_duplicate == 3 + 4
+
+
+def test_a_state_dict_with_joined_ids_as_strings_still_loads() -> None:
+    state = busy_buffer().state_dict()
+    for key in ("joined_keys", "joined_key_lengths"):
+        del state[key]
+    state["joined_ids"], state["joined_at"] = ["e-2"], torch.tensor([1.0], dtype=torch.float64)
+    restored = buffer(3, 10.0, 0.0)
+    restored.load_state_dict(state)
+    label(restored, [2], [0.0], now=3.0)
+    assert restored.counters.labels_duplicate == busy_buffer().counters.labels_duplicate + 1
