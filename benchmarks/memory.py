@@ -1,4 +1,5 @@
-"""Bytes per pending join entry: ``n`` predicted events waiting for labels in a JoinBuffer.
+"""Bytes per pending join entry: ``n`` predicted events waiting for labels in a JoinBuffer;
+and bytes per joined id the buffer remembers (to tell a later label for it as a duplicate).
 
 Measured with tracemalloc (every allocation the buffer keeps, numpy arrays included,
 capacity that is allocated but not yet used counted too), ids like ``"e-123456"`` made
@@ -39,6 +40,33 @@ def bytes_per_pending_entry(n: int = 200_000, input_dim: int = 32, output_dim: i
     return held / n
 
 
+def bytes_per_joined_id(n: int = 200_000, input_dim: int = 32, output_dim: int = 2, batch: int = 1024) -> float:
+    """tracemalloc bytes held per remembered joined id after ``n`` events were predicted and labelled.
+
+    Nothing is pending at the end (every event met its label), so what the buffer holds is the
+    joined ids and the capacity its stores keep.
+    """
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(batch, input_dim)).astype(np.float32)
+    scores = rng.random((batch, output_dim)).astype(np.float32)
+    labels = np.ones(batch)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        buffer = JoinBuffer(input_dim, output_dim, max_pending=10 * n, ttl_s=3600.0)
+        for start in range(100_000, 100_000 + n, batch):
+            count = min(batch, 100_000 + n - start)
+            buffer.add_predictions([f"e-{i}" for i in range(start, start + count)], features[:count], scores[:count], 0.0)
+            buffer.add_labels([f"e-{i}" for i in range(start, start + count)], labels[:count], 0.0)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+        assert buffer.pending_events == 0 and buffer.counters.labels_joined == n
+    finally:
+        tracemalloc.stop()
+    return held / n
+
+
 if __name__ == "__main__":
     for n in (50_000, 200_000, 1_000_000):
-        print(f"{n:>9} pending: {bytes_per_pending_entry(n):7.1f} bytes/entry")
+        print(f"{n:>9} pending: {bytes_per_pending_entry(n):7.1f} bytes/entry   joined: {bytes_per_joined_id(n):7.1f} bytes/id")
