@@ -39,6 +39,12 @@ def _passthrough(run: dict[str, Any], row: dict[str, Any]) -> float:
     return float(np.mean(row.get("passthrough") or run["passthrough"][str(row["events"])]))
 
 
+def _p99_gap(row: dict[str, Any]) -> float:
+    """Median of the paired p99 gaps where the run repeated the paced runs, else the one gap."""
+    gaps = row.get("p99_gaps")
+    return float(np.median(gaps)) if gaps else row["latency"]["p99"] - row["passthrough_latency"]["p99"]
+
+
 def render(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str], delay_ms: float = 10.0) -> str:
     b_rows, a_rows = _rows(before), _rows(after)
     keys = [k for k in a_rows if k in b_rows]
@@ -67,7 +73,7 @@ def render(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str
         if not (b.get("latency") and a.get("latency")):
             continue
         bs, as_, bp, ap = b["latency"], a["latency"], b["passthrough_latency"], a["passthrough_latency"]
-        gb, ga = bs["p99"] - bp["p99"], as_["p99"] - ap["p99"]
+        gb, ga = _p99_gap(b), _p99_gap(a)
         out.append(
             f"| {key[0]} | {key[1]}/{key[2]} | {_fmt(bs['rate'])} → {_fmt(as_['rate'])} | {_fmt(bs['p50'], 1)} → {_fmt(as_['p50'], 1)} | "
             f"{_fmt(bs['p99'], 1)} → {_fmt(as_['p99'], 1)} | {_fmt(bp['p99'], 1)} → {_fmt(ap['p99'], 1)} | "

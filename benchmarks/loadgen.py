@@ -5,7 +5,9 @@ the output topic, where each record echoes its event's ``ts``.
 
 Prints a ``{"phase": ...}`` line when pacing starts and one when it ends, then one JSON
 object: latencies (event produced -> output received) of the events produced after the
-warm-up, counts, and the CPU cores this process used while pacing.
+warm-up; ``to_created``, the part of them up to the output record's Kafka timestamp
+(CreateTime, stamped by the measured process's producer as it hands the record over);
+counts, and the CPU cores this process used while pacing.
 
     python -m benchmarks.loadgen --bootstrap 127.0.0.1:9092 --events e --labels l --outputs p --rate 10000 --duration 10
 """
@@ -27,7 +29,9 @@ from .common import make_stream, percentiles, produce_batched
 TICK_S = 0.002
 
 
-async def _receive(consumer: AIOKafkaConsumer, measured_from: float, out: list[float], counts: dict[str, int], stop: asyncio.Event) -> None:
+async def _receive(
+    consumer: AIOKafkaConsumer, measured_from: float, out: list[float], created: list[float], counts: dict[str, int], stop: asyncio.Event
+) -> None:
     while not stop.is_set():
         fetched = await consumer.getmany(timeout_ms=20, max_records=10_000)
         received = time.time()
@@ -37,6 +41,7 @@ async def _receive(consumer: AIOKafkaConsumer, measured_from: float, out: list[f
                 counts["received"] += 1
                 if ts >= measured_from:
                     out.append(received - ts)
+                    created.append(record.timestamp / 1000 - ts)
 
 
 def _mark(phase: str) -> None:
@@ -60,10 +65,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         for tp in tps:
             await consumer.position(tp)
         latencies: list[float] = []
+        created: list[float] = []
         counts = {"received": 0}
         stop = asyncio.Event()
         started = time.time()
-        receiving = asyncio.create_task(_receive(consumer, started + args.warmup, latencies, counts, stop))
+        receiving = asyncio.create_task(_receive(consumer, started + args.warmup, latencies, created, counts, stop))
         labels: deque[tuple[float, int, int]] = deque()
         _mark("producing")
         cpu0 = time.process_time()
@@ -107,6 +113,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "measured": int(lat.size),
         "cores": cores,
         **percentiles(lat),
+        "to_created": percentiles(np.asarray(created)),
     }
 
 

@@ -26,11 +26,13 @@ def test_benchmark_smoke_run_prints_every_table() -> None:
     )
     assert done.returncode == 0, done.stderr[-4000:]
     out = done.stdout
-    for heading in ("Catch-up throughput", "Latency at half the catch-up rate", "CPU cores used while paced", "Training", "Memory per pending join entry"):
+    headings = ("Catch-up throughput", "Latency at half the catch-up rate", "Event produced → output record created", "CPU cores used while paced")
+    for heading in (*headings, "Training", "Memory per pending join entry"):
         assert f"### {heading}" in out, out
     assert re.search(r"^\| linear \| 256 \| 256 \| 2,000 \| [\d,]+ \| [\d,]+ \| [\d.]+× \| 2,000 / 2,000 \|", out, re.M), out
     number = r"-?[\d,]+(?:\.\d+)?"  # 1,530.0 and -785.9 too: the figures depend on the machine
     assert re.search(rf"^\| linear \| 256 \| 256 \| [\d,]+(?: \| {number}){{6}} \|", out, re.M), out
+    assert re.search(rf"^\| linear \| 256 \| 256 \| {number} / {number} \| {number} / {number} \|", out, re.M), out  # to created
     cores = r"\d\.\d\d / \d\.\d\d / \d\.\d\d \| \d\.\d\d"  # measured / load generator / broker | sum
     assert re.search(rf"^\| linear \| 256 \| 256 \| {cores} \| {cores} \|", out, re.M), out
     assert re.search(r"^\| 20,000 \| [\d.]+ \|", out, re.M), out
@@ -48,3 +50,19 @@ def test_process_cpu_seconds_counts_this_process_and_knows_no_missing_one() -> N
     assert before is not None and after is not None and after - before >= 0.2
     assert process_cpu_seconds(2**22 + 12345) is None  # above Linux's pid_max
     assert process_cpu_seconds(None) is None
+
+
+def test_paced_runs_combine_into_medians_the_largest_max_and_summed_counts() -> None:
+    from benchmarks.run import combine_runs
+
+    runs = [
+        {"rate": 100.0, "p50": 10.0, "p99": 50.0, "max": 90.0, "produced": 5, "received": 5, "cores": {"measured": 0.4, "broker": None}},
+        {"rate": 102.0, "p50": 30.0, "p99": 70.0, "max": 80.0, "produced": 6, "received": 4, "cores": {"measured": 0.6, "broker": 0.5}},
+        {"rate": 101.0, "p50": 20.0, "p99": 99.0, "max": 70.0, "produced": 7, "received": 7, "cores": {"measured": 0.5, "broker": 0.7}},
+    ]
+    combined = combine_runs(runs)
+    assert combined == {
+        "runs": 3, "rate": 101.0, "p50": 20.0, "p99": 70.0, "max": 90.0, "produced": 18, "received": 16,
+        "cores": {"measured": 0.5, "broker": 0.6},
+    }  # fmt: skip
+    assert combine_runs([]) == {}
