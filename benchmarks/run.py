@@ -1,7 +1,7 @@
 """One command for every figure in ``docs/benchmarks.md``.
 
-    .venv/bin/python -m benchmarks.run            # full: about 23 minutes on 2 cores
-    .venv/bin/python -m benchmarks.run --quick    # smaller run: about 6 minutes
+    .venv/bin/python -m benchmarks.run            # full: about 35 minutes on 2 cores
+    .venv/bin/python -m benchmarks.run --quick    # smaller run: about 8 minutes
 
 For each row, starts an embedded broker of its own (Tansu, in memory), pre-fills the topics,
 and runs, side by side in this one process:
@@ -12,7 +12,8 @@ and runs, side by side in this one process:
    (``benchmarks.passthrough``) over the same events (before the service, and after it in
    the full mode);
 2. latency: a producer in a child process paced at half the catch-up rate, event produced ->
-   prediction received, beside the pass-through at the same rate;
+   prediction received, beside the pass-through at the same rate (``latency_repeats`` runs of
+   each, alternating; medians);
 3. training: examples trained per second in catch-up, and the lag from a label meeting its
    event to the end of the optimizer step that uses it (in the paced run); the trainer alone;
 4. memory: bytes per pending join entry (features of dim 32).
@@ -557,7 +558,7 @@ def _quiet_logs() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_const", const="quick", dest="mode", help="smaller run (about 6 minutes)")
+    parser.add_argument("--quick", action="store_const", const="quick", dest="mode", help="smaller run (about 8 minutes)")
     parser.add_argument("--smoke", action="store_const", const="smoke", dest="mode", help="tiny run for the test suite")
     parser.add_argument("--models", help="comma-separated, e.g. linear,mlp")
     parser.add_argument("--batch-sizes", help="comma-separated MAX_BATCH_SIZE values, e.g. 1,32,256,1024")
