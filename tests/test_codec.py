@@ -35,6 +35,15 @@ def test_good_events_decode_to_float32_rows_with_ts_and_received_at() -> None:
     np.testing.assert_array_equal(batch.received_at, [42.0, 42.0])
 
 
+def test_integer_ts_decodes_like_a_float_one_and_a_boolean_one_is_rejected() -> None:
+    values = [event("a", [1, 2, 3], ts=1700000000), event("b", [1, 2, 3], ts=2**60), event("c", [1, 2, 3], ts=True)]
+    batch, rejected = decode_events([record(v, offset=i) for i, v in enumerate(values)], DIM, now=0.0)
+    assert batch.ids == ["a", "b"]
+    assert batch.ts.dtype == np.float64
+    np.testing.assert_array_equal(batch.ts, [1700000000.0, float(2**60)])
+    assert [(r.record.offset, r.reason) for r in rejected] == [(2, "bad_ts")]
+
+
 BAD_EVENTS = [
     pytest.param(b"not json", "invalid_json", id="not-json"),
     pytest.param(b'{"id": "x", "features": [1, 2, NaN]}', "invalid_json", id="nan-literal"),
