@@ -263,3 +263,37 @@ def test_a_state_dict_with_joined_ids_as_strings_still_loads() -> None:
     restored.load_state_dict(state)
     label(restored, [2], [0.0], now=3.0)
     assert restored.counters.labels_duplicate == busy_buffer().counters.labels_duplicate + 1
+
+
+def test_random_batches_join_as_a_dict_model_does() -> None:
+    """Many predictions and labels over a small id space: repeats, stale table cells, rebuilds."""
+    rng = np.random.default_rng(7)
+    buf = JoinBuffer(1, OUT, max_pending=10**6, ttl_s=1e9)
+    pending: set[int] = set()
+    joined: set[int] = set()
+    early: set[int] = set()
+    for _ in range(400):
+        numbers = rng.integers(0, 3000, rng.integers(1, 300)).tolist()
+        ids = [f"k{n}" for n in numbers]
+        expected = []
+        if rng.random() < 0.5:
+            features = np.asarray(numbers, np.float32)[:, None]
+            got = buf.add_predictions(ids, features, np.zeros((len(ids), OUT), np.float32), 0.0)
+            for n in numbers:
+                if n in early:
+                    early.remove(n)
+                    joined.add(n)
+                    expected.append(n)
+                else:
+                    pending.add(n)
+        else:
+            got = buf.add_labels(ids, np.ones(len(ids)), 0.0)
+            for n in numbers:
+                if n in pending:
+                    pending.remove(n)
+                    joined.add(n)
+                    expected.append(n)
+                elif n not in joined:
+                    early.add(n)
+        assert sorted(got.features[:, 0].astype(int).tolist()) == sorted(expected)
+        assert (buf.pending_events, buf.early_labels) == (len(pending), len(early))
