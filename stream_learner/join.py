@@ -541,7 +541,8 @@ class _PendingEvents:
             return
         cap = max(self.live + count, self.cap + self.cap // 8, 1024)
         if self.head + self.span <= self.cap:
-            self._extend(cap)
+            # Extending keeps the holes: the new rows go after the whole span, not after the live ones.
+            self._extend(max(cap, self.span + count))
         else:
             self._relayout(cap)
 

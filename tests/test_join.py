@@ -297,3 +297,15 @@ def test_random_batches_join_as_a_dict_model_does() -> None:
                     early.add(n)
         assert sorted(got.features[:, 0].astype(int).tolist()) == sorted(expected)
         assert (buf.pending_events, buf.early_labels) == (len(pending), len(early))
+
+
+def test_a_batch_bigger_than_the_room_left_among_holes_overwrites_no_waiting_event() -> None:
+    """The ring grew by live + batch while the batch lands after the holes: it wrapped onto the oldest."""
+    buf = buffer(max_pending=10**6)
+    predict(buf, list(range(1024)), now=0.0)  # the ring is exactly full
+    label(buf, list(range(500, 600)), [1.0] * 100, now=1.0)  # holes in the middle
+    predict(buf, list(range(2000, 2300)), now=2.0)
+    waiting = [*range(500), *range(600, 1024), *range(2000, 2300)]
+    joined = label(buf, waiting, [0.0] * len(waiting), now=3.0)
+    np.testing.assert_array_equal(joined.features, np.stack([features_of(n) for n in waiting]))
+    assert (buf.pending_events, buf.early_labels) == (0, 0)
