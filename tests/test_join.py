@@ -266,14 +266,17 @@ def test_a_state_dict_with_joined_ids_as_strings_still_loads() -> None:
 
 
 def test_random_batches_join_as_a_dict_model_does() -> None:
-    """Many predictions and labels over a small id space: repeats, stale table cells, rebuilds."""
+    """Many predictions and labels over a small id space: repeats, stale table cells, rebuilds,
+    batches big against the ring, and restores (a restored ring has no room to spare)."""
     rng = np.random.default_rng(7)
     buf = JoinBuffer(1, OUT, max_pending=10**6, ttl_s=1e9)
     pending: set[int] = set()
     joined: set[int] = set()
     early: set[int] = set()
     for _ in range(400):
-        numbers = rng.integers(0, 3000, rng.integers(1, 300)).tolist()
+        if rng.random() < 0.05:
+            buf = restored_from(buf)
+        numbers = rng.integers(0, 3000, rng.integers(1, 1500 if rng.random() < 0.2 else 300)).tolist()
         ids = [f"k{n}" for n in numbers]
         expected = []
         if rng.random() < 0.5:
