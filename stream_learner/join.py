@@ -319,14 +319,10 @@ class JoinBuffer:
         features = state["features"].numpy()  # type: ignore[attr-defined]
         scores = state["scores"].numpy()  # type: ignore[attr-defined]
         arrived = state["arrived"].numpy()  # type: ignore[attr-defined]
-        if "event_keys" in state:
-            keys = state["event_keys"].numpy()  # type: ignore[attr-defined]
-            lengths = state["event_key_lengths"].numpy().astype(np.uint16)  # type: ignore[attr-defined]
-        else:
-            keys, lengths = _encode_ids(state["event_ids"])  # type: ignore[arg-type]
+        words, lengths = _keys_from_state(state, "event")
         n = len(lengths)
         self._pending = _PendingEvents(self.input_dim, self.output_dim)
-        self._pending.load(_words(keys, lengths), lengths, features[:n], scores[:n], arrived[:n])
+        self._pending.load(words, lengths, features[:n], scores[:n], arrived[:n])
         self._unlabeled = [(features[n:].copy(), scores[n:].copy(), arrived[n:].copy())] if unlabeled else []
         early = state["early"].tolist()  # type: ignore[attr-defined]
         self._early = OrderedDict(
@@ -334,13 +330,9 @@ class JoinBuffer:
         )
         self._rebuild_early_heaps()
         self._joined = _PendingEvents(0, 0)
-        if "joined_keys" in state:
-            joined_keys = state["joined_keys"].numpy()  # type: ignore[attr-defined]
-            joined_lengths = state["joined_key_lengths"].numpy().astype(np.uint16)  # type: ignore[attr-defined]
-        else:
-            joined_keys, joined_lengths = _encode_ids(state["joined_ids"])  # type: ignore[arg-type]
+        joined_words, joined_lengths = _keys_from_state(state, "joined")
         nothing = np.zeros((len(joined_lengths), 0), np.float32)
-        self._joined.load(_words(joined_keys, joined_lengths), joined_lengths, nothing, nothing, state["joined_at"].numpy())  # type: ignore[attr-defined]
+        self._joined.load(joined_words, joined_lengths, nothing, nothing, state["joined_at"].numpy())  # type: ignore[attr-defined]
         self.counters = JoinCounters(**state["counters"])  # type: ignore[arg-type]
 
 
@@ -385,6 +377,16 @@ def _words(keys: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     n = len(lengths)
     width = 8 if n == 0 or not (keys[:, 8:].any() or (lengths > 8).any()) else _MAX_WIDTH
     return np.ascontiguousarray(keys.reshape(n, keys.shape[-1] if keys.ndim == 2 else 0)[:, :width]).view(np.uint64).reshape(n, width // 8)
+
+
+def _keys_from_state(state: dict[str, object], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Words and lengths of the ``{name}_keys`` of a state dict, or of its ``{name}_ids`` strings (older checkpoints)."""
+    if f"{name}_keys" in state:
+        keys = state[f"{name}_keys"].numpy()  # type: ignore[attr-defined]
+        lengths = state[f"{name}_key_lengths"].numpy().astype(np.uint16)  # type: ignore[attr-defined]
+    else:
+        keys, lengths = _encode_ids(state[f"{name}_ids"])  # type: ignore[arg-type]
+    return _words(keys, lengths), lengths
 
 
 def _key_tensors(store: "_PendingEvents", order: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
