@@ -144,3 +144,9 @@ def percentiles(values_s: Sequence[float] | np.ndarray) -> dict[str, float]:
 def every_label_stepped(catch_up: dict, events: int) -> bool:
     """A catch-up's labels all went through an optimizer step: applied, or skipped by the guardrail."""
     return int(catch_up["trained"]) + int(catch_up.get("skipped", 0)) >= events
+
+
+def p99_gap(gaps: Sequence[float], service: dict, passthrough: dict) -> float:
+    """What the latency target is checked on: the median of the paired p99 gaps where the paced
+    runs were repeated, else the one run's service p99 minus the pass-through's."""
+    return float(np.median(gaps)) if len(gaps) else service["p99"] - passthrough["p99"]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .common import every_label_stepped
+from .common import every_label_stepped, p99_gap
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -37,12 +37,6 @@ def _rows(run: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
 def _passthrough(run: dict[str, Any], row: dict[str, Any]) -> float:
     """The row's own pass-through (one broker per row), or the run's for its event count (older runs)."""
     return float(np.mean(row.get("passthrough") or run["passthrough"][str(row["events"])]))
-
-
-def _p99_gap(row: dict[str, Any]) -> float:
-    """Median of the paired p99 gaps where the run repeated the paced runs, else the one gap."""
-    gaps = row.get("p99_gaps")
-    return float(np.median(gaps)) if gaps else row["latency"]["p99"] - row["passthrough_latency"]["p99"]
 
 
 def render(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str], delay_ms: float = 10.0) -> str:
@@ -73,7 +67,7 @@ def render(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str
         if not (b.get("latency") and a.get("latency")):
             continue
         bs, as_, bp, ap = b["latency"], a["latency"], b["passthrough_latency"], a["passthrough_latency"]
-        gb, ga = _p99_gap(b), _p99_gap(a)
+        gb, ga = (p99_gap(r.get("p99_gaps") or [], r["latency"], r["passthrough_latency"]) for r in (b, a))
         out.append(
             f"| {key[0]} | {key[1]}/{key[2]} | {_fmt(bs['rate'])} → {_fmt(as_['rate'])} | {_fmt(bs['p50'], 1)} → {_fmt(as_['p50'], 1)} | "
             f"{_fmt(bs['p99'], 1)} → {_fmt(as_['p99'], 1)} | {_fmt(bp['p99'], 1)} → {_fmt(ap['p99'], 1)} | "

@@ -53,7 +53,7 @@ from stream_learner.process import freeze_startup_heap
 from stream_learner.service import Service
 from stream_learner.trainer import Trainer
 
-from .common import INPUT_DIM, PARTITIONS, every_label_stepped, make_stream, percentiles, prefill, read_timestamps
+from .common import INPUT_DIM, PARTITIONS, every_label_stepped, make_stream, p99_gap, percentiles, prefill, read_timestamps
 from .memory import bytes_per_pending_entry
 from .passthrough import passthrough
 from .probe import TrainingProbe
@@ -412,7 +412,7 @@ def render(rows: list[Row], memory: dict[int, float], alone: dict[str, float], s
         s, p = r.latency, r.passthrough_latency
         if not s:
             continue
-        gap = float(np.median(r.p99_gaps)) if r.p99_gaps else s["p99"] - p["p99"]
+        gap = p99_gap(r.p99_gaps, s, p)
         spread = f" ({min(r.p99_gaps):.1f} to {max(r.p99_gaps):.1f})" if len(r.p99_gaps) > 1 else ""
         lost = "" if s["received"] >= s["produced"] else f" ({s['produced'] - s['received']} not received)"
         out.append(
