@@ -21,6 +21,7 @@ import heapq
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -107,14 +108,15 @@ class JoinBuffer:
                 if early is not None:
                     matched.append(row)
                     early_rows.append(early)
+        keys = _keys(ids)
         if matched:
-            self._remember_joined([ids[row] for row in matched], now)
+            self._remember_joined(keys.take(np.asarray(matched, np.int64)), now)
             keep = np.ones(len(ids), bool)
             keep[matched] = False
             rows = np.flatnonzero(keep)
-            self._store([ids[i] for i in rows.tolist()], features[rows], scores[rows], now)
+            self._store(keys.take(rows), features[rows], scores[rows], now)
         else:
-            self._store(ids, features, scores, now)
+            self._store(keys, features, scores, now)
         self.counters.labels_joined += len(matched)
         found = np.asarray(early_rows, np.float64).reshape(-1, 4)
         return Examples(
@@ -129,14 +131,14 @@ class JoinBuffer:
         offsets = np.arange(len(ids), dtype=np.int64) if offsets is None else offsets
         partitions = np.broadcast_to(np.asarray(partition, np.int64), (len(ids),))
         pending = self._pending
-        positions = pending.find(*pending.keys_of(ids)) if len(ids) else np.zeros(0, np.int64)
+        keys = _keys(ids)
+        positions = pending.find(keys)
         hit_rows = np.flatnonzero(positions >= 0)
-        if hit_rows.size:
+        if _has_repeats(positions[hit_rows]):
             # A second label for the same waiting event in this batch is a duplicate of the first.
             _, first = np.unique(positions[hit_rows], return_index=True)
-            if len(first) < len(hit_rows):
-                self.counters.labels_duplicate += len(hit_rows) - len(first)
-                hit_rows = hit_rows[np.sort(first)]
+            self.counters.labels_duplicate += len(hit_rows) - len(first)
+            hit_rows = hit_rows[np.sort(first)]
         slots = positions[hit_rows]
         joined = Examples(
             pending.features[slots],
@@ -147,11 +149,11 @@ class JoinBuffer:
             pending.arrived[slots],
         )
         pending.remove(slots)
-        self._remember_joined([ids[row] for row in hit_rows.tolist()], now)
+        self._remember_joined(keys.take(hit_rows), now)
         if len(hit_rows) < len(ids):
-            missed = np.flatnonzero(positions < 0).tolist()
-            was_joined = self._joined.find(*self._joined.keys_of([ids[row] for row in missed])) >= 0
-            for row, joined_before in zip(missed, was_joined.tolist()):
+            missed = np.flatnonzero(positions < 0)
+            was_joined = self._joined.find(keys.take(missed)) >= 0
+            for row, joined_before in zip(missed.tolist(), was_joined.tolist()):
                 event_id = ids[row]
                 if joined_before or event_id in self._early:
                     self.counters.labels_duplicate += 1
@@ -201,35 +203,36 @@ class JoinBuffer:
         self.counters.events_defaulted += n
         return examples
 
-    def _store(self, ids: list[str], features: np.ndarray, scores: np.ndarray, now: float) -> None:
+    def _store(self, keys: _Keys, features: np.ndarray, scores: np.ndarray, now: float) -> None:
         """Store predicted events, newest last; a repeated id replaces its waiting event (counted)."""
-        if not ids:
+        n = len(keys.lengths)
+        if not n:
             return
         pending = self._pending
-        words, lengths, hashes = pending.keys_of(ids)
-        waiting = pending.find(words, lengths, hashes)
-        replaced = np.unique(waiting[waiting >= 0])
+        waiting = pending.find(keys)
+        replaced = np.unique(waiting[waiting >= 0]) if (waiting >= 0).any() else waiting[:0]
         if len(replaced):
             pending.remove(replaced)
-        kept = len(ids)
-        _, last_from_end = np.unique(hashes[::-1], return_index=True)
-        if len(last_from_end) < len(ids):
-            rows = np.sort(len(ids) - 1 - last_from_end)  # the last of each repeated id in this batch
-            rows = self._distinct_keys(words, lengths, hashes, rows)
+        kept = n
+        if _has_repeats(keys.hashes):
+            _, last_from_end = np.unique(keys.hashes[::-1], return_index=True)
+            rows = np.sort(n - 1 - last_from_end)  # the last of each repeated id in this batch
+            rows = self._distinct_keys(keys, rows)
             kept = len(rows)
-            words, lengths, hashes, features, scores = words[rows], lengths[rows], hashes[rows], features[rows], scores[rows]
+            keys, features, scores = keys.take(rows), features[rows], scores[rows]
         # As one at a time: each id already waiting, and each repeat in this batch, replaces its event.
-        self.counters.events_duplicate += len(ids) - kept + len(replaced)
-        pending.append(words, lengths, hashes, features, scores, now)
+        self.counters.events_duplicate += n - kept + len(replaced)
+        pending.append(keys, features, scores, now)
         over = pending.live - self.max_pending
         if over > 0:
             self._drop_events(pending.oldest(over))
             self.counters.events_evicted += over
 
     @staticmethod
-    def _distinct_keys(words: np.ndarray, lengths: np.ndarray, hashes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def _distinct_keys(keys: _Keys, rows: np.ndarray) -> np.ndarray:
         """``rows`` (the last row of each distinct hash) plus rows whose key differs from every kept
         row with the same hash: a true 64-bit collision keeps both ids."""
+        words, lengths, hashes = keys.words, keys.lengths, keys.hashes
         keep = set(rows.tolist())
         kept_by_hash = {int(hashes[r]): r for r in rows.tolist()}
         for r in range(len(hashes)):
@@ -268,18 +271,17 @@ class JoinBuffer:
         for heap in self._early_heaps.values():
             heapq.heapify(heap)
 
-    def _remember_joined(self, event_ids: list[str], now: float) -> None:
-        """Remember joined ids (a later label for one is a duplicate), the newest ``max_pending``."""
-        if not event_ids:
+    def _remember_joined(self, keys: _Keys, now: float) -> None:
+        """Remember the ids of ``keys`` as joined (a later label for one is a duplicate), the newest ``max_pending``."""
+        if not len(keys.lengths):
             return
         joined = self._joined
-        words, lengths, hashes = joined.keys_of(event_ids)
-        new = np.flatnonzero(joined.find(words, lengths, hashes) < 0)
-        _, first = np.unique(hashes[new], return_index=True)
-        if len(first) < len(new):
-            new = new[self._distinct_keys(words[new], lengths[new], hashes[new], np.sort(first))]
-        nothing = np.zeros((len(new), 0), np.float32)
-        joined.append(words[new], lengths[new], hashes[new], nothing, nothing, now)
+        new = keys.take(np.flatnonzero(joined.find(keys) < 0))
+        if _has_repeats(new.hashes):
+            _, first = np.unique(new.hashes, return_index=True)
+            new = new.take(self._distinct_keys(new, np.sort(first)))
+        nothing = np.zeros((len(new.lengths), 0), np.float32)
+        joined.append(new, nothing, nothing, now)
         over = joined.live - self.max_pending
         if over > 0:
             joined.remove(joined.oldest(over))
@@ -372,6 +374,33 @@ def _encode_ids(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return keys, lengths.astype(np.uint16)
 
 
+class _Keys(NamedTuple):
+    """Encoded ids: ``words`` uint64 ``[n, 2]`` (16 key bytes), ``lengths``, 64-bit ``hashes``."""
+
+    words: np.ndarray
+    lengths: np.ndarray
+    hashes: np.ndarray
+    wide: bool
+    """Whether some key needs more than 8 bytes (a store of 8-byte keys widens for it)."""
+
+    def take(self, rows: np.ndarray) -> "_Keys":
+        return _Keys(self.words[rows], self.lengths[rows], self.hashes[rows], self.wide)
+
+
+def _keys(ids: list[str]) -> _Keys:
+    """Each id encoded once; every store takes the same words and hashes (see :func:`_hash`)."""
+    keys, lengths = _encode_ids(ids)
+    words = keys.view(np.uint64).reshape(len(ids), _MAX_WIDTH // 8)
+    wide = bool(len(ids)) and bool(words[:, 1].any() or (lengths > 8).any())
+    return _Keys(words, lengths, _hash(words if wide else words[:, :1], lengths), wide)
+
+
+def _has_repeats(values: np.ndarray) -> bool:
+    """Whether some value occurs twice (a sort, cheaper than ``np.unique`` with its indices)."""
+    ordered = np.sort(values)
+    return bool((ordered[1:] == ordered[:-1]).any())
+
+
 def _words(keys: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Keys (uint8 ``[n, width]``, as :func:`_encode_ids` or a state dict has them) as uint64 words, 8 bytes wide where they fit."""
     n = len(lengths)
@@ -428,14 +457,12 @@ class _PendingEvents:
     def cap(self) -> int:
         return len(self.arrived)
 
-    # ids -> keys --------------------------------------------------------------------------
-    def keys_of(self, ids: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(words uint64 [n, width/8], lengths, hashes)`` for ``ids``; widens the store if needed."""
-        keys, lengths = _encode_ids(ids)
-        if len(ids) and self.width < _MAX_WIDTH and (keys[:, 8:].any() or (lengths > 8).any()):
+    # keys -----------------------------------------------------------------------------------
+    def words_of(self, keys: _Keys) -> np.ndarray:
+        """The words of ``keys`` as wide as this store's; widens the store for a key that needs it."""
+        if keys.wide and self.width < _MAX_WIDTH:
             self._widen()
-        words = np.ascontiguousarray(keys[:, : self.width]).view(np.uint64)
-        return words, lengths, _hash(words, lengths)
+        return keys.words[:, : self.width // 8]
 
     def _widen(self) -> None:
         wider = np.zeros((self.cap, _MAX_WIDTH // 8), np.uint64)
@@ -443,12 +470,13 @@ class _PendingEvents:
         self.words, self.width = wider, _MAX_WIDTH
 
     # lookups --------------------------------------------------------------------------------
-    def find(self, words: np.ndarray, lengths: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    def find(self, keys: _Keys) -> np.ndarray:
         """Ring position of each key, -1 where it is not pending."""
-        n = len(lengths)
+        n = len(keys.lengths)
         found = np.full(n, -1, np.int64)
         if not self.live or not n:
             return found
+        words, lengths, hashes = self.words_of(keys), keys.lengths, keys.hashes
         mask = len(self._table) - 1
         pos = (hashes & np.uint64(mask)).astype(np.int64)
         active = np.arange(n)
@@ -555,11 +583,12 @@ class _PendingEvents:
         self.head = (self.head + skip) % self.cap
         self.span -= skip
 
-    def append(self, words: np.ndarray, lengths: np.ndarray, hashes: np.ndarray, features: np.ndarray, scores: np.ndarray, now: float) -> None:
+    def append(self, keys: _Keys, features: np.ndarray, scores: np.ndarray, now: float) -> None:
         """Store new pending events (keys absent and distinct), newest last."""
-        n = len(lengths)
+        n = len(keys.lengths)
         if not n:
             return
+        words, lengths, hashes = self.words_of(keys), keys.lengths, keys.hashes
         self._make_room(n)
         positions = self._positions(self.span, n)
         self.features[positions], self.scores[positions], self.arrived[positions] = features, scores, now
