@@ -502,36 +502,47 @@ class _PendingEvents:
         """Table cells for keys known to be absent and distinct, stored at ring ``positions``.
 
         Each key takes the first free cell on its probe sequence, as linear probing does; where
-        keys of this batch want the same cell, the first wins and the others probe on."""
+        keys of this batch want the same cell, one of them gets it (whichever the scatter wrote
+        last: each reads the cell back) and the others probe on."""
         mask = len(self._table) - 1
         pos = (hashes & np.uint64(mask)).astype(np.int64)
         active = np.arange(len(positions))
         while active.size:
             cells = self._window(pos[active], mask)
             # A cell is free when empty, or stale: pointing at a position now dead.
-            free = (cells < 0) | (self.lengths[np.where(cells < 0, 0, cells)] == 0)
+            empty = cells < 0
+            free = empty | (self.lengths[np.where(empty, 0, cells)] == 0)
             first = free.argmax(axis=1)
-            has_free = free[np.arange(len(active)), first]
+            rows = np.arange(len(active))
+            has_free = free[rows, first]
             wanted = (pos[active] + first) & mask
-            cells_wanted, winner_index = np.unique(wanted[has_free], return_index=True)
-            winners = active[has_free][winner_index]
-            self._used += int((self._table[cells_wanted] < 0).sum())
-            self._table[cells_wanted] = positions[winners]
+            claim = active[has_free]
+            self._table[wanted[has_free]] = positions[claim]
+            won = self._table[wanted[has_free]] == positions[claim]
+            self._used += int((empty[rows, first] & has_free)[has_free][won].sum())
+            pos[active[~has_free]] = (pos[active[~has_free]] + _PROBE_WINDOW) & mask
             placed = np.zeros(len(positions), bool)
-            placed[winners] = True
-            moved = ~has_free
-            pos[active[moved]] = (pos[active[moved]] + _PROBE_WINDOW) & mask
+            placed[claim[won]] = True
             active = active[~placed[active]]
 
     def _rebuild_table(self) -> None:
+        """A fresh table (no stale cells) at most 55 % full, filled in one pass: sorted by home
+        cell, each key takes the first cell past the previous key's, as linear probing would."""
         size = 1024
         while size * 0.55 < self.live:
             size *= 2
-        self._table = np.full(size, _EMPTY, np.int32)
-        self._used = 0
         order = self.order()
-        if len(order):
-            self._insert(_hash(self.words[order], self.lengths[order]), order)
+        homes = (_hash(self.words[order], self.lengths[order]) & np.uint64(size - 1)).astype(np.int64)
+        by_home = np.argsort(homes)
+        rank = np.arange(len(order))
+        cells = np.maximum.accumulate(homes[by_home] - rank) + rank if len(order) else rank
+        self._table = np.full(size, _EMPTY, np.int32)
+        inside = cells < size
+        self._table[cells[inside]] = order[by_home[inside]]
+        # Keys that ran past the last cell wrap around to the first free cells, in order.
+        wrapped = by_home[~inside]
+        self._table[np.flatnonzero(self._table < 0)[: len(wrapped)]] = order[wrapped]
+        self._used = len(order)
 
     # ring -------------------------------------------------------------------------------------
     def _positions(self, start: int, count: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import torch
 
-from stream_learner.join import JoinBuffer
+from stream_learner.join import JoinBuffer, _keys
 
 DIM, OUT = 3, 2
 
@@ -312,3 +312,18 @@ def test_a_batch_bigger_than_the_room_left_among_holes_overwrites_no_waiting_eve
     joined = label(buf, waiting, [0.0] * len(waiting), now=3.0)
     np.testing.assert_array_equal(joined.features, np.stack([features_of(n) for n in waiting]))
     assert (buf.pending_events, buf.early_labels) == (0, 0)
+
+
+def test_events_homed_at_the_end_of_a_rebuilt_table_wrap_around_and_still_join() -> None:
+    """A restore fills the table in one pass: keys whose probe runs past the last cell go to the front."""
+    table_size = 1024  # what 500 pending events get
+    end_homed = [n for n in range(20_000) if int(_keys([f"e-{n}"]).hashes[0]) % table_size >= table_size - 4][:40]
+    numbers = end_homed + [n for n in range(20_000, 20_460)]
+    buf = buffer(max_pending=10**6)
+    predict(buf, numbers, now=0.0)
+    restored = buffer(max_pending=10**6)
+    restored.load_state_dict(buf.state_dict())
+    assert len(restored._pending._table) == table_size
+    joined = label(restored, numbers, [1.0] * len(numbers), now=1.0)
+    np.testing.assert_array_equal(joined.features, np.stack([features_of(n) for n in numbers]))
+    assert (restored.pending_events, restored.early_labels) == (0, 0)
