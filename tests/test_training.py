@@ -258,3 +258,43 @@ def test_rollback_restores_the_last_good_weights_and_version() -> None:
     trainer.rollback(good)
     assert trainer.model_version == 5 and trainer.counters.rollbacks == 1 and trainer.counters.examples_trained == 320
     assert all(torch.equal(good["model"][k], v) for k, v in trainer.model.state_dict().items())  # type: ignore[index]
+
+
+class _RecordsModes(nn.Module):
+    """Overrides train(), as a model that freezes some layers would: the trainer must call it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(DIM, 16), nn.Dropout(0.5), nn.Linear(16, 2))
+        self.modes: list[bool] = []
+
+    def train(self, mode: bool = True) -> "_RecordsModes":
+        self.modes.append(mode)
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def dropout_factory(settings: Settings) -> nn.Module:
+    return nn.Sequential(nn.Linear(settings.input_dim, 16), nn.Dropout(0.5), nn.Linear(16, settings.output_dim))
+
+
+def modes_factory(settings: Settings) -> nn.Module:
+    return _RecordsModes()
+
+
+@pytest.mark.parametrize("factory", ["dropout_factory", "modes_factory"])
+def test_predictions_run_in_eval_mode_and_steps_in_train_mode(factory: str) -> None:
+    t = trainer(model=f"{__name__}:{factory}")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, DIM)).astype(np.float32)
+    batch = examples(x, rng.integers(0, 2, 64).astype(np.float64))
+    for _ in range(3):
+        t.learn_many(batch)
+        assert all(m.training for m in t.model.modules())
+        first = t.predict_many(x)
+        assert not any(m.training for m in t.model.modules())
+        np.testing.assert_array_equal(first, t.predict_many(x))  # dropout off
+    if factory == "modes_factory":
+        assert t.model.modes[-2:] == [True, False]
