@@ -516,10 +516,10 @@ class _PendingEvents:
             rows = np.arange(len(active))
             has_free = free[rows, first]
             wanted = (pos[active] + first) & mask
-            claim = active[has_free]
-            self._table[wanted[has_free]] = positions[claim]
-            won = self._table[wanted[has_free]] == positions[claim]
-            self._used += int((empty[rows, first] & has_free)[has_free][won].sum())
+            claim, cell, was_empty = active[has_free], wanted[has_free], empty[rows, first][has_free]
+            self._table[cell] = positions[claim]
+            won = self._table[cell] == positions[claim]
+            self._used += int(was_empty[won].sum())
             pos[active[~has_free]] = (pos[active[~has_free]] + _PROBE_WINDOW) & mask
             placed = np.zeros(len(positions), bool)
             placed[claim[won]] = True
