@@ -57,6 +57,18 @@ class DeviceThread:
         """Queue ``fn(*args, **kwargs)`` after everything queued before it; the caller goes on at once."""
         return self._queue(_IN_ORDER, functools.partial(fn, *args, **kwargs))
 
+    def submit_here_if_idle(self, here: bool, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+        """As :meth:`submit`; but with ``here`` and the thread :meth:`idle`, run ``fn`` now in the
+        caller's thread (where the next job would run) and return its settled future."""
+        if not (here and self.idle()):
+            return self.submit(fn, *args, **kwargs)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - handed to the awaiting coroutine, as the thread does
+            future.set_exception(exc)
+        return future
+
     def idle(self) -> bool:
         """Nothing queued and nothing running: a job run now by the caller runs where the next job would.
 

@@ -48,6 +48,11 @@ INLINE_INFERENCE_MAX_S = 0.002
 """A CPU forward pass quicker than this runs in the loop's thread when the device thread is idle:
 the handoff to the thread and back took longer (batch taken to prediction sent: p50 1.8 vs 1.1 ms,
 p90 3.9 vs 2.2 ms at 5k events/s on 2 busy cores, measured)."""
+INLINE_TRAINING_MAX_S = 0.005
+"""Catching up, a CPU optimizer step quicker than this runs in the loop's thread when the device
+thread is idle: the next prediction waits for it anyway, and the two threads taking turns on the
+GIL around each small torch op cost more than the step (catch-up at MAX_BATCH_SIZE 256 and
+TRAIN_BATCH_SIZE 32: 20.5-23.5k against 15.8-18.5k events/s, measured)."""
 EARLY_LABELS_HIGH = 4096
 """Early labels above which the labels partitions pause while events are left to read."""
 
@@ -88,6 +93,8 @@ class Service:
         self._device = DeviceThread()
         self._inline_inference = False
         """Whether the last forward pass was a quick one on the CPU (see :meth:`_infer`)."""
+        self._inline_training = False
+        """Whether the last optimizer step was a quick one on the CPU (see :meth:`_train`)."""
         self._deliveries: list[asyncio.Future[Any]] = []
         self._steps: list[asyncio.Future[StepOutcome]] = []
         self._transactions: Transactions | None = None
@@ -349,16 +356,19 @@ class Service:
         They run while the loop decodes and produces; the checkpoint's snapshot, queued
         after them, sees their effect. At most ``MAX_QUEUED_STEPS`` wait: beyond that the
         loop waits, which is the backpressure on intake. :meth:`_finish_steps` reports them.
+        With more records left to read than a turn fetches, quick CPU steps run right here
+        instead (``INLINE_TRAINING_MAX_S``): the loop is never idle then.
         """
+        here = bool(batches) and self._inline_training and self.lag() > self.settings.fetch_max_records
         for examples in batches:
-            self._steps.append(self._device.submit(self._train_on_device, examples))
+            self._steps.append(self._device.submit_here_if_idle(here, self._train_on_device, examples))
             self._dirty = True
             if len(self._steps) > MAX_QUEUED_STEPS:
                 await asyncio.wait([self._steps[-MAX_QUEUED_STEPS - 1]])
 
     def _train_on_device(self, examples: Examples) -> StepOutcome:
-        """One step, and the guardrail's rollback right after a poisoned one (device thread)."""
-        started = time.perf_counter()
+        """One step, and the guardrail's rollback right after a poisoned one (device thread, or the loop's: see :meth:`_train`)."""
+        started, cpu_started = time.perf_counter(), time.thread_time()
         poisoned_before = self.trainer.counters.poisoned_steps
         loss = self.trainer.learn_many(examples)
         poisoned = self.trainer.counters.poisoned_steps != poisoned_before
@@ -367,6 +377,8 @@ class Service:
         if rolled_back:
             self.trainer.rollback(good)  # type: ignore[arg-type]
         seconds, version = time.perf_counter() - started, self.trainer.model_version
+        # CPU time, not wall: on the device thread a step's wall time includes waits for the GIL.
+        self._inline_training = self.trainer.device.type == "cpu" and time.thread_time() - cpu_started < INLINE_TRAINING_MAX_S
         return StepOutcome(len(examples), loss, seconds, version, poisoned, rolled_back, float(examples.features.sum()))
 
     async def _finish_steps(self, wait: bool) -> None:

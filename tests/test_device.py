@@ -49,3 +49,25 @@ async def test_idle_only_when_nothing_is_queued_or_running() -> None:
     finally:
         gate.set()
         device.close()
+
+
+async def test_submit_here_if_idle_runs_in_the_callers_thread_only_when_idle() -> None:
+    device = DeviceThread()
+    gate = threading.Event()
+    name = lambda: threading.current_thread().name  # noqa: E731
+    try:
+        here = device.submit_here_if_idle(True, name)
+        assert here.done() and here.result() == threading.current_thread().name
+        assert await device.submit_here_if_idle(False, name) == "stream-learner-device"
+        failed = device.submit_here_if_idle(True, lambda: 1 / 0)
+        assert isinstance(failed.exception(), ZeroDivisionError)
+        ran: list[str] = []
+        running = device.submit(gate.wait)
+        queued = device.submit_here_if_idle(True, ran.append, "after the running job")
+        assert not queued.done()  # busy: it waits its turn on the thread, behind the running job
+        gate.set()
+        await asyncio.gather(running, queued)
+        assert ran == ["after the running job"] and device.idle()
+    finally:
+        gate.set()
+        device.close()
