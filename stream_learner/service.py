@@ -49,10 +49,11 @@ INLINE_INFERENCE_MAX_S = 0.002
 the handoff to the thread and back took longer (batch taken to prediction sent: p50 1.8 vs 1.1 ms,
 p90 3.9 vs 2.2 ms at 5k events/s on 2 busy cores, measured)."""
 INLINE_TRAINING_MAX_S = 0.005
-"""Catching up, a CPU optimizer step quicker than this runs in the loop's thread when the device
-thread is idle: the next prediction waits for it anyway, and the two threads taking turns on the
-GIL around each small torch op cost more than the step (catch-up at MAX_BATCH_SIZE 256 and
-TRAIN_BATCH_SIZE 32: 20.5-23.5k against 15.8-18.5k events/s, measured)."""
+"""With a backlog, a CPU optimizer step that took less CPU time than this runs in the loop's
+thread when the device thread is idle: the loop never idles then and the next prediction waits
+for the step anyway, so the thread bought only the two threads taking turns on the GIL around
+each small torch op (catch-up at MAX_BATCH_SIZE 256 and TRAIN_BATCH_SIZE 32: 20.0-22.4k against
+17.3-18.2k events/s, measured)."""
 EARLY_LABELS_HIGH = 4096
 """Early labels above which the labels partitions pause while events are left to read."""
 
@@ -367,7 +368,9 @@ class Service:
                 await asyncio.wait([self._steps[-MAX_QUEUED_STEPS - 1]])
 
     def _train_on_device(self, examples: Examples) -> StepOutcome:
-        """One step, and the guardrail's rollback right after a poisoned one (device thread, or the loop's: see :meth:`_train`)."""
+        """One step, and the guardrail's rollback right after a poisoned one.
+
+        On the device thread, or in the loop's thread (see :meth:`_train`)."""
         started, cpu_started = time.perf_counter(), time.thread_time()
         poisoned_before = self.trainer.counters.poisoned_steps
         loss = self.trainer.learn_many(examples)
