@@ -360,8 +360,9 @@ class Service:
         With more records left to read than a turn fetches, quick CPU steps run right here
         instead (``INLINE_TRAINING_MAX_S``): the loop is never idle then.
         """
-        here = bool(batches) and self._inline_training and self.lag() > self.settings.fetch_max_records
+        backlog = bool(batches) and self.lag() > self.settings.fetch_max_records
         for examples in batches:
+            here = backlog and self._inline_training  # a step that ran slow sends the next ones to the thread
             self._steps.append(self._device.submit_here_if_idle(here, self._train_on_device, examples))
             self._dirty = True
             if len(self._steps) > MAX_QUEUED_STEPS:
