@@ -127,8 +127,9 @@ async def prefill(bootstrap: str, topics: TestTopics, total: int, label_lag: int
 
 
 async def run_to_end(start_service: StartService, directory: Path, group: str, total: int, crashes: list[str]) -> dict:
-    # Small fetches and frequent checkpoints, so that each crash lands mid-stream.
-    slow = {**FAST, "log_level": "debug", "checkpoint_interval_s": 0.2, "fetch_max_records": 100, "checkpoint_dir": directory, "group_id": group}
+    # Small fetches and frequent checkpoints, so that each crash lands mid-stream: the second
+    # checkpoint must come before the stream is done (at 0.2 s a fast machine finished first).
+    slow = {**FAST, "log_level": "debug", "checkpoint_interval_s": 0.05, "fetch_max_records": 100, "checkpoint_dir": directory, "group_id": group}
     for crash in crashes:
         service = start_service(**slow, crash_at=crash)
         await wait_for_exit(service, timeout=60)
