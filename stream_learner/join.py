@@ -391,8 +391,13 @@ def _keys(ids: list[str]) -> _Keys:
     """Each id encoded once; every store takes the same words and hashes (see :func:`_hash`)."""
     keys, lengths = _encode_ids(ids)
     words = keys.view(np.uint64).reshape(len(ids), _MAX_WIDTH // 8)
-    wide = bool(len(ids)) and bool(words[:, 1].any() or (lengths > 8).any())
+    wide = _needs_wide(keys, lengths)
     return _Keys(words, lengths, _hash(words if wide else words[:, :1], lengths), wide)
+
+
+def _needs_wide(keys: np.ndarray, lengths: np.ndarray) -> bool:
+    """Whether some key (uint8 ``[n, width]``) needs more than 8 bytes: a nonzero byte past 8, or a longer length."""
+    return len(lengths) > 0 and bool(keys[:, 8:].any() or (lengths > 8).any())
 
 
 def _has_repeats(values: np.ndarray) -> bool:
@@ -404,7 +409,7 @@ def _has_repeats(values: np.ndarray) -> bool:
 def _words(keys: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Keys (uint8 ``[n, width]``, as :func:`_encode_ids` or a state dict has them) as uint64 words, 8 bytes wide where they fit."""
     n = len(lengths)
-    width = 8 if n == 0 or not (keys[:, 8:].any() or (lengths > 8).any()) else _MAX_WIDTH
+    width = _MAX_WIDTH if _needs_wide(keys, lengths) else 8
     return np.ascontiguousarray(keys.reshape(n, keys.shape[-1] if keys.ndim == 2 else 0)[:, :width]).view(np.uint64).reshape(n, width // 8)
 
 
