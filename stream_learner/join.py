@@ -210,7 +210,8 @@ class JoinBuffer:
             return
         pending = self._pending
         waiting = pending.find(keys)
-        replaced = np.unique(waiting[waiting >= 0]) if (waiting >= 0).any() else waiting[:0]
+        waiting = waiting[waiting >= 0]
+        replaced = np.unique(waiting) if len(waiting) else waiting
         if len(replaced):
             pending.remove(replaced)
         kept = n
@@ -540,7 +541,7 @@ class _PendingEvents:
         homes = (_hash(self.words[order], self.lengths[order]) & np.uint64(size - 1)).astype(np.int64)
         by_home = np.argsort(homes)
         rank = np.arange(len(order))
-        cells = np.maximum.accumulate(homes[by_home] - rank) + rank if len(order) else rank
+        cells = np.maximum.accumulate(homes[by_home] - rank) + rank
         self._table = np.full(size, _EMPTY, np.int32)
         inside = cells < size
         self._table[cells[inside]] = order[by_home[inside]]
