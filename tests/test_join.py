@@ -114,6 +114,25 @@ def test_events_expire_after_ttl() -> None:
     assert buf.early_labels == 1
 
 
+def test_expiry_past_many_joined_holes_drops_exactly_the_events_older_than_the_ttl() -> None:
+    buf = buffer(max_pending=10_000, ttl_s=10.0)
+    for second in range(5):  # 1,000 events a second; every third one joins and leaves a hole
+        numbers = list(range(second * 1000, (second + 1) * 1000))
+        predict(buf, numbers, now=float(second))
+        label(buf, numbers[::3], [1.0] * len(numbers[::3]), now=float(second))
+    buf.expire(now=13.0)  # events that arrived at 0, 1 and 2 s are older than 10 s
+    waiting = [n for n in range(5000) if n % 1000 % 3]
+    older, younger = [n for n in waiting if n < 3000], [n for n in waiting if n >= 3000]
+    assert buf.counters.events_expired == len(older)
+    assert buf.pending_events == len(younger)
+    assert len(label(buf, older, [1.0] * len(older), now=13.0)) == 0
+    assert len(label(buf, younger, [1.0] * len(younger), now=13.0)) == len(younger)
+    label(buf, [0], [1.0], now=13.0)  # joined at 0 s and forgotten at 13 s: waits as an early label
+    assert buf.counters.labels_duplicate == 0
+    label(buf, [3003], [1.0], now=13.0)  # joined at 3 s, still remembered
+    assert buf.counters.labels_duplicate == 1
+
+
 def test_early_labels_expire_after_ttl() -> None:
     buf = buffer(ttl_s=10.0)
     label(buf, [1], [1.0], now=0.0)
