@@ -150,3 +150,10 @@ def p99_gap(gaps: Sequence[float], service: dict, passthrough: dict) -> float:
     """What the latency target is checked on: the median of the paired p99 gaps where the paced
     runs were repeated, else the one run's service p99 minus the pass-through's."""
     return float(np.median(gaps)) if len(gaps) else service["p99"] - passthrough["p99"]
+
+
+def catch_up_ratio(ratios: Sequence[float], service_rate: float, passthrough_rates: Sequence[float]) -> float:
+    """What the throughput target is checked on: the median of the service runs' ratios, each to the
+    mean of the pass-through runs just before and just after it; else (older runs) the one
+    service run's rate over the mean of the pass-through runs."""
+    return float(np.median(ratios)) if len(ratios) else service_rate / float(np.mean(passthrough_rates))

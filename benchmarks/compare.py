@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .common import every_label_stepped, p99_gap
+from .common import catch_up_ratio, every_label_stepped, p99_gap
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def render(before: dict[str, Any], after: dict[str, Any], labels: tuple[str, str
     for key in keys:
         b, a = b_rows[key], a_rows[key]
         pb, pa = _passthrough(before, b), _passthrough(after, a)
-        rb, ra = b["catch_up"]["rate"] / pb, a["catch_up"]["rate"] / pa
+        rb, ra = (catch_up_ratio(r.get("ratios") or [], r["catch_up"]["rate"], [p]) for r, p in ((b, pb), (a, pa)))
         ok = ra >= 0.8 and every_label_stepped(a["catch_up"], a["events"])
         out.append(
             f"| {key[0]} | {key[1]}/{key[2]} | {a['events']:,} | {_fmt(b['catch_up']['rate'])} → **{_fmt(a['catch_up']['rate'])}** | "

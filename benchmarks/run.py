@@ -1,6 +1,6 @@
 """One command for every figure in ``docs/benchmarks.md``.
 
-    .venv/bin/python -m benchmarks.run            # full: about 35 minutes on 2 cores
+    .venv/bin/python -m benchmarks.run            # full: about 40 minutes on 2 cores
     .venv/bin/python -m benchmarks.run --quick    # smaller run: about 8 minutes
 
 For each row, starts an embedded broker of its own (Tansu, in memory), pre-fills the topics,
@@ -9,8 +9,9 @@ and runs, side by side in this one process:
 1. catch-up: the service (``stream_learner.service.Service``, in-process) over pre-filled
    events and a label for every one of them, timed from its first prediction to its last
    prediction or optimizer step (whichever is later), beside the bare pass-through
-   (``benchmarks.passthrough``) over the same events (before the service, and after it in
-   the full mode);
+   (``benchmarks.passthrough``) over the same events, before and after each service run
+   (``catch_up_repeats`` service runs; the ratio is the median of each run's ratio to the
+   pass-through runs on either side of it);
 2. latency: a producer in a child process paced at half the catch-up rate, event produced ->
    prediction received, beside the pass-through at the same rate (``latency_repeats`` runs of
    each, alternating; medians);
@@ -53,7 +54,7 @@ from stream_learner.process import freeze_startup_heap
 from stream_learner.service import Service
 from stream_learner.trainer import Trainer
 
-from .common import INPUT_DIM, PARTITIONS, every_label_stepped, make_stream, p99_gap, percentiles, prefill, read_timestamps
+from .common import INPUT_DIM, PARTITIONS, catch_up_ratio, every_label_stepped, make_stream, p99_gap, percentiles, prefill, read_timestamps
 from .memory import bytes_per_pending_entry
 from .passthrough import passthrough
 from .probe import TrainingProbe
@@ -70,7 +71,9 @@ class Mode:
     batch_sizes: tuple[int, ...]
     duration_s: float
     warmup_s: float
-    passthrough_repeats: int
+    catch_up_repeats: int
+    """Catch-up runs of the service per row, each between two runs of the pass-through. On 2 shared
+    cores one row's pass-through moved from 59k to 41k events/s between two runs."""
     memory_entries: int
     trainer_seconds: float = 2.0
     train_batch_sizes: tuple[str, ...] = ("same", "32")
@@ -95,6 +98,10 @@ class Row:
     events: int
     train_batch: int
     catch_up: dict[str, Any] = field(default_factory=dict)
+    """The service's catch-up runs combined (:func:`combine_catch_ups`); ``catch_up_runs`` holds each."""
+    catch_up_runs: list[dict[str, Any]] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    """Each catch-up run's rate over the mean of the pass-through runs just before and after it."""
     latency: dict[str, Any] = field(default_factory=dict)
     """The service's paced runs combined (:func:`combine_runs`); ``latency_runs`` holds each."""
     passthrough_latency: dict[str, Any] = field(default_factory=dict)
@@ -103,7 +110,7 @@ class Row:
     p99_gaps: list[float] = field(default_factory=list)
     """Service p99 minus pass-through p99 of each pair of paced runs (run back to back)."""
     passthrough: list[float] = field(default_factory=list)
-    """Pass-through catch-up rates over the same events on the same broker (before, and after, the service)."""
+    """Pass-through catch-up rates over the same events on the same broker (before, between and after the service's)."""
 
 
 SHUTDOWN_ERRORS: list[str] = []
@@ -387,7 +394,9 @@ def _cpu_table(rows: list[Row]) -> list[str]:
 
 def render(rows: list[Row], memory: dict[int, float], alone: dict[str, float], settings: Settings) -> str:
     delay = settings.max_batch_delay_ms
-    out = ["### Catch-up throughput (events/s, first prediction to the last prediction or optimizer step, whichever is later)", ""]
+    runs = max((len(r.ratios) for r in rows), default=0)
+    per_run = f"; medians of {runs} service runs, each between two pass-through runs, and the range of their ratios" if runs > 1 else ""
+    out = [f"### Catch-up throughput (events/s, first prediction to the last prediction or optimizer step, whichever is later{per_run})", ""]
     out += [
         "| model | MAX_BATCH_SIZE | TRAIN_BATCH_SIZE | events | service | pass-through | ratio | labels trained | target ≥ 0.8× |",
         "|---|---:|---:|---:|---:|---:|---:|---:|:-:|",
@@ -395,9 +404,10 @@ def render(rows: list[Row], memory: dict[int, float], alone: dict[str, float], s
     for r in rows:
         pt = float(np.mean(r.passthrough))
         c = r.catch_up
-        ratio = c["rate"] / pt
+        ratio = catch_up_ratio(r.ratios, c["rate"], r.passthrough)
+        spread = f" ({min(r.ratios):.2f}–{max(r.ratios):.2f})" if len(r.ratios) > 1 else ""
         out.append(
-            f"| {r.model} | {r.batch} | {r.train_batch} | {r.events:,} | {_fmt(c['rate'])} | {_fmt(pt)} | {ratio:.2f}× | "
+            f"| {r.model} | {r.batch} | {r.train_batch} | {r.events:,} | {_fmt(c['rate'])} | {_fmt(pt)} | {ratio:.2f}×{spread} | "
             f"{c['trained']:,} / {r.events:,}{_skipped(c)} | {'yes' if ratio >= 0.8 and every_label_stepped(c, r.events) else 'no'} |"
         )
     repeats = max((len(r.p99_gaps) for r in rows), default=0)
@@ -444,7 +454,7 @@ def render(rows: list[Row], memory: dict[int, float], alone: dict[str, float], s
 
 
 async def measure(row: Row, mode: Mode, skip_latency: bool, tmp: Path, log: Any) -> None:
-    """One row, side by side on a broker of its own: pass-through, service, pass-through again, then latency.
+    """One row, side by side on a broker of its own: pass-through and service runs in turn, then latency.
 
     A fresh broker per row because Tansu keeps every record in memory: over a long run it slowed
     as it filled (the pass-through fell from 24.5k to 15.5k events/s between the first and the
@@ -458,12 +468,16 @@ async def measure(row: Row, mode: Mode, skip_latency: bool, tmp: Path, log: Any)
         await prefill(bootstrap, stream, events, labels)
         name = f"{row.model} batch {row.batch} train batch {row.train_batch}"
         log(f"{name}: pre-filled {row.events:,} events ({stream.mean_event_bytes():.0f} bytes each) and their labels on {bootstrap}")
-        for repeat in range(mode.passthrough_repeats):
+        row.passthrough.append((await passthrough_catch_up(bootstrap, events, row.events, tmp))["rate"])
+        log(f"{name}: pass-through catch-up {row.passthrough[-1]:,.0f} events/s")
+        for _ in range(mode.catch_up_repeats):
+            run = await service_catch_up(bootstrap, events, labels, row.events, row.model, row.batch, tmp, row.train_batch)
+            row.catch_up_runs.append(run)
+            log(f"{name}: service catch-up {run['rate']:,.0f} events/s, trained {run['trained']:,}")
             row.passthrough.append((await passthrough_catch_up(bootstrap, events, row.events, tmp))["rate"])
             log(f"{name}: pass-through catch-up {row.passthrough[-1]:,.0f} events/s")
-            if repeat == 0:
-                row.catch_up = await service_catch_up(bootstrap, events, labels, row.events, row.model, row.batch, tmp, row.train_batch)
-                log(f"{name}: service catch-up {row.catch_up['rate']:,.0f} events/s, trained {row.catch_up['trained']:,}")
+            row.ratios.append(run["rate"] / float(np.mean(row.passthrough[-2:])))
+        row.catch_up = combine_catch_ups(row.catch_up_runs)
         if not skip_latency:
             rate = 0.5 * row.catch_up["rate"]
             for repeat in range(mode.latency_repeats):
@@ -483,6 +497,16 @@ async def measure(row: Row, mode: Mode, skip_latency: bool, tmp: Path, log: Any)
                 )
             row.latency = combine_runs(row.latency_runs)
             row.passthrough_latency = combine_runs(row.passthrough_latency_runs)
+
+
+def combine_catch_ups(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Catch-up runs as one: the median of each figure, and the fewest labels trained (each run must train them all)."""
+    numbers = [k for k in runs[0] if all(isinstance(r.get(k), (int, float)) for r in runs)]
+    combined: dict[str, Any] = {k: float(np.median([r[k] for r in runs])) for k in numbers}
+    combined.update(trained=min(r["trained"] for r in runs), skipped=max(r["skipped"] for r in runs), runs=len(runs))
+    accuracies = [r["accuracy"] for r in runs if r.get("accuracy") is not None]
+    combined["accuracy"] = float(np.median(accuracies)) if accuracies else None
+    return combined
 
 
 def combine_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -568,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-latency", action="store_true", help="catch-up, training and memory only")
     parser.add_argument("--latency-repeats", type=int, help="paced runs of each side per row (full: 3, quick: 2)")
+    parser.add_argument("--catch-up-repeats", type=int, help="catch-up runs of the service per row, each between pass-through runs (full: 2, quick: 1)")
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = parser.parse_args(argv)
@@ -583,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["train_batch_sizes"] = tuple(args.train_batch_sizes.split(","))
     if args.latency_repeats:
         overrides["latency_repeats"] = args.latency_repeats
+    if args.catch_up_repeats:
+        overrides["catch_up_repeats"] = args.catch_up_repeats
     mode = Mode(**{**vars(mode), **overrides})
     _quiet_logs()
     started = time.monotonic()

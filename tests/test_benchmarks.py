@@ -66,3 +66,18 @@ def test_paced_runs_combine_into_medians_the_largest_max_and_summed_counts() -> 
         "cores": {"measured": 0.5, "broker": 0.6},
     }  # fmt: skip
     assert combine_runs([]) == {}
+
+
+def test_catch_up_runs_combine_into_medians_and_the_fewest_labels_trained() -> None:
+    from benchmarks.common import catch_up_ratio
+    from benchmarks.run import combine_catch_ups
+
+    runs = [
+        {"rate": 30.0, "train_rate": 29.0, "trained": 100, "skipped": 0, "accuracy": 0.9},
+        {"rate": 40.0, "train_rate": 41.0, "trained": 98, "skipped": 2, "accuracy": None},
+        {"rate": 35.0, "train_rate": 33.0, "trained": 100, "skipped": 0, "accuracy": 0.8},
+    ]
+    combined = combine_catch_ups(runs)
+    assert combined == {"rate": 35.0, "train_rate": 33.0, "trained": 98, "skipped": 2, "runs": 3, "accuracy": pytest.approx(0.85)}
+    assert catch_up_ratio([0.7, 0.9, 0.75], 35.0, [50.0, 40.0]) == 0.75  # the paired ratios decide
+    assert catch_up_ratio([], 36.0, [50.0, 40.0]) == 0.8  # older runs: one service run over the mean pass-through
