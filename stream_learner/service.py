@@ -98,6 +98,8 @@ class Service:
         """Whether the last optimizer step was a quick one on the CPU (see :meth:`_train`)."""
         self._deliveries: list[asyncio.Future[Any]] = []
         self._steps: list[asyncio.Future[StepOutcome]] = []
+        self._writing: asyncio.Task[None] | None = None
+        """Steps 4 to 6 of the last checkpoint, while they run in the background (see :meth:`checkpoint`)."""
         self._transactions: Transactions | None = None
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -170,11 +172,16 @@ class Service:
             await self._finish_steps(wait=False)
             self._check_deliveries()
             self._pace_labels()
-            if self._dirty and time.monotonic() >= self._next_checkpoint:
-                await self.checkpoint("interval")
+            if self._checkpoint_due():
+                await self.checkpoint("interval", wait=False)
         if time.monotonic() >= self._next_log:
             self._next_log = time.monotonic() + self.settings.log_interval_s
             log.info("progress", **self.stats())
+
+    def _checkpoint_due(self) -> bool:
+        """Something changed, the interval passed, and the last checkpoint's background write is done."""
+        writing = self._writing is not None and not self._writing.done()
+        return self._dirty and time.monotonic() >= self._next_checkpoint and not writing
 
     async def _fetch(self, timeout_s: float) -> dict[TopicPartition, list[Any]]:
         """Records ready now; then every assigned partition that got none gets a share of its own.
@@ -442,12 +449,19 @@ class Service:
             raise DeliveryError(f"{len(errors)} produced records were not acknowledged: {errors[0]!r}")
         self.counters["predictions_acknowledged"] = self.counters["events_predicted"]
 
-    async def checkpoint(self, reason: str) -> bool:
+    async def checkpoint(self, reason: str, wait: bool = True) -> bool:
         """Take a checkpoint; False when it could not be written (nothing committed then).
 
-        The caller holds ``self._lock``, which is Step 1, stopping intake.
+        The caller holds ``self._lock``, which is Step 1, stopping intake. Steps 2 and 3 (drain,
+        snapshot) are done when this returns. Steps 4 to 6 (write, commit, prune) are done too,
+        unless ``wait`` is false and delivery is at-least-once: then they run in the background
+        on the snapshot already taken, while intake resumes (a cut of 200k pending events held
+        intake for 117-172 ms, 72-95 of them writing, measured). They finish before the next
+        checkpoint's step 2, so checkpoints are written and committed in order. Exactly-once
+        always waits: its transaction must commit before anything past the cut is produced.
         """
         assert self._consumer is not None
+        await self._finish_writing()
         started = time.monotonic()
         self._checkpoints_this_run += 1
         # Step 2. Drain: every batched event predicted, every produced record acknowledged.
@@ -459,11 +473,22 @@ class Service:
         state = await self._device.run(snapshot_state, self)
         self._crash_point("snapshot")
         self._last_good_trainer_state = state["trainer"]
+        self._dirty = False
+        self._next_checkpoint = time.monotonic() + self.settings.checkpoint_interval_s
+        if wait or self._transactions is not None:
+            return await self._persist(state, reason, started)
+        self._writing = asyncio.create_task(self._persist_in_background(state, reason, started))
+        # Step 7 (early). Resume intake: the caller releases the lock; steps 4 to 6 go on meanwhile.
+        return True
+
+    async def _persist(self, state: dict[str, Any], reason: str, started: float) -> bool:
+        """Steps 4 to 6 of a checkpoint of ``state``; False when it could not be written (retried soon)."""
         # Step 4. Write atomically; on failure keep serving and retry soon, committing nothing.
         try:
             path = await asyncio.to_thread(self.store.write, state, before_rename=lambda: self._crash_point("written_temp"))
         except (OSError, ConfigError) as exc:
             log.error("checkpoint_write_failed", reason=reason, error=str(exc), retry_in_s=CHECKPOINT_RETRY_S)
+            self._dirty = True
             self._next_checkpoint = time.monotonic() + CHECKPOINT_RETRY_S
             return False
         self._crash_point("written")
@@ -479,14 +504,26 @@ class Service:
             await asyncio.to_thread(self.store.prune)
         except (OSError, ConfigError) as exc:
             log.warning("checkpoint_prune_failed", error=str(exc))
-        self._dirty = False
-        self._next_checkpoint = time.monotonic() + self.settings.checkpoint_interval_s
         self.last_checkpoint = {"path": str(path), "reason": reason, "at": time.time()}
         self._last_checkpoint_at = time.time()
         self.telemetry.checkpoint_written(time.monotonic() - started, reason)
         log.info("checkpoint_written", reason=reason, path=str(path), seconds=round(time.monotonic() - started, 3))
         # Step 7. Resume intake: the caller releases the lock.
         return True
+
+    async def _persist_in_background(self, state: dict[str, Any], reason: str, started: float) -> None:
+        """:meth:`_persist` as a task of its own: what fails it fails the service, as in the run loop."""
+        try:
+            await self._persist(state, reason, started)
+        except Exception as exc:
+            self._failed, self._failure = True, exc
+            self._stop.set()
+
+    async def _finish_writing(self) -> None:
+        """Wait for the background steps 4 to 6 of the last checkpoint, if they are still running."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
 
     def _crash_point(self, step: str) -> None:
         if self.settings.crash_at == f"{step}:{self._checkpoints_this_run}":
@@ -567,6 +604,8 @@ class Service:
             self._failed = True
             raise
         finally:
+            if self._failed and self._writing is not None:
+                self._writing.cancel()  # never commit after a failure; a file it already wrote is a whole cut
             if self._failed and self._transactions is not None and self._transactions.open:
                 await self._abort_transaction()
             if self._consumer is not None:

@@ -1,6 +1,8 @@
 """Disk trouble: the checkpoint directory turns unusable while the service runs, or the newest
 checkpoint file is truncated while it is stopped. Real broker, the service as a real child process.
 
+One test runs the service in this process instead, to hold its checkpoint write on a slow "disk".
+
 Tests run as root, so a chmod does not stop writes: the directory is renamed away and a regular
 file put at its path, so that creating the temp file fails with an OSError (as on a full, read-only
 or lost volume).
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +21,8 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from stream_learner.checkpoint import CheckpointStore
+from stream_learner.config import Settings
+from stream_learner.service import Service
 from stream_learner.synthetic import DriftingStream
 
 from .conftest import INPUT_DIM, TOPIC_PARTITIONS, BrokerInfo, StartService, TestTopics
@@ -218,3 +223,47 @@ async def test_a_file_at_the_checkpoint_directory_stops_the_start_instead_of_sta
     assert not service.alive() and service.proc is not None and service.proc.returncode == 2, service.log_tail()
     assert str(checkpoints) in service.log_tail(), "the error names the checkpoint directory"
     assert not any(e.get("event") == "no_checkpoint" for e in service.log_events())
+
+
+async def test_a_slow_checkpoint_write_holds_back_no_prediction_and_commits_the_cut_it_was_given(
+    kafka_broker: BrokerInfo, topics: TestTopics, tmp_path: Path
+) -> None:
+    bootstrap, directory, group = kafka_broker.bootstrap_servers, tmp_path / "checkpoints", f"group-{topics.events}"
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, bootstrap_servers=bootstrap, events_topic=topics.events, labels_topic=topics.labels,
+        predictions_topic=topics.predictions, dead_letter_topic=topics.dead_letter, group_id=group,
+        input_dim=INPUT_DIM, checkpoint_dir=directory, checkpoint_interval_s=0.2, metrics_port=0, session_timeout_ms=6000,
+    )  # fmt: skip
+    service = Service(settings)
+    writing, release, written = threading.Event(), threading.Event(), []
+    write = service.store.write
+
+    def slow_write(state: dict[str, Any], **kwargs: Any) -> Path:
+        writing.set()
+        assert release.wait(60)
+        written.append(state["summary"]["events_predicted"])
+        return write(state, **kwargs)
+
+    service.store.write = slow_write  # type: ignore[method-assign]
+    running = asyncio.create_task(service.run())
+    try:
+        first = await produce_stream(bootstrap, topics, 0, 200)
+        assert await asyncio.to_thread(writing.wait, 30), "no checkpoint was started"
+        cut = service.last_checkpoint, service.counters["events_predicted"]
+        second = await produce_stream(bootstrap, topics, 200, 300)
+        predictions = await read_predictions(bootstrap, topics.predictions, expected=500, timeout=30)
+        assert set(first + second) <= set(predictions), "events were held back behind the checkpoint's write"
+        assert not written and not list(directory.glob("checkpoint-*.pt")) and cut[0] == {}
+        inputs = {topics.events: TOPIC_PARTITIONS, topics.labels: TOPIC_PARTITIONS}
+        committed = await committed_offsets(bootstrap, group, inputs)
+        assert set(committed.values()) == {-1}, "offsets were committed before the checkpoint was written"
+        release.set()
+        await wait_for_checkpoint(directory, 500)
+        await wait_for_commit(bootstrap, group, inputs, directory)
+        assert written[0] <= cut[1] < 500 and written == sorted(written) and written[-1] == 500
+        oldest = min(CheckpointStore(directory, keep=10).load_all(), key=lambda c: c.state["checkpoint_id"])
+        assert oldest.state["summary"]["events_predicted"] == written[0]  # the held write kept the cut it was given
+    finally:
+        release.set()
+        service.stop()
+        await asyncio.wait_for(running, 60)
