@@ -450,7 +450,8 @@ class Service:
         self.counters["predictions_acknowledged"] = self.counters["events_predicted"]
 
     async def checkpoint(self, reason: str, wait: bool = True) -> bool:
-        """Take a checkpoint; False when it could not be written (nothing committed then).
+        """Take a checkpoint; False when it could not be written (nothing committed then; a write in
+        the background reports its failure in the log and retries).
 
         The caller holds ``self._lock``, which is Step 1, stopping intake. Steps 2 and 3 (drain,
         snapshot) are done when this returns. Steps 4 to 6 (write, commit, prune) are done too,
@@ -476,10 +477,11 @@ class Service:
         self._dirty = False
         self._next_checkpoint = time.monotonic() + self.settings.checkpoint_interval_s
         if wait or self._transactions is not None:
-            return await self._persist(state, reason, started)
-        self._writing = asyncio.create_task(self._persist_in_background(state, reason, started))
-        # Step 7 (early). Resume intake: the caller releases the lock; steps 4 to 6 go on meanwhile.
-        return True
+            written = await self._persist(state, reason, started)
+        else:
+            self._writing, written = asyncio.create_task(self._persist_in_background(state, reason, started)), True
+        # Step 7. Resume intake: the caller releases the lock (with steps 4 to 6 still running, see above).
+        return written
 
     async def _persist(self, state: dict[str, Any], reason: str, started: float) -> bool:
         """Steps 4 to 6 of a checkpoint of ``state``; False when it could not be written (retried soon)."""
@@ -508,7 +510,6 @@ class Service:
         self._last_checkpoint_at = time.time()
         self.telemetry.checkpoint_written(time.monotonic() - started, reason)
         log.info("checkpoint_written", reason=reason, path=str(path), seconds=round(time.monotonic() - started, 3))
-        # Step 7. Resume intake: the caller releases the lock.
         return True
 
     async def _persist_in_background(self, state: dict[str, Any], reason: str, started: float) -> None:
