@@ -305,9 +305,9 @@ class JoinBuffer:
             "event_keys": event_keys,
             "event_key_lengths": event_key_lengths,
             "unlabeled": sum(len(p[0]) for p in self._unlabeled),
-            "features": torch.from_numpy(np.concatenate([p[0] for p in parts])),
-            "scores": torch.from_numpy(np.concatenate([p[1] for p in parts])),
-            "arrived": torch.from_numpy(np.concatenate([p[2] for p in parts])),
+            "features": _stacked([p[0] for p in parts]),
+            "scores": _stacked([p[1] for p in parts]),
+            "arrived": _stacked([p[2] for p in parts]),
             "early_ids": [k for k, _ in early],
             "early": torch.tensor([v for _, v in early], dtype=torch.float64).reshape(-1, 4),
             "joined_keys": joined_keys,
@@ -422,6 +422,12 @@ def _keys_from_state(state: dict[str, object], name: str) -> tuple[np.ndarray, n
     else:
         keys, lengths = _encode_ids(state[f"{name}_ids"])  # type: ignore[arg-type]
     return _words(keys, lengths), lengths
+
+
+def _stacked(parts: list[np.ndarray]) -> torch.Tensor:
+    """The rows of ``parts`` as one tensor; a lone part, a fresh copy already, is not copied again
+    (the features of 200k pending events are 25 MB, and the snapshot holds intake)."""
+    return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
 
 def _key_tensors(store: "_PendingEvents", order: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
