@@ -468,16 +468,7 @@ async def measure(row: Row, mode: Mode, skip_latency: bool, tmp: Path, log: Any)
         await prefill(bootstrap, stream, events, labels)
         name = f"{row.model} batch {row.batch} train batch {row.train_batch}"
         log(f"{name}: pre-filled {row.events:,} events ({stream.mean_event_bytes():.0f} bytes each) and their labels on {bootstrap}")
-        row.passthrough.append((await passthrough_catch_up(bootstrap, events, row.events, tmp))["rate"])
-        log(f"{name}: pass-through catch-up {row.passthrough[-1]:,.0f} events/s")
-        for _ in range(mode.catch_up_repeats):
-            run = await service_catch_up(bootstrap, events, labels, row.events, row.model, row.batch, tmp, row.train_batch)
-            row.catch_up_runs.append(run)
-            log(f"{name}: service catch-up {run['rate']:,.0f} events/s, trained {run['trained']:,}")
-            row.passthrough.append((await passthrough_catch_up(bootstrap, events, row.events, tmp))["rate"])
-            log(f"{name}: pass-through catch-up {row.passthrough[-1]:,.0f} events/s")
-            row.ratios.append(run["rate"] / float(np.mean(row.passthrough[-2:])))
-        row.catch_up = combine_catch_ups(row.catch_up_runs)
+        await measure_catch_up(row, mode, bootstrap, (events, labels), tmp, lambda message: log(f"{name}: {message}"))
         if not skip_latency:
             rate = 0.5 * row.catch_up["rate"]
             for repeat in range(mode.latency_repeats):
@@ -497,6 +488,26 @@ async def measure(row: Row, mode: Mode, skip_latency: bool, tmp: Path, log: Any)
                 )
             row.latency = combine_runs(row.latency_runs)
             row.passthrough_latency = combine_runs(row.passthrough_latency_runs)
+
+
+async def measure_catch_up(row: Row, mode: Mode, bootstrap: str, topics: tuple[str, str], tmp: Path, log: Any) -> None:
+    """The pass-through, then ``mode.catch_up_repeats`` times the service and the pass-through again,
+    over the same pre-filled ``topics`` (events, labels); each service run's ratio is to the
+    pass-through runs on either side of it."""
+    events, labels = topics
+
+    async def pass_through() -> None:
+        row.passthrough.append((await passthrough_catch_up(bootstrap, events, row.events, tmp))["rate"])
+        log(f"pass-through catch-up {row.passthrough[-1]:,.0f} events/s")
+
+    await pass_through()
+    for _ in range(mode.catch_up_repeats):
+        run = await service_catch_up(bootstrap, events, labels, row.events, row.model, row.batch, tmp, row.train_batch)
+        row.catch_up_runs.append(run)
+        log(f"service catch-up {run['rate']:,.0f} events/s, trained {run['trained']:,}")
+        await pass_through()
+        row.ratios.append(run["rate"] / float(np.mean(row.passthrough[-2:])))
+    row.catch_up = combine_catch_ups(row.catch_up_runs)
 
 
 def combine_catch_ups(runs: list[dict[str, Any]]) -> dict[str, Any]:
