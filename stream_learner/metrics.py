@@ -280,6 +280,12 @@ class PrometheusTelemetry(Telemetry):
         self.checkpoint_duration = Histogram(
             "stream_learner_checkpoint_duration_seconds", "Time of one checkpoint, drain to commit.", buckets=CHECKPOINT_BUCKETS, registry=r
         )
+        self.checkpoint_pause = Histogram(
+            "stream_learner_checkpoint_pause_seconds",
+            "Time one checkpoint held intake: drain and snapshot, and write and commit where it waited for them.",
+            buckets=CHECKPOINT_BUCKETS,
+            registry=r,
+        )
         self.checkpoints = Counter("stream_learner_checkpoints", "Checkpoints written by this process, by reason.", ["reason"], registry=r)
         for reason in ("interval", "revoked", "shutdown"):
             self.checkpoints.labels(reason)
@@ -313,6 +319,9 @@ class PrometheusTelemetry(Telemetry):
     def checkpoint_written(self, seconds: float, reason: str) -> None:
         self.checkpoint_duration.observe(seconds)
         self.checkpoints.labels(reason).inc()
+
+    def intake_paused(self, seconds: float) -> None:
+        self.checkpoint_pause.observe(seconds)
 
     def close(self) -> None:
         if self.tensorboard is not None:

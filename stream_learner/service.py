@@ -481,6 +481,7 @@ class Service:
         else:
             self._writing, written = asyncio.create_task(self._persist_in_background(state, reason, started)), True
         # Step 7. Resume intake: the caller releases the lock (with steps 4 to 6 still running, see above).
+        self.telemetry.intake_paused(time.monotonic() - started)
         return written
 
     async def _persist(self, state: dict[str, Any], reason: str, started: float) -> bool:

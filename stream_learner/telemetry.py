@@ -36,5 +36,8 @@ class Telemetry:
     def checkpoint_written(self, seconds: float, reason: str) -> None:
         """A checkpoint was made durable in ``seconds`` (drain to commit)."""
 
+    def intake_paused(self, seconds: float) -> None:
+        """A checkpoint held intake for ``seconds``: its drain and snapshot, and its write and commit where it waited for them."""
+
     def close(self) -> None:
         """The service stopped."""

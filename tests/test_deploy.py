@@ -35,6 +35,7 @@ METRICS = {  # the names the service exports (stream_learner/metrics.py)
     "stream_learner_consumer_lag": "gauge",
     "stream_learner_checkpoint_age_seconds": "gauge",
     "stream_learner_checkpoint_duration_seconds": "histogram",
+    "stream_learner_checkpoint_pause_seconds": "histogram",
     "stream_learner_model_version": "gauge",
 }
 
