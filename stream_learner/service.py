@@ -518,8 +518,12 @@ class Service:
         try:
             await self._persist(state, reason, started)
         except Exception as exc:
-            self._failed, self._failure = True, exc
-            self._stop.set()
+            self._fail_from_outside(exc)
+
+    def _fail_from_outside(self, exc: Exception) -> None:
+        """Fail the service from a task other than the run loop: the loop stops and re-raises ``exc``."""
+        self._failed, self._failure = True, exc
+        self._stop.set()
 
     async def _finish_writing(self) -> None:
         """Wait for the background steps 4 to 6 of the last checkpoint, if they are still running."""
@@ -587,8 +591,7 @@ class Service:
                 await self.checkpoint("revoked")
         except Exception as exc:
             # aiokafka logs and swallows a listener's error; the run loop re-raises it instead.
-            self._failed, self._failure = True, exc
-            self._stop.set()
+            self._fail_from_outside(exc)
             raise
         log.info("partitions_revoked", partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
 
