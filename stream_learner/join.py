@@ -26,6 +26,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .idtable import find_rows, insert_rows
+
 UNLABELED_PARTITION = -1
 """Label partition of examples labelled by the missing-label policy (they have no label record)."""
 
@@ -353,10 +355,6 @@ _MAX_WIDTH = 16
 _EMPTY = -1
 _MIX = np.uint64(0xD6E8FEB86659FD93)
 _WORD_MULT = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F], dtype=np.uint64)
-_PROBE_WINDOW = 8
-"""Table cells a lookup reads per vectorized round: one round per cell made a batch take as many
-rounds as its longest probe sequence (10-40 at the usual load)."""
-_WINDOW_STEPS = np.arange(_PROBE_WINDOW)
 
 
 def _encode_ids(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -484,58 +482,13 @@ class _PendingEvents:
     # lookups --------------------------------------------------------------------------------
     def find(self, keys: _Keys) -> np.ndarray:
         """Ring position of each key, -1 where it is not pending."""
-        n = len(keys.lengths)
-        found = np.full(n, -1, np.int64)
-        if not self.live or not n:
-            return found
-        words, lengths, hashes = self.words_of(keys), keys.lengths, keys.hashes
-        mask = len(self._table) - 1
-        pos = (hashes & np.uint64(mask)).astype(np.int64)
-        active = np.arange(n)
-        while active.size:
-            cells = self._window(pos[active], mask)
-            empty = cells < 0
-            at = np.where(empty, 0, cells)
-            match = ~empty & (self.lengths[at] == lengths[active, None]) & (self.words[at] == words[active, None, :]).all(axis=2)
-            stop = empty | match
-            first = stop.argmax(axis=1)
-            ends = stop[np.arange(len(active)), first]
-            hit = ends & match[np.arange(len(active)), first]
-            found[active[hit]] = at[hit, first[hit]]
-            active = active[~ends]
-            pos[active] = (pos[active] + _PROBE_WINDOW) & mask
-        return found
-
-    def _window(self, pos: np.ndarray, mask: int) -> np.ndarray:
-        """Table cells ``pos .. pos + _PROBE_WINDOW - 1`` (wrapping) of each probe, as int64 ``[n, window]``."""
-        return self._table[(pos[:, None] + _WINDOW_STEPS) & mask].astype(np.int64)
+        if not self.live or not len(keys.lengths):
+            return np.full(len(keys.lengths), -1, np.int64)
+        return find_rows(self._table, self.words, self.lengths, self.words_of(keys), keys.lengths, keys.hashes)
 
     def _insert(self, hashes: np.ndarray, positions: np.ndarray) -> None:
-        """Table cells for keys known to be absent and distinct, stored at ring ``positions``.
-
-        Each key takes the first free cell on its probe sequence, as linear probing does; where
-        keys of this batch want the same cell, one of them gets it (whichever the scatter wrote
-        last: each reads the cell back) and the others probe on."""
-        mask = len(self._table) - 1
-        pos = (hashes & np.uint64(mask)).astype(np.int64)
-        active = np.arange(len(positions))
-        while active.size:
-            cells = self._window(pos[active], mask)
-            # A cell is free when empty, or stale: pointing at a position now dead.
-            empty = cells < 0
-            free = empty | (self.lengths[np.where(empty, 0, cells)] == 0)
-            first = free.argmax(axis=1)
-            rows = np.arange(len(active))
-            has_free = free[rows, first]
-            wanted = (pos[active] + first) & mask
-            claim, cell, was_empty = active[has_free], wanted[has_free], empty[rows, first][has_free]
-            self._table[cell] = positions[claim]
-            won = self._table[cell] == positions[claim]
-            self._used += int(was_empty[won].sum())
-            pos[active[~has_free]] = (pos[active[~has_free]] + _PROBE_WINDOW) & mask
-            placed = np.zeros(len(positions), bool)
-            placed[claim[won]] = True
-            active = active[~placed[active]]
+        """Table cells for keys known to be absent and distinct, stored at ring ``positions``."""
+        self._used += insert_rows(self._table, self.lengths, hashes, positions)
 
     def _rebuild_table(self) -> None:
         """A fresh table (no stale cells) at most 55 % full, filled in one pass: sorted by home
