@@ -5,36 +5,21 @@ pending events; ``-1`` is an empty cell. Ids are stored in the ring as uint64 wo
 byte length; a row whose length is 0 is dead, and a cell that points at a dead row is stale:
 a lookup probes past it, an insert may take it.
 
-numba compiles both loops once per process, or loads them from its cache (beside this file,
-in ``NUMBA_CACHE_DIR``, or in the user's cache directory; where none is writable they compile
-at every start, about half a second). One key costs a few nanoseconds here; the vectorized
-numpy probing these loops replaced spent 1.5 µs per id on its ~40 array calls per batch.
+Compiled with numba (:mod:`.compiled`): one key costs a few nanoseconds here; the vectorized
+numpy probing these loops replaced spent about 1.5 µs per id on its ~40 array calls per batch.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-import numba
 import numpy as np
+
+from .compiled import compiled
 
 _FIND = "int64[:](int32[:], uint64[:, :], uint16[:], uint64[:, :], uint16[:], uint64[:])"
 _INSERT = "int64(int32[:], uint16[:], uint64[:], int64[:])"
 
 
-def _compiled(signature: str) -> Callable[[Callable[..., Any]], Any]:
-    """``numba.njit`` for ``signature``, compiled now, cached on disk where numba finds a writable place."""
-
-    def compile_(function: Callable[..., Any]) -> Any:
-        try:
-            return numba.njit(signature, cache=True)(function)
-        except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-            return numba.njit(signature)(function)
-
-    return compile_
-
-
-@_compiled(_FIND)
+@compiled(_FIND)
 def find_rows(
     table: np.ndarray, stored_words: np.ndarray, stored_lengths: np.ndarray, words: np.ndarray, lengths: np.ndarray, hashes: np.ndarray
 ) -> np.ndarray:  # pragma: no cover - compiled
@@ -62,7 +47,7 @@ def find_rows(
     return found
 
 
-@_compiled(_INSERT)
+@compiled(_INSERT)
 def insert_rows(table: np.ndarray, stored_lengths: np.ndarray, hashes: np.ndarray, rows: np.ndarray) -> int:  # pragma: no cover - compiled
     """Point the first free cell (empty or stale) on each key's probe sequence at its row, in order.
 

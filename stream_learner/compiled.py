@@ -1,0 +1,26 @@
+"""numba's JIT, set up once for the modules that compile a hot loop (:mod:`.idtable`, :mod:`.event_parser`).
+
+A function with a signature is compiled when its module is imported; one without, with the
+first function that calls it. Both are cached on disk where numba finds a writable place
+(beside the module, in ``NUMBA_CACHE_DIR``, or in the user's cache directory); where none is,
+they compile at every start (about a second).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numba
+
+
+def compiled(signature: Any = None) -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit`` (for ``signature``, if given), cached on disk where it can be."""
+
+    def compile_(function: Callable[..., Any]) -> Any:
+        args = (signature,) if signature is not None else ()
+        try:
+            return numba.njit(*args, cache=True)(function)
+        except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+            return numba.njit(*args)(function)
+
+    return compile_
