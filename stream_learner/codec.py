@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import orjson
 
-from .record_parser import parse_events
+from .event_parser import parse_events
 from .records import EventBatch, LabelBatch, Predictions, RawRecord, Rejected
 
 _NUMBER = (int, float)
@@ -27,7 +27,7 @@ def decode_events(records: Sequence[RawRecord], input_dim: int, now: float) -> t
 
     ``records`` may be aiokafka ``ConsumerRecord`` objects as well (anything with the
     attributes of :class:`RawRecord`); a rejected one is copied into a ``RawRecord``.
-    A batch of plain events (:mod:`.record_parser`) is read by the compiled parser; any other
+    A batch of plain events (:mod:`.event_parser`) is read by the compiled parser; any other
     batch record by record, with ``orjson``. Both give the same batch for the same records.
     """
     parsed = parse_events([r.value for r in records], input_dim)

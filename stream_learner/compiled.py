@@ -1,4 +1,4 @@
-"""numba's JIT, set up once for the modules that compile a hot loop (:mod:`.idtable`, :mod:`.record_parser`).
+"""numba's JIT, set up once for the modules that compile a hot loop (:mod:`.idtable`, :mod:`.event_parser`).
 
 A function with a signature is compiled when its module is imported; one without, with the
 first function that calls it. Both are cached on disk where numba finds a writable place

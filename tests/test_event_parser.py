@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_learner.codec import _decode_events_one_by_one, decode_events
-from stream_learner.record_parser import parse_events
+from stream_learner.event_parser import parse_events
 from stream_learner.records import RawRecord
 
 DIM = 4
