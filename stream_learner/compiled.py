@@ -14,7 +14,7 @@ import numba
 
 
 def compiled(signature: Any = None) -> Callable[[Callable[..., Any]], Any]:
-    """``numba.njit`` (for ``signature``, if given), cached on disk where it can be."""
+    """``numba.njit`` (for ``signature``, or a list of them, if given), cached on disk where it can be."""
 
     def compile_(function: Callable[..., Any]) -> Any:
         args = (signature,) if signature is not None else ()

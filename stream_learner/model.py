@@ -109,7 +109,7 @@ class Standardizer(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
 
-@compiled()
+@compiled(["(float32[:, :], float64, float64[:], float64[:], float64)", "(float64[:, :], float64, float64[:], float64[:], float64)"])
 def _merged_moments(
     rows: np.ndarray, count: float, mean: np.ndarray, m2: np.ndarray, eps: float
 ) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
