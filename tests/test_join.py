@@ -346,3 +346,18 @@ def test_events_homed_at_the_end_of_a_rebuilt_table_wrap_around_and_still_join()
     joined = label(restored, numbers, [1.0] * len(numbers), now=1.0)
     np.testing.assert_array_equal(joined.features, np.stack([features_of(n) for n in numbers]))
     assert (restored.pending_events, restored.early_labels) == (0, 0)
+
+
+def test_a_ring_that_wraps_grows_and_every_waiting_event_still_joins_with_its_own_features() -> None:
+    buf = buffer(max_pending=10_000)
+    predict(buf, list(range(1000)), 0.0)  # rows 0..999 of 1024
+    label(buf, list(range(500)), [1.0] * 500, 1.0)  # the oldest half leaves holes
+    predict(buf, list(range(1000, 1400)), 2.0)  # wraps: rows 1000..1023, then 0..375
+    predict(buf, list(range(1400, 1600)), 3.0)  # 1,100 waiting do not fit in 1,024: the ring grows while wrapped
+    waiting = list(range(500, 1600))
+    joined = label(buf, waiting, [0.0] * len(waiting), 4.0)
+    assert len(joined) == len(waiting) and buf.pending_events == 0
+    np.testing.assert_array_equal(joined.features, np.stack([features_of(n) for n in waiting]))
+    assert buf.counters.labels_duplicate == 0
+    label(buf, [0, 1599], [1.0, 1.0], 5.0)
+    assert buf.counters.labels_duplicate == 2
