@@ -29,7 +29,7 @@ class Standardizer(nn.Module):
 
     Uses Chan's parallel merge of batch moments, so a batch of any size updates it exactly.
     The buffers (``count``, ``mean``, ``m2``, float64) are the saved state; the merge runs
-    on a host copy of them in one compiled loop (:func:`_merged_moments`), because a dozen
+    on a host copy of them in a compiled loop (:func:`_merged_moments`), because a dozen
     torch ops on a ``[dim]`` vector cost more than the model step itself on small models,
     and the numpy ops that replaced them still took 50 µs a step.
     """
@@ -54,10 +54,7 @@ class Standardizer(nn.Module):
             return
         count, mean, m2 = self.moments()
         # Non-finite rows give non-finite moments; the trainer puts the old ones back then.
-        total, merged_mean, merged_m2, mean32, std32 = _merged_moments(rows, count, mean, m2, self.eps)
-        self.restore_moments((total, merged_mean, merged_m2))
-        device = self.mean.device
-        self.__dict__["_transform"] = (torch.from_numpy(mean32).to(device), torch.from_numpy(std32).to(device))
+        self.restore_moments(_merged_moments(rows, count, mean, m2))
 
     def moments(self) -> Moments:
         """The current ``(count, mean, m2)``; never changed in place, so it doubles as a saved copy."""
@@ -90,14 +87,9 @@ class Standardizer(nn.Module):
     def _float32_transform(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std as float32 on the buffers' device, computed once per change of the moments."""
         if self._transform is None:
-            count, mean, m2 = self.moments()
-            with np.errstate(all="ignore"):
-                std = np.maximum(np.sqrt(m2 / (count - 1)), self.eps) if count >= 2 else np.ones_like(mean)
+            mean32, std32 = _float32_mean_std(*self.moments(), self.eps)
             device = self.mean.device
-            self.__dict__["_transform"] = (
-                torch.from_numpy(mean.astype(np.float32)).to(device),
-                torch.from_numpy(std.astype(np.float32)).to(device),
-            )
+            self.__dict__["_transform"] = (torch.from_numpy(mean32).to(device), torch.from_numpy(std32).to(device))
         return self._transform  # type: ignore[return-value]
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
@@ -109,17 +101,13 @@ class Standardizer(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
 
-@compiled(["(float32[:, :], float64, float64[:], float64[:], float64)", "(float64[:, :], float64, float64[:], float64[:], float64)"])
-def _merged_moments(
-    rows: np.ndarray, count: float, mean: np.ndarray, m2: np.ndarray, eps: float
-) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+@compiled(["(float32[:, :], float64, float64[:], float64[:])", "(float64[:, :], float64, float64[:], float64[:])"])
+def _merged_moments(rows: np.ndarray, count: float, mean: np.ndarray, m2: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
     """Chan's merge of the moments of ``rows`` into ``(count, mean, m2)``, in float64: the new
-    count, mean and m2, and the float32 mean and std (at least ``eps``; 1 before two rows) that
-    the forward pass uses. NaN and inf propagate into the moments."""
+    count, mean and m2. NaN and inf propagate into the moments."""
     k, dim = rows.shape
     total = count + k
     merged_mean, merged_m2 = np.empty(dim), np.empty(dim)
-    mean32, std32 = np.empty(dim, np.float32), np.empty(dim, np.float32)
     for j in range(dim):
         batch_sum = 0.0
         for i in range(k):
@@ -132,10 +120,19 @@ def _merged_moments(
         delta = batch_mean - mean[j]
         merged_mean[j] = mean[j] + delta * (k / total)
         merged_m2[j] = m2[j] + batch_m2 + delta * delta * (count * k / total)
-        mean32[j] = merged_mean[j]
-        std = np.sqrt(merged_m2[j] / (total - 1)) if total >= 2 else 1.0
+    return total, merged_mean, merged_m2
+
+
+@compiled("(float64, float64[:], float64[:], float64)")
+def _float32_mean_std(count: float, mean: np.ndarray, m2: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """The float32 mean and std (at least ``eps``; 1 before two rows) that the forward pass uses."""
+    dim = len(mean)
+    mean32, std32 = np.empty(dim, np.float32), np.empty(dim, np.float32)
+    for j in range(dim):
+        mean32[j] = mean[j]
+        std = np.sqrt(m2[j] / (count - 1)) if count >= 2 else 1.0
         std32[j] = eps if std < eps else std  # NaN stays NaN, as with np.maximum
-    return total, merged_mean, merged_m2, mean32, std32
+    return mean32, std32
 
 
 class StandardizedModel(nn.Module):
