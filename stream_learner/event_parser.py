@@ -273,8 +273,9 @@ def parse_events(values: Sequence[bytes | None], input_dim: int) -> ParsedEvents
         return ParsedEvents(np.zeros(n, bool), np.zeros((n, 0), np.float32), np.full(n, np.nan), [""] * n)
     chunks = [v or b"" for v in values]
     joined = b"".join(chunks)
-    ends = np.cumsum(np.fromiter(map(len, chunks), np.int64, n))
-    starts = ends - np.fromiter(map(len, chunks), np.int64, n)
+    lengths = np.fromiter(map(len, chunks), np.int64, n)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
     parsed = np.zeros(n, np.uint8)
     features = np.empty((n, input_dim), np.float32)
     ts = np.empty(n, np.float64)
