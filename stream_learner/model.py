@@ -46,6 +46,8 @@ class Standardizer(nn.Module):
         self.register_buffer("m2", torch.zeros(dim, dtype=torch.float64))
         self._host: Moments | None = None
         self._transform: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._host_transform: tuple[np.ndarray, np.ndarray] | None = None
+        self._views: tuple[tuple[torch.Tensor, ...], tuple[np.ndarray, ...]] | None = None
 
     def update(self, x: torch.Tensor | np.ndarray) -> None:
         """Fold the rows of ``x`` into the running moments."""
@@ -65,12 +67,27 @@ class Standardizer(nn.Module):
     def restore_moments(self, moments: Moments) -> None:
         """Set ``(count, mean, m2)``, e.g. back to what :meth:`moments` returned before an update."""
         count, mean, m2 = moments
-        self.count.fill_(count)
-        self.mean.copy_(torch.from_numpy(mean))
-        self.m2.copy_(torch.from_numpy(m2))
+        views = self._cpu_buffer_views()
+        if views is not None:  # three torch ops cost 25 µs, as much as a small model's step
+            views[0][...] = count
+            views[1][:] = mean
+            views[2][:] = m2
+        else:
+            self.count.fill_(count)
+            self.mean.copy_(torch.from_numpy(mean))
+            self.m2.copy_(torch.from_numpy(m2))
         # Plain attributes, set past nn.Module.__setattr__ (which costs more than the copies above).
         self.__dict__["_host"] = moments
-        self.__dict__["_transform"] = None
+        self.__dict__["_transform"] = self.__dict__["_host_transform"] = None
+
+    def _cpu_buffer_views(self) -> tuple[np.ndarray, ...] | None:
+        """numpy views of ``count``, ``mean`` and ``m2`` while they are the same CPU tensors, else None."""
+        buffers = (self._buffers["count"], self._buffers["mean"], self._buffers["m2"])
+        if self._views is None or any(a is not b for a, b in zip(self._views[0], buffers)):
+            on_cpu = all(b is not None and b.device.type == "cpu" for b in buffers)
+            views = tuple(b.detach().numpy() for b in buffers) if on_cpu else ()  # type: ignore[union-attr]
+            self.__dict__["_views"] = (buffers, views)
+        return self._views[1] or None  # type: ignore[index]
 
     def std(self) -> torch.Tensor:
         """Current standard deviation per feature (1 before two rows were seen)."""
@@ -84,20 +101,26 @@ class Standardizer(nn.Module):
         mean, std = self._float32_transform()
         return ((x - mean) / std).clamp(-10.0, 10.0)
 
+    def float32_mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        """The float32 mean and std that the forward pass uses, on the host; computed once per change of the moments."""
+        if self._host_transform is None:
+            self.__dict__["_host_transform"] = _float32_mean_std(*self.moments(), self.eps)
+        return self._host_transform  # type: ignore[return-value]
+
     def _float32_transform(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and std as float32 on the buffers' device, computed once per change of the moments."""
+        """:meth:`float32_mean_std` as tensors on the buffers' device."""
         if self._transform is None:
-            mean32, std32 = _float32_mean_std(*self.moments(), self.eps)
+            mean32, std32 = self.float32_mean_std()
             device = self.mean.device
             self.__dict__["_transform"] = (torch.from_numpy(mean32).to(device), torch.from_numpy(std32).to(device))
         return self._transform  # type: ignore[return-value]
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
-        self._host = self._transform = None
+        self._host = self._transform = self._host_transform = None
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        self._host = self._transform = None
+        self._host = self._transform = self._host_transform = None
         super()._load_from_state_dict(*args, **kwargs)
 
 
