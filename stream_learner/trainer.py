@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .config import Settings
+from .dense_net import DenseNet
 from .join import Examples
 from .model import StandardizedModel
 
@@ -69,6 +70,8 @@ class Trainer:
         self._modules = list(self.model.modules())
         self._plain_modes = all(type(m).train is nn.Module.train for m in self._modules)
         """No module overrides ``train()``: switching modes only sets each module's ``training`` flag."""
+        self._dense = DenseNet.of(self.model) if device.type == "cpu" else None
+        """The model as a dense net computed without autograd, where it is one (:mod:`.dense_net`)."""
 
     @property
     def model_version(self) -> int:
@@ -77,6 +80,8 @@ class Trainer:
 
     def predict_many(self, features: np.ndarray) -> np.ndarray:
         """Scores ``[n, output_dim]``: class probabilities, or the regression output."""
+        if self._dense is not None:
+            return self._dense.scores(features, softmax=self.task == "classification")
         if self.model.training:
             self._set_training(False)
         with torch.inference_mode():
@@ -87,17 +92,15 @@ class Trainer:
 
     def learn_many(self, examples: Examples) -> float:
         """One optimizer step on ``examples``; returns the loss (NaN when the step was skipped)."""
-        if not self.model.training:
-            self._set_training(True)
-        x = self._to_device(examples.features)
         standardizer = self.model.standardizer if isinstance(self.model, StandardizedModel) else None
         moments_before = standardizer.moments() if standardizer is not None else None
         if standardizer is not None:
             standardizer.update(examples.features)
-        loss = self._loss(self.model(x), torch.from_numpy(examples.labels).to(self.device))
-        self._clear_grads()
-        loss.backward()
-        loss_value, norm_value = self._loss_and_grad_norm(loss)
+        if self._dense is not None:
+            classification = self.task == "classification"
+            loss_value, norm_value = self._dense.loss_and_grads(examples.features, examples.labels, classification)
+        else:
+            loss_value, norm_value = self._loss_and_grads_by_autograd(examples)
         poisoned = math.isfinite(loss_value) and self._is_spike(loss_value)
         if poisoned or not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             self._clear_grads()
@@ -114,6 +117,16 @@ class Trainer:
         self.counters.examples_trained += len(examples)
         self.counters.last_loss = loss_value
         return loss_value
+
+    def _loss_and_grads_by_autograd(self, examples: Examples) -> tuple[float, float]:
+        """The loss and the gradients' total norm, with every parameter's ``grad`` set by autograd."""
+        if not self.model.training:
+            self._set_training(True)
+        x = self._to_device(examples.features)
+        loss = self._loss(self.model(x), torch.from_numpy(examples.labels).to(self.device))
+        self._clear_grads()
+        loss.backward()
+        return self._loss_and_grad_norm(loss)
 
     def _set_training(self, mode: bool) -> None:
         """``model.train(mode)``; without its recursion and ``nn.Module.__setattr__`` where no module
