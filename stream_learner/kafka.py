@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from .config import Settings
 from .errors import ConfigError
+from .record_batch import PackedRecordBatch, PackedRecords, packs_batches
 from .records import Rejected
 
 log = structlog.get_logger(__name__)
@@ -31,6 +32,8 @@ DLQ_TOPIC = "dlq.source.topic"
 DLQ_PARTITION = "dlq.source.partition"
 DLQ_OFFSET = "dlq.source.offset"
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
+MAX_BATCH_BYTES = 256 * 1024
+"""The producer's record batch size (``max_batch_size``), for batches it builds and batches built here."""
 PARTITION_FETCH_BYTES = 1024 * 1024
 
 
@@ -135,7 +138,7 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         client_id=settings.client_id,
         acks="all",
         linger_ms=2,
-        max_batch_size=256 * 1024,
+        max_batch_size=MAX_BATCH_BYTES,
         max_request_size=MAX_REQUEST_BYTES,
         transactional_id=settings.effective_transactional_id if transactional else None,
         enable_idempotence=transactional,
@@ -149,12 +152,11 @@ SMALL_GROUP = 16
 async def send_partitioned(
     producer: AIOKafkaProducer,
     topic: str,
-    keys: Sequence[bytes],
-    values: Sequence[bytes],
+    records: PackedRecords,
     partitions: np.ndarray | None,
     source_partition_count: int | None,
 ) -> list[asyncio.Future[Any]]:
-    """Produce ``values`` (keyed ``keys``) as one record batch per partition; returns one delivery future per batch.
+    """Produce ``records`` as one record batch per partition; returns one delivery future per batch.
 
     Record ``i`` goes to partition ``partitions[i]`` (the events partition it came from) when
     ``topic`` has ``source_partition_count`` partitions, i.e. is co-partitioned with the source:
@@ -162,17 +164,20 @@ async def send_partitioned(
     per-key order is kept, without hashing every key in Python. Otherwise (or with no
     ``partitions``) the producer's own partitioner picks, once per key. Records of one
     partition keep their order; a partition's group of fewer than ``SMALL_GROUP`` records is
-    appended to the producer's open batch record by record instead.
+    appended to the producer's open batch record by record instead. Larger groups are written
+    by :class:`PackedRecordBatch` where the producer takes it, else by aiokafka's builder.
     """
     known = producer.client.cluster.partitions_for_topic(topic)
     if not known:
         known = await producer.partitions_for(topic)
-    if partitions is None or source_partition_count != len(known) or len(partitions) != len(values):
+    if partitions is None or source_partition_count != len(known) or len(partitions) != len(records):
         all_partitions = sorted(known)
         available = list(producer.client.cluster.available_partitions_for_topic(topic)) or all_partitions
         partitioner = producer._partitioner  # noqa: SLF001 - the default partitioner aiokafka's send() would use
-        partitions = np.fromiter((partitioner(k, all_partitions, available) for k in keys), np.int64, len(keys))
+        keys = (records.key(i) for i in range(len(records)))
+        partitions = np.fromiter((partitioner(k, all_partitions, available) for k in keys), np.int64, len(records))
     futures = []
+    packs = packs_batches(producer)
     order = np.argsort(partitions, kind="stable")
     bounds = np.flatnonzero(np.diff(partitions[order])) + 1
     for group in np.split(order, bounds):
@@ -184,15 +189,26 @@ async def send_partitioned(
             # A record batch of their own would cost a produce round trip each (send_batch waits
             # for the partition's previous batch to leave): MAX_BATCH_SIZE 1 halved throughput.
             for i in group.tolist():
-                futures.append(await producer.send(topic, values[i], key=keys[i], partition=partition))
-            continue
-        batch = producer.create_batch()
-        for i in group.tolist():
-            if batch.append(timestamp=None, key=keys[i], value=values[i]) is None:
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                batch.append(timestamp=None, key=keys[i], value=values[i])
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
+                futures.append(await producer.send(topic, records.value(i), key=records.key(i), partition=partition))
+        elif packs:
+            for rows in records.split(group, MAX_BATCH_BYTES):
+                futures.append(await producer.send_batch(PackedRecordBatch(records, rows), topic, partition=partition))
+        else:
+            futures += await _send_built(producer, topic, records, group.tolist(), partition)
+    return futures
+
+
+async def _send_built(producer: AIOKafkaProducer, topic: str, records: PackedRecords, rows: list[int], partition: int) -> list[asyncio.Future[Any]]:
+    """``rows`` through aiokafka's batch builder (which writes the producer's compression and idempotence state)."""
+    futures = []
+    batch = producer.create_batch()
+    for i in rows:
+        key, value = records.key(i), records.value(i)
+        if batch.append(timestamp=None, key=key, value=value) is None:
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = producer.create_batch()
+            batch.append(timestamp=None, key=key, value=value)
+    futures.append(await producer.send_batch(batch, topic, partition=partition))
     return futures
 
 

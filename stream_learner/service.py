@@ -33,6 +33,7 @@ from .evaluation import PrequentialMetrics
 from .join import Examples, JoinBuffer
 from .kafka import RebalanceHooks, dead_letter_headers, known_position, make_consumer, make_producer, send_partitioned
 from .model import build_model, resolve_device
+from .record_batch import PackedRecords
 from .records import EventBatch, Predictions, Rejected
 from .snapshot import restore_state, snapshot_state
 from .telemetry import Telemetry
@@ -235,16 +236,15 @@ class Service:
             started = time.perf_counter()
             scores, version = await self._infer(events.features)
             self.telemetry.batch_predicted(len(events), time.perf_counter() - started, events.event_times())
-            predictions = Predictions(events, scores, version)
-            values = encode_predictions(predictions, self.settings.task)
+            values = encode_predictions(Predictions(events, scores, version), self.settings.task)
+            records = PackedRecords.of([event_id.encode() for event_id in events.ids], values)
             source_partitions = self._consumer.partitions_for_topic(self.settings.events_topic) if self._consumer else None
             if self._transactions is not None:
                 await self._transactions.begin()
             self._deliveries += await send_partitioned(
                 self._producer,
                 self.settings.predictions_topic,
-                [event_id.encode() for event_id in events.ids],
-                values,
+                records,
                 events.partitions,
                 len(source_partitions) if source_partitions else None,
             )
