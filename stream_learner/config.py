@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     tensorboard_dir: Path | None = None
     """When set, loss, prequential metrics and weight histograms are written here for TensorBoard."""
     torch_threads: int = Field(default=1, ge=0)
-    """CPU threads for torch's kernels (0: torch's default). One keeps small steps from stalling on busy cores."""
+    """CPU threads for torch's kernels and numpy's BLAS (0: their defaults). One keeps small steps from stalling on busy cores."""
     device: str = "auto"
     """auto (cuda when available, else cpu), cpu, cuda or cuda:N."""
     metrics_window: int = Field(default=1000, gt=0)

@@ -75,3 +75,16 @@ def test_settings_come_from_env_dotenv_and_flags(tmp_path: Path, monkeypatch: ob
     clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_LEARNER_")}
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**clean, "STREAM_LEARNER_TASK": "regression"}, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["5", "linear", "regression"]
+
+
+def test_torch_threads_caps_torch_and_numpys_blas(tmp_path: Path) -> None:
+    """Idle BLAS threads spin: with TORCH_THREADS=1 a service leaves numpy's BLAS one thread, as torch."""
+    script = (
+        "import torch; from threadpoolctl import threadpool_info; from stream_learner import Service, Settings; "
+        f"Service(Settings(input_dim=8, checkpoint_dir={str(tmp_path)!r})); "
+        "print(torch.get_num_threads(), sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'}))"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_LEARNER_") and not k.endswith("_NUM_THREADS")}
+    result = subprocess.run([sys.executable, "-c", script], env={**clean, "STREAM_LEARNER_TORCH_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "[1]"]
