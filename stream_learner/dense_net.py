@@ -198,7 +198,7 @@ def _relu_backward(delta: np.ndarray, output: np.ndarray) -> None:  # pragma: no
                 delta[i, j] = 0.0
 
 
-@compiled("void(float32[:, :], float32[::1])")
+@compiled("void(float32[:, ::1], float32[::1])")
 def _column_sums(delta: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     n, width = delta.shape
     for j in range(width):

@@ -71,9 +71,11 @@ class PackedRecords:
 
         A record too large for ``max_bytes`` alone gets a run of its own (the broker decides).
         """
-        sizes = (np.diff(self.key_offsets)[rows] + np.diff(self.value_offsets)[rows] + _RECORD_OVERHEAD).tolist()
+        sizes = np.diff(self.key_offsets)[rows] + np.diff(self.value_offsets)[rows] + _RECORD_OVERHEAD
+        if _HEADER.size + int(sizes.sum()) <= max_bytes:
+            return [rows]
         cuts, used = [], _HEADER.size
-        for i, size in enumerate(sizes):
+        for i, size in enumerate(sizes.tolist()):
             if used + size > max_bytes and i:
                 cuts.append(i)
                 used = _HEADER.size
