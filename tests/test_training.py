@@ -32,9 +32,19 @@ def clean_settings_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.chdir(tmp_path)
 
 
-def trainer(**overrides: object) -> Trainer:
+def trainer(autograd: bool = False, **overrides: object) -> Trainer:
+    """A trainer on the CPU: its dense net (the built-in models' path there), or with ``autograd`` torch's."""
     settings = Settings(input_dim=DIM, **overrides)  # type: ignore[arg-type]
-    return Trainer(build_model(settings), settings, CPU)
+    return on_path(Trainer(build_model(settings), settings, CPU), autograd)
+
+
+def on_path(trainer: Trainer, autograd: bool) -> Trainer:
+    if autograd:
+        trainer._dense = None
+    return trainer
+
+
+both_paths = pytest.mark.parametrize("autograd", [False, True], ids=["dense", "autograd"])
 
 
 def examples(features: np.ndarray, labels: np.ndarray, output_dim: int = 2) -> Examples:
@@ -77,8 +87,10 @@ def parameters(model: Trainer) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.model.named_parameters()}
 
 
-def test_step_with_non_finite_loss_is_skipped_and_weights_stay() -> None:
-    model = trainer(task="regression")
+@both_paths
+def test_step_with_non_finite_loss_is_skipped_and_weights_stay(autograd: bool) -> None:
+    model = trainer(autograd, task="regression")
+    assert (model._dense is None) == autograd
     stream = DriftingStream(DIM, drift_at=None)
     good = stream.batch(0, 16)
     model.learn_many(examples(good.features, good.labels, output_dim=1))
@@ -91,8 +103,10 @@ def test_step_with_non_finite_loss_is_skipped_and_weights_stay() -> None:
     assert all(torch.equal(before[name], after[name]) for name in before)
 
 
-def test_step_on_inf_features_is_skipped_and_leaves_the_model_usable() -> None:
-    model = trainer()
+@both_paths
+def test_step_on_inf_features_is_skipped_and_leaves_the_model_usable(autograd: bool) -> None:
+    model = trainer(autograd)
+    assert (model._dense is None) == autograd
     stream = DriftingStream(DIM, drift_at=None)
     model.learn_many(stream_examples(stream, 0, 32))
     probe = stream.batch(500, 8).features
@@ -215,9 +229,9 @@ def test_window_keeps_only_the_last_n_across_updates() -> None:
     assert metrics.summary()["recent_mae"] == pytest.approx(20 / 3)  # 5, 6, 9
 
 
-def regression_trainer(**overrides: object) -> Trainer:
+def regression_trainer(autograd: bool = False, **overrides: object) -> Trainer:
     settings = Settings(input_dim=2, task="regression", **overrides)  # type: ignore[arg-type]
-    return Trainer(build_model(settings), settings, torch.device("cpu"))
+    return on_path(Trainer(build_model(settings), settings, torch.device("cpu")), autograd)
 
 
 def regression_batch(rng: np.random.Generator, scale: float = 1.0, n: int = 32) -> Examples:
@@ -226,8 +240,10 @@ def regression_batch(rng: np.random.Generator, scale: float = 1.0, n: int = 32) 
     return Examples(x, y, np.zeros((n, 1), np.float32))
 
 
-def test_a_poisoned_burst_is_skipped_and_counted_and_the_weights_stay() -> None:
-    trainer, rng = regression_trainer(), np.random.default_rng(0)
+@both_paths
+def test_a_poisoned_burst_is_skipped_and_counted_and_the_weights_stay(autograd: bool) -> None:
+    trainer, rng = regression_trainer(autograd), np.random.default_rng(0)
+    assert (trainer._dense is None) == autograd
     for _ in range(40):
         trainer.learn_many(regression_batch(rng))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -239,8 +255,10 @@ def test_a_poisoned_burst_is_skipped_and_counted_and_the_weights_stay() -> None:
     assert not math.isnan(trainer.learn_many(regression_batch(rng))), "normal steps go on after the burst"
 
 
-def test_a_lasting_change_of_loss_level_is_accepted_as_drift() -> None:
-    trainer, rng = regression_trainer(), np.random.default_rng(1)
+@both_paths
+def test_a_lasting_change_of_loss_level_is_accepted_as_drift(autograd: bool) -> None:
+    trainer, rng = regression_trainer(autograd), np.random.default_rng(1)
+    assert (trainer._dense is None) == autograd
     for _ in range(40):
         trainer.learn_many(regression_batch(rng))
     losses = [trainer.learn_many(regression_batch(rng, scale=-50.0)) for _ in range(30)]
