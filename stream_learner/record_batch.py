@@ -41,7 +41,8 @@ _RECORD_OVERHEAD = 1 + 4 * _MAX_VARINT_BYTES + 1 + 1
 
 def packs_batches(producer: AIOKafkaProducer) -> bool:
     """Whether :class:`PackedRecordBatch` may go to ``producer``: no idempotence, transactions or compression."""
-    return producer._txn_manager is None and not producer._compression_type  # noqa: SLF001 - set in its __init__
+    # Private attributes (set in its __init__ since aiokafka 0.5); where one is missing, aiokafka's builder serves.
+    return getattr(producer, "_txn_manager", True) is None and not getattr(producer, "_compression_type", True)
 
 
 @dataclass(frozen=True)
