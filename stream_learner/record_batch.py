@@ -61,6 +61,10 @@ class PackedRecords:
     def __len__(self) -> int:
         return len(self.key_offsets) - 1
 
+    def size_bounds(self, rows: np.ndarray) -> np.ndarray:
+        """Bytes that each of ``rows`` takes in a record batch, at most."""
+        return np.diff(self.key_offsets)[rows] + np.diff(self.value_offsets)[rows] + _RECORD_OVERHEAD
+
     def key(self, i: int) -> bytes:
         return self.keys[self.key_offsets[i] : self.key_offsets[i + 1]]
 
@@ -72,7 +76,7 @@ class PackedRecords:
 
         A record too large for ``max_bytes`` alone gets a run of its own (the broker decides).
         """
-        sizes = np.diff(self.key_offsets)[rows] + np.diff(self.value_offsets)[rows] + _RECORD_OVERHEAD
+        sizes = self.size_bounds(rows)
         if _HEADER.size + int(sizes.sum()) <= max_bytes:
             return [rows]
         cuts, used = [], _HEADER.size
@@ -99,14 +103,18 @@ class PackedRecordBatch:
 
     def __init__(self, records: PackedRecords, rows: np.ndarray) -> None:
         self._count = len(rows)
-        bound = int(np.diff(records.key_offsets)[rows].sum() + np.diff(records.value_offsets)[rows].sum()) + len(rows) * _RECORD_OVERHEAD
-        body = np.empty(bound, np.uint8)
+        body = np.empty(int(records.size_bounds(rows).sum()), np.uint8)
         keys, values = np.frombuffer(records.keys, np.uint8), np.frombuffer(records.values, np.uint8)
         end = _write_records(keys, records.key_offsets, values, records.value_offsets, rows.astype(np.int64, copy=False), body)
         self._timestamp_ms = int(time.time() * 1000)
         self._buffer = bytearray(_HEADER.size + end)
         self._buffer[_HEADER.size :] = body[:end].data
-        self._built = False
+        # The header is complete now: producer state, which aiokafka's builder writes at send time, never comes here.
+        _HEADER.pack_into(
+            self._buffer, 0, 0, len(self._buffer) - _AFTER_LENGTH_OFFSET, -1, 2, 0, 0, self._count - 1,
+            self._timestamp_ms, self._timestamp_ms, -1, -1, 0, self._count,
+        )  # fmt: skip
+        struct.pack_into(">I", self._buffer, _CRC_OFFSET, calc_crc32c(memoryview(self._buffer)[_ATTRIBUTES_OFFSET:]))
 
     # The interface of aiokafka.producer.message_accumulator.BatchBuilder that the producer uses.
 
@@ -130,13 +138,6 @@ class PackedRecordBatch:
         raise AssertionError("a packed record batch is not for an idempotent or transactional producer")
 
     def _build(self) -> bytearray:
-        if not self._built:
-            self._built = True
-            _HEADER.pack_into(
-                self._buffer, 0, 0, len(self._buffer) - _AFTER_LENGTH_OFFSET, -1, 2, 0, 0, self._count - 1,
-                self._timestamp_ms, self._timestamp_ms, -1, -1, 0, self._count,
-            )  # fmt: skip
-            struct.pack_into(">I", self._buffer, _CRC_OFFSET, calc_crc32c(memoryview(self._buffer)[_ATTRIBUTES_OFFSET:]))
         return self._buffer
 
 
