@@ -84,6 +84,14 @@ def _kafka_container():  # type: ignore[no-untyped-def]
     return KafkaContainer(image).with_kraft()
 
 
+@pytest.fixture
+def clean_settings_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Settings read STREAM_LEARNER_* variables and ./.env; tests that want the defaults use this."""
+    for name in [n for n in os.environ if n.startswith("STREAM_LEARNER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def kafka_broker() -> Iterator[BrokerInfo]:
     external = os.environ.get("STREAM_LEARNER_TEST_BOOTSTRAP_SERVERS", "").strip()

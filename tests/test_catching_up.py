@@ -6,7 +6,6 @@ assignment and high watermarks (the broker paths are covered by the end-to-end t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -33,10 +32,7 @@ class FakePositions:
 
 
 @pytest.fixture
-def service(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Service]:
-    for name in [n for n in os.environ if n.startswith("STREAM_LEARNER_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+def service(clean_settings_sources: None, tmp_path: Path) -> Iterator[Service]:
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, input_dim=4, events_topic="ev", labels_topic="lb", fetch_max_records=100,
         max_batch_size=50, checkpoint_dir=tmp_path / "ckpt",

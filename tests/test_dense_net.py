@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,13 +19,7 @@ from stream_learner.synthetic import DriftingStream
 from stream_learner.trainer import Trainer
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def clean_settings_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in [n for n in os.environ if n.startswith("STREAM_LEARNER_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_settings_sources")
 
 
 def stack(widths: list[int], bias: list[bool], standardized: bool, seed: int) -> nn.Module:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,14 +20,7 @@ from stream_learner.trainer import Trainer
 
 DIM = 8
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def clean_settings_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Settings read STREAM_LEARNER_* variables and ./.env; the tests want the defaults."""
-    for name in [n for n in os.environ if n.startswith("STREAM_LEARNER_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("clean_settings_sources")
 
 
 def trainer(autograd: bool = False, **overrides: object) -> Trainer:
