@@ -13,14 +13,18 @@ from typing import Any, Callable
 import numba
 
 
-def compiled(signature: Any = None) -> Callable[[Callable[..., Any]], Any]:
-    """``numba.njit`` (for ``signature``, or a list of them, if given), cached on disk where it can be."""
+def compiled(signature: Any = None, error_model: str = "python") -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit`` (for ``signature``, or a list of them, if given), cached on disk where it can be.
+
+    ``error_model="numpy"``: a float division by zero gives inf or NaN, as in numpy and torch,
+    instead of raising; without that check in every division, loops of them vectorize.
+    """
 
     def compile_(function: Callable[..., Any]) -> Any:
         args = (signature,) if signature is not None else ()
         try:
-            return numba.njit(*args, cache=True)(function)
+            return numba.njit(*args, cache=True, error_model=error_model)(function)
         except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-            return numba.njit(*args)(function)
+            return numba.njit(*args, error_model=error_model)(function)
 
     return compile_

@@ -9,8 +9,9 @@ such a model at 32 examples, almost all of it per-operation dispatch, not arithm
 Guarantees:
 - The parameters stay the model's own tensors: the forward pass reads their memory in place
   (the optimizer and ``load_state_dict`` update it in place; a model moved or converted after
-  :meth:`DenseNet.of` needs a new one), and the gradients land in ``p.grad``, where the
-  optimizer (and the guardrail's clipping) takes them.
+  :meth:`DenseNet.of` needs a new one), and the gradients land in buffers that are every
+  parameter's ``p.grad`` from construction on (so nothing must set ``p.grad`` after it), where
+  the optimizer (and the guardrail's clipping) takes them.
 - The same loss and gradients as autograd on that model, up to float32 rounding
   (``tests/test_dense_net.py`` compares them); a non-finite input gives a non-finite loss.
 - :meth:`DenseNet.of` returns None for anything else (other layers, hooks, a parameter that
@@ -32,27 +33,25 @@ from .model import StandardizedModel, Standardizer
 
 @dataclass
 class _Layer:
-    """A linear layer's parameters and gradient buffers, as tensors and as numpy views of them."""
+    """A linear layer's parameters and gradient buffers (its ``p.grad``), as numpy views."""
 
     linear: nn.Linear
     relu: bool
     """A ReLU follows the layer."""
     weight: np.ndarray
     bias: np.ndarray | None
-    weight_grad: torch.Tensor
-    bias_grad: torch.Tensor | None
     weight_grad_view: np.ndarray
     bias_grad_view: np.ndarray | None
 
     @classmethod
     def of(cls, linear: nn.Linear, relu: bool) -> _Layer:
-        bias = linear.bias.detach().numpy() if linear.bias is not None else None
-        weight_grad = torch.zeros_like(linear.weight)
-        bias_grad = torch.zeros_like(linear.bias) if linear.bias is not None else None
-        return cls(
-            linear, relu, linear.weight.detach().numpy(), bias, weight_grad, bias_grad,
-            weight_grad.numpy(), bias_grad.numpy() if bias_grad is not None else None,
-        )  # fmt: skip
+        """The views of ``linear``, whose parameters get zeroed gradient buffers as ``grad``."""
+        linear.weight.grad = torch.zeros_like(linear.weight)
+        bias, bias_grad = None, None
+        if linear.bias is not None:
+            linear.bias.grad = torch.zeros_like(linear.bias)
+            bias, bias_grad = linear.bias.detach().numpy(), linear.bias.grad.numpy()
+        return cls(linear, relu, linear.weight.detach().numpy(), bias, linear.weight.grad.numpy(), bias_grad)
 
 
 class DenseNet:
@@ -82,6 +81,15 @@ class DenseNet:
             return None
         return cls(standardizer, layers)
 
+    def grad_views(self, params: list[torch.Tensor]) -> list[np.ndarray]:
+        """numpy views of the gradient buffers of ``params`` (the model's, in any order)."""
+        views = {}
+        for layer in self._layers:
+            views[id(layer.linear.weight)] = layer.weight_grad_view
+            if layer.bias_grad_view is not None:
+                views[id(layer.linear.bias)] = layer.bias_grad_view
+        return [views[id(p)] for p in params]
+
     def scores(self, features: np.ndarray, softmax: bool) -> np.ndarray:
         """``[n, output_dim]`` float32: the model's output, or its softmax."""
         out = self._forward(features)[-1]
@@ -102,13 +110,9 @@ class DenseNet:
             layer = self._layers[i]
             np.matmul(delta.T, activations[i], out=layer.weight_grad_view)
             squares += _sum_of_squares(layer.weight_grad_view.ravel())
-            if layer.linear.weight.grad is not layer.weight_grad:
-                layer.linear.weight.grad = layer.weight_grad
-            if layer.bias_grad is not None and layer.bias_grad_view is not None:
+            if layer.bias_grad_view is not None:
                 _column_sums(delta, layer.bias_grad_view)
                 squares += _sum_of_squares(layer.bias_grad_view)
-                if layer.linear.bias.grad is not layer.bias_grad:
-                    layer.linear.bias.grad = layer.bias_grad
             if i:
                 delta = delta @ layer.weight
                 if self._layers[i - 1].relu:

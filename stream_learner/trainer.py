@@ -24,6 +24,7 @@ from torch import nn
 
 from .config import Settings
 from .dense_net import DenseNet
+from .host_adam import HostAdam
 from .join import Examples
 from .model import StandardizedModel
 
@@ -55,7 +56,9 @@ class TrainCounters:
 class Trainer:
     """Predicts with and learns into one model on one device."""
 
-    def __init__(self, model: nn.Module, settings: Settings, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, settings: Settings, device: torch.device, host_kernels: bool = True) -> None:
+        """``host_kernels``: step a dense net with :mod:`.dense_net` and :mod:`.host_adam` where it is
+        one; False keeps torch's autograd and optimizer for every model (what tests compare against)."""
         self.device = device
         self.task = settings.task
         self.grad_clip_norm = settings.grad_clip_norm
@@ -70,8 +73,10 @@ class Trainer:
         self._modules = list(self.model.modules())
         self._plain_modes = all(type(m).train is nn.Module.train for m in self._modules)
         """No module overrides ``train()``: switching modes only sets each module's ``training`` flag."""
-        self._dense = DenseNet.of(self.model) if device.type == "cpu" else None
+        self._dense = DenseNet.of(self.model) if device.type == "cpu" and host_kernels else None
         """The model as a dense net computed without autograd, where it is one (:mod:`.dense_net`)."""
+        self._host_adam = HostAdam(self.optimizer, self._dense.grad_views(self._parameters)) if self._dense and self._direct_adam else None  # type: ignore[arg-type]
+        """The dense net's Adam update in a compiled loop (:mod:`.host_adam`)."""
 
     @property
     def model_version(self) -> int:
@@ -103,20 +108,28 @@ class Trainer:
             loss_value, norm_value = self._loss_and_grads_by_autograd(examples)
         poisoned = math.isfinite(loss_value) and self._is_spike(loss_value)
         if poisoned or not (math.isfinite(loss_value) and math.isfinite(norm_value)):
-            self._clear_grads()
+            if self._dense is None:  # the dense net's buffers stay attached, and its next step overwrites them
+                self._clear_grads()
             if standardizer is not None and moments_before is not None:
                 standardizer.restore_moments(moments_before)
             self.counters.poisoned_steps += int(poisoned)
             return self._skip(len(examples))
-        if norm_value > self.grad_clip_norm:
-            nn.utils.clip_grads_with_norm_(self._parameters, self.grad_clip_norm, torch.tensor(norm_value))
         self.recent_losses.append(loss_value)
-        if not self._step_fused_adam_directly():
-            self.optimizer.step()
+        self._step(norm_value)
         self.counters.optimizer_steps += 1
         self.counters.examples_trained += len(examples)
         self.counters.last_loss = loss_value
         return loss_value
+
+    def _step(self, grad_norm: float) -> None:
+        """The optimizer's step, the gradients clipped to ``grad_clip_norm`` first."""
+        scale = _clip_coefficient(self.grad_clip_norm, grad_norm)
+        if self._host_adam is not None and self._host_adam.step(scale):
+            return
+        if scale < 1.0:
+            nn.utils.clip_grads_with_norm_(self._parameters, self.grad_clip_norm, torch.tensor(grad_norm))
+        if not self._step_fused_adam_directly():
+            self.optimizer.step()
 
     def _loss_and_grads_by_autograd(self, examples: Examples) -> tuple[float, float]:
         """The loss and the gradients' total norm, with every parameter's ``grad`` set by autograd."""
@@ -239,6 +252,13 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
         self.counters = TrainCounters(**state["counters"])  # type: ignore[arg-type]
         self.recent_losses = deque(state.get("recent_losses", []), maxlen=RECENT_LOSSES)  # type: ignore[call-overload]
+
+
+def _clip_coefficient(max_norm: float, norm: float) -> float:
+    """What ``clip_grads_with_norm_`` multiplies the gradients by (computed as it does, in float32), at most 1."""
+    if norm <= max_norm:
+        return 1.0
+    return min(float(np.float32(max_norm) / (np.float32(norm) + np.float32(1e-6))), 1.0)
 
 
 def _make_optimizer(settings: Settings, model: nn.Module) -> torch.optim.Optimizer:

@@ -26,13 +26,7 @@ pytestmark = pytest.mark.usefixtures("clean_settings_sources")
 def trainer(autograd: bool = False, **overrides: object) -> Trainer:
     """A trainer on the CPU: its dense net (the built-in models' path there), or with ``autograd`` torch's."""
     settings = Settings(input_dim=DIM, **overrides)  # type: ignore[arg-type]
-    return on_path(Trainer(build_model(settings), settings, CPU), autograd)
-
-
-def on_path(trainer: Trainer, autograd: bool) -> Trainer:
-    if autograd:
-        trainer._dense = None
-    return trainer
+    return Trainer(build_model(settings), settings, CPU, host_kernels=not autograd)
 
 
 both_paths = pytest.mark.parametrize("autograd", [False, True], ids=["dense", "autograd"])
@@ -222,7 +216,7 @@ def test_window_keeps_only_the_last_n_across_updates() -> None:
 
 def regression_trainer(autograd: bool = False, **overrides: object) -> Trainer:
     settings = Settings(input_dim=2, task="regression", **overrides)  # type: ignore[arg-type]
-    return on_path(Trainer(build_model(settings), settings, torch.device("cpu")), autograd)
+    return Trainer(build_model(settings), settings, torch.device("cpu"), host_kernels=not autograd)
 
 
 def regression_batch(rng: np.random.Generator, scale: float = 1.0, n: int = 32) -> Examples:
