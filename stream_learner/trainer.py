@@ -13,6 +13,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 from collections import deque
@@ -212,14 +213,20 @@ class Trainer:
     def rollback(self, state: dict[str, object]) -> None:
         """Put back the weights and optimizer of a :meth:`state_dict`; totals keep counting.
 
-        ``model_version`` returns to the restored weights' step count.
+        ``model_version`` returns to the restored weights' step count; ``state`` is left as it was.
         """
         self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
-        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        self._load_optimizer(state["optimizer"])  # type: ignore[arg-type]
         self.recent_losses = deque(state.get("recent_losses", []), maxlen=RECENT_LOSSES)  # type: ignore[call-overload]
         self.counters.optimizer_steps = int(state["counters"]["optimizer_steps"])  # type: ignore[index]
         self.counters.spikes_in_row = 0
         self.counters.rollbacks += 1
+
+    def _load_optimizer(self, state: dict[str, object]) -> None:
+        """``optimizer.load_state_dict`` on a copy: it keeps the given tensors where their device and
+        dtype already fit, and the steps would then change the state the caller keeps (the guardrail's
+        last good one, or a checkpoint still being written)."""
+        self.optimizer.load_state_dict(copy.deepcopy(state))
 
     def _loss(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.task == "classification":
@@ -247,9 +254,9 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        """Restore a :meth:`state_dict` onto this trainer's device."""
+        """Restore a :meth:`state_dict` onto this trainer's device; ``state`` is left as it was."""
         self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
-        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        self._load_optimizer(state["optimizer"])  # type: ignore[arg-type]
         self.counters = TrainCounters(**state["counters"])  # type: ignore[arg-type]
         self.recent_losses = deque(state.get("recent_losses", []), maxlen=RECENT_LOSSES)  # type: ignore[call-overload]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -261,6 +262,24 @@ def test_rollback_restores_the_last_good_weights_and_version() -> None:
     trainer.rollback(good)
     assert trainer.model_version == 5 and trainer.counters.rollbacks == 1 and trainer.counters.examples_trained == 320
     assert all(torch.equal(good["model"][k], v) for k, v in trainer.model.state_dict().items())  # type: ignore[index]
+
+
+@both_paths
+@pytest.mark.parametrize("restore", ["rollback", "load_state_dict"])
+def test_steps_after_a_restore_leave_the_restored_state_as_it_was(autograd: bool, restore: str) -> None:
+    """The service keeps the state it restores as the guardrail's last good one: a second rollback
+    must get the same optimizer state as the first (torch's load_state_dict keeps the given tensors)."""
+    trainer, rng = regression_trainer(autograd), np.random.default_rng(3)
+    for _ in range(3):
+        trainer.learn_many(regression_batch(rng))
+    good = trainer.state_dict()
+    kept = copy.deepcopy(good)
+    getattr(trainer, restore)(good)
+    for _ in range(3):
+        trainer.learn_many(regression_batch(rng))
+    for index, state in kept["optimizer"]["state"].items():  # type: ignore[index]
+        for name, value in state.items():
+            assert torch.equal(good["optimizer"]["state"][index][name], value), name  # type: ignore[index]
 
 
 class _RecordsModes(nn.Module):
