@@ -120,7 +120,8 @@ class _Queue:
         return oldest
 
     def pop(self, count: int) -> _Chunk:
-        """Remove and return the ``count`` lowest offsets (copies, not views of the queue)."""
+        """Remove and return the ``count`` lowest offsets (views of queued arrays where they lie in one
+        chunk: nothing writes to a queued array, :meth:`add` makes new ones)."""
         parts: list[_Chunk] = []
         need = count
         while need:
@@ -133,8 +134,7 @@ class _Queue:
                 self.chunks[0] = chunk.rows(need)
                 need = 0
         self.size -= count
-        taken = _Chunk.concat(parts)
-        return taken if len(parts) > 1 else _Chunk(*(getattr(taken, f).copy() for f in _FIELDS))
+        return _Chunk.concat(parts)
 
     def everything(self) -> _Chunk | None:
         return _Chunk.concat(list(self.chunks)) if self.chunks else None
