@@ -13,12 +13,15 @@ state runs under one lock, so a rebalance callback sees a consistent cut.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import os
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import numpy as np
 import structlog
 import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -70,8 +73,8 @@ class StepOutcome:
     model_version: int
     poisoned: bool
     rolled_back: bool
-    digest: float
-    """Sum of the step's features: equal step sequences have equal digests (the replay diff)."""
+    features: np.ndarray
+    """The step's features, for the debug log's digest (their sum: equal step sequences log equal digests)."""
 
 
 class Service:
@@ -289,11 +292,12 @@ class Service:
     async def _train_due(self) -> None:
         assert self._consumer is not None
         labels_topic = self.settings.labels_topic
+        # Memoized: nothing they read changes during take_due, which asks once per turn it passes.
         steps = self.schedule.take_due(
             time.monotonic(),
             everything_read=self._everything_read(),
-            read_to_end=lambda p: self._read_to_end(TopicPartition(labels_topic, p)),
-            lowest_waiting=self.join.lowest_waiting_label,
+            read_to_end=functools.cache(lambda p: self._read_to_end(TopicPartition(labels_topic, p))),
+            lowest_waiting=functools.cache(self.join.lowest_waiting_label),
             events_unread=not self._events_read(),
         )
         await self._train(steps)
@@ -394,16 +398,18 @@ class Service:
         seconds, version = time.perf_counter() - started, self.trainer.model_version
         # CPU time, not wall: on the device thread a step's wall time includes waits for the GIL.
         self._inline_training = self.trainer.device.type == "cpu" and time.thread_time() - cpu_started < INLINE_TRAINING_MAX_S
-        return StepOutcome(len(examples), loss, seconds, version, poisoned, rolled_back, float(examples.features.sum()))
+        return StepOutcome(len(examples), loss, seconds, version, poisoned, rolled_back, examples.features)
 
     async def _finish_steps(self, wait: bool) -> None:
         """Report the queued steps that are done, in order (all of them with ``wait``); a failed step fails the service."""
         if wait and self._steps:
             await asyncio.wait(self._steps)
+        debug = bool(self._steps) and self._steps[0].done() and log.is_enabled_for(logging.DEBUG)
         while self._steps and self._steps[0].done():
             outcome = self._steps.pop(0).result()
             self.telemetry.step_trained(outcome.examples, outcome.seconds, outcome.loss, outcome.model_version)
-            log.debug("train_step", examples=outcome.examples, version=outcome.model_version, digest=outcome.digest)
+            if debug:  # the sum of a step's features costs more than the rest of its report
+                log.debug("train_step", examples=outcome.examples, version=outcome.model_version, digest=float(outcome.features.sum()))
             if outcome.rolled_back:
                 log.warning("training_rolled_back", examples=outcome.examples, model_version=outcome.model_version)
             elif outcome.poisoned:
