@@ -9,9 +9,9 @@ such a model at 32 examples, almost all of it per-operation dispatch, not arithm
 Guarantees:
 - The parameters stay the model's own tensors: the forward pass reads their memory in place
   (the optimizer and ``load_state_dict`` update it in place; a model moved or converted after
-  :meth:`DenseNet.of` needs a new one), and the gradients land in buffers that are every
-  parameter's ``p.grad`` from construction on (so nothing must set ``p.grad`` after it), where
-  the optimizer (and the guardrail's clipping) takes them.
+  :meth:`DenseNet.of` needs a new one). The gradients land in buffers set as every parameter's
+  ``p.grad`` at construction, where the optimizer takes them; nothing else may replace a
+  ``p.grad`` afterwards (the trainer does not, on either outcome of a step).
 - The same loss and gradients as autograd on that model, up to float32 rounding
   (``tests/test_dense_net.py`` compares them); a non-finite input gives a non-finite loss.
 - :meth:`DenseNet.of` returns None for anything else (other layers, hooks, a parameter that

@@ -76,8 +76,10 @@ class Trainer:
         """No module overrides ``train()``: switching modes only sets each module's ``training`` flag."""
         self._dense = DenseNet.of(self.model) if device.type == "cpu" and host_kernels else None
         """The model as a dense net computed without autograd, where it is one (:mod:`.dense_net`)."""
-        self._host_adam = HostAdam(self.optimizer, self._dense.grad_views(self._parameters)) if self._dense and self._direct_adam else None  # type: ignore[arg-type]
+        self._host_adam: HostAdam | None = None
         """The dense net's Adam update in a compiled loop (:mod:`.host_adam`)."""
+        if self._dense is not None and self._direct_adam:
+            self._host_adam = HostAdam(self.optimizer, self._dense.grad_views(self._parameters))  # type: ignore[arg-type]
 
     @property
     def model_version(self) -> int:
