@@ -126,3 +126,47 @@ class TrainingProbe:
 
     def lag_array(self) -> np.ndarray:
         return np.asarray(self.lags, np.float64)
+
+
+class LatencyProbe:
+    """Where a paced event's time goes before its prediction leaves the service, per event.
+
+    Wraps the micro-batcher's ``add`` (decoded events, each with its ``ts`` and the moment the
+    service read it) and the telemetry's ``batch_predicted`` (called once a micro-batch's scores
+    are back, just before they are encoded and produced). Events without a ``ts`` are left out,
+    as are those produced in the first ``warmup_s`` after the first one (the load generator's
+    warm-up). Nothing in the service is changed.
+    """
+
+    def __init__(self, service: Any, warmup_s: float) -> None:
+        self.warmup_s = warmup_s
+        self._first_ts = float("nan")
+        self._read: list[np.ndarray] = []
+        self._predicted: list[np.ndarray] = []
+        add, predicted = service.batcher.add, service.telemetry.batch_predicted
+
+        def probed_add(events: Any, now: float) -> Any:
+            self._read.append(self._since_produced(events.ts, events.received_at))
+            return add(events, now)
+
+        def probed_predicted(size: int, seconds: float, event_times: np.ndarray) -> Any:
+            self._predicted.append(self._since_produced(event_times, time.time()))
+            return predicted(size, seconds, event_times)
+
+        service.batcher.add = probed_add
+        service.telemetry.batch_predicted = probed_predicted
+
+    def _since_produced(self, ts: np.ndarray, at: Any) -> np.ndarray:
+        known = ~np.isnan(ts)
+        if known.any() and self._first_ts != self._first_ts:
+            self._first_ts = float(ts[known].min())
+        keep = known & (ts >= self._first_ts + self.warmup_s)
+        return (np.broadcast_to(at, ts.shape) - ts)[keep]
+
+    def to_read(self) -> np.ndarray:
+        """Seconds from each event's ``ts`` to the service reading it (producer, broker and fetch)."""
+        return np.concatenate(self._read) if self._read else np.zeros(0)
+
+    def to_predicted(self) -> np.ndarray:
+        """Seconds from each event's ``ts`` to its micro-batch's scores (adds the batch delay and the turn)."""
+        return np.concatenate(self._predicted) if self._predicted else np.zeros(0)

@@ -57,7 +57,7 @@ from stream_learner.trainer import Trainer
 from .common import INPUT_DIM, PARTITIONS, catch_up_ratio, every_label_stepped, make_stream, p99_gap, percentiles, prefill, read_timestamps
 from .memory import bytes_per_pending_entry
 from .passthrough import passthrough
-from .probe import TrainingProbe
+from .probe import LatencyProbe, TrainingProbe
 
 ROOT = Path(__file__).resolve().parent.parent
 DLQ = "bench.dlq"
@@ -297,6 +297,7 @@ async def service_latency(
     events, labels, outputs = await _fresh_topics(bootstrap)
     service = Service(_settings(bootstrap, events, labels, outputs, model, batch, tmp / uuid.uuid4().hex, train_batch))
     probe = TrainingProbe(service)
+    phases = LatencyProbe(service, mode.warmup_s)
     freeze_startup_heap()  # as `stream-learner run` does
     task = asyncio.create_task(service.run())
     try:
@@ -307,7 +308,8 @@ async def service_latency(
         await _stop(service, task)
         probe.close()
     lags = percentiles(probe.lag_array())
-    return {**result, "train_lag": lags, "trained": service.trainer.counters.examples_trained}
+    read, predicted = percentiles(phases.to_read()), percentiles(phases.to_predicted())
+    return {**result, "to_read": read, "to_predicted": predicted, "train_lag": lags, "trained": service.trainer.counters.examples_trained}
 
 
 async def passthrough_latency(bootstrap: str, rate: float, mode: Mode, tmp: Path, broker_pid: int | None = None) -> dict[str, Any]:
@@ -362,14 +364,21 @@ def _fmt(x: Any, digits: int = 0) -> str:
 
 
 def _to_created_table(rows: list[Row]) -> list[str]:
-    """How much of the latency passed before the output record was handed to the producer."""
+    """Where the latency passes: before the service reads an event, until its prediction, until the
+    output record is created (its Kafka CreateTime), beside the pass-through's last."""
     paced = [r for r in rows if r.latency.get("to_created")]
     if not paced:
         return []
-    out = ["", "### Event produced → output record created (ms, p50 / p99; the output's Kafka CreateTime: the rest is delivery to the reader)", ""]
-    out += ["| model | MAX_BATCH_SIZE | TRAIN_BATCH_SIZE | service | pass-through |", "|---|---:|---:|---:|---:|"]
+    out = [
+        "",
+        "### Event produced → read by the service → predicted → output record created (ms, p50 / p99; the rest is delivery to the reader)",
+        "",
+        "| model | MAX_BATCH_SIZE | TRAIN_BATCH_SIZE | service: read | predicted | created | pass-through: created |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in paced:
-        cells = [f"{_fmt(run['to_created'].get('p50'), 1)} / {_fmt(run['to_created'].get('p99'), 1)}" for run in (r.latency, r.passthrough_latency)]
+        phases = [r.latency.get("to_read"), r.latency.get("to_predicted"), r.latency["to_created"], r.passthrough_latency.get("to_created")]
+        cells = [f"{_fmt(p.get('p50'), 1)} / {_fmt(p.get('p99'), 1)}" if p else "-" for p in phases]
         out.append(f"| {r.model} | {r.batch} | {r.train_batch} | {' | '.join(cells)} |")
     return out
 
