@@ -13,18 +13,23 @@ from typing import Any, Callable
 import numba
 
 
-def compiled(signature: Any = None, error_model: str = "python") -> Callable[[Callable[..., Any]], Any]:
+def compiled(
+    signature: Any = None, error_model: str = "python", fastmath: set[str] | bool = False
+) -> Callable[[Callable[..., Any]], Any]:
     """``numba.njit`` (for ``signature``, or a list of them, if given), cached on disk where it can be.
 
     ``error_model="numpy"``: a float division by zero gives inf or NaN, as in numpy and torch,
     instead of raising; without that check in every division, loops of them vectorize.
+    ``fastmath``: LLVM's flags, e.g. ``{"reassoc"}`` lets a sum vectorize (in another order);
+    never ``nnan``/``ninf`` where NaN or inf must come through.
     """
 
     def compile_(function: Callable[..., Any]) -> Any:
         args = (signature,) if signature is not None else ()
+        options = {"error_model": error_model, "fastmath": fastmath}
         try:
-            return numba.njit(*args, cache=True, error_model=error_model)(function)
+            return numba.njit(*args, cache=True, **options)(function)
         except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-            return numba.njit(*args, error_model=error_model)(function)
+            return numba.njit(*args, **options)(function)
 
     return compile_

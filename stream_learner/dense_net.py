@@ -212,11 +212,13 @@ def _column_sums(delta: np.ndarray, out: np.ndarray) -> None:  # pragma: no cove
             out[j] += delta[i, j]
 
 
-@compiled("float64(float32[::1])")
+@compiled("float64(float32[::1])", fastmath={"reassoc"})
 def _sum_of_squares(values: np.ndarray) -> float:  # pragma: no cover - compiled
+    """In float64, in any order (so it vectorizes); NaN and inf still propagate."""
     total = 0.0
-    for value in values:
-        total += np.float64(value) * np.float64(value)
+    for i in range(values.shape[0]):
+        value = np.float64(values[i])
+        total += value * value
     return total
 
 

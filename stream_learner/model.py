@@ -83,7 +83,8 @@ class Standardizer(nn.Module):
     def _cpu_buffer_views(self) -> tuple[np.ndarray, ...] | None:
         """numpy views of ``count``, ``mean`` and ``m2`` while they are the same CPU tensors, else None."""
         buffers = (self._buffers["count"], self._buffers["mean"], self._buffers["m2"])
-        if self._views is None or any(a is not b for a, b in zip(self._views[0], buffers)):
+        seen = self._views[0] if self._views is not None else ()
+        if len(seen) != 3 or seen[0] is not buffers[0] or seen[1] is not buffers[1] or seen[2] is not buffers[2]:
             on_cpu = all(b is not None and b.device.type == "cpu" for b in buffers)
             views = tuple(b.detach().numpy() for b in buffers) if on_cpu else ()  # type: ignore[union-attr]
             self.__dict__["_views"] = (buffers, views)

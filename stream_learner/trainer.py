@@ -72,6 +72,8 @@ class Trainer:
         self._direct_adam = _takes_direct_fused_adam(self.optimizer)
         self._parameters = list(self.model.parameters())
         self._modules = list(self.model.modules())
+        self._standardizer = self.model.standardizer if isinstance(self.model, StandardizedModel) else None
+        """Looked up once: ``nn.Module.__getattr__`` costs 5 µs, a step's worth of a kernel."""
         self._plain_modes = all(type(m).train is nn.Module.train for m in self._modules)
         """No module overrides ``train()``: switching modes only sets each module's ``training`` flag."""
         self._dense = DenseNet.of(self.model) if device.type == "cpu" and host_kernels else None
@@ -100,7 +102,7 @@ class Trainer:
 
     def learn_many(self, examples: Examples) -> float:
         """One optimizer step on ``examples``; returns the loss (NaN when the step was skipped)."""
-        standardizer = self.model.standardizer if isinstance(self.model, StandardizedModel) else None
+        standardizer = self._standardizer
         moments_before = standardizer.moments() if standardizer is not None else None
         if standardizer is not None:
             standardizer.update(examples.features)
