@@ -13,13 +13,11 @@ state runs under one lock, so a rebalance callback sees a consistent cut.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, NamedTuple, TypeVar
 
 import numpy as np
 import structlog
@@ -61,11 +59,12 @@ each small torch op (catch-up at MAX_BATCH_SIZE 256 and TRAIN_BATCH_SIZE 32: 20.
 17.3-18.2k events/s, measured)."""
 EARLY_LABELS_HIGH = 4096
 """Early labels above which the labels partitions pause while events are left to read."""
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class StepOutcome:
-    """What one queued optimizer step did, reported back to the loop."""
+class StepOutcome(NamedTuple):
+    """What one queued optimizer step did, reported back to the loop (a tuple: a frozen dataclass's
+    ``__init__`` cost a few µs, and a step of 32 examples is reported thousands of times a second)."""
 
     examples: int
     loss: float
@@ -75,6 +74,18 @@ class StepOutcome:
     rolled_back: bool
     features: np.ndarray
     """The step's features, for the debug log's digest (their sum: equal step sequences log equal digests)."""
+
+
+def _memoized(function: Callable[[int], T]) -> Callable[[int], T]:
+    """``function`` answering each argument once (``functools.cache`` costs more to make than this saves per call)."""
+    known: dict[int, T] = {}
+
+    def memoized(argument: int) -> T:
+        if argument not in known:
+            known[argument] = function(argument)
+        return known[argument]
+
+    return memoized
 
 
 class Service:
@@ -296,8 +307,8 @@ class Service:
         steps = self.schedule.take_due(
             time.monotonic(),
             everything_read=self._everything_read(),
-            read_to_end=functools.cache(lambda p: self._read_to_end(TopicPartition(labels_topic, p))),
-            lowest_waiting=functools.cache(self.join.lowest_waiting_label),
+            read_to_end=_memoized(lambda p: self._read_to_end(TopicPartition(labels_topic, p))),
+            lowest_waiting=_memoized(self.join.lowest_waiting_label),
             events_unread=not self._events_read(),
         )
         await self._train(steps)
@@ -380,7 +391,7 @@ class Service:
             here = backlog and self._inline_training  # a step that ran slow sends the next ones to the thread
             self._steps.append(self._device.submit_here_if_idle(here, self._train_on_device, examples))
             self._dirty = True
-            if len(self._steps) > MAX_QUEUED_STEPS:
+            if len(self._steps) > MAX_QUEUED_STEPS and not self._steps[-MAX_QUEUED_STEPS - 1].done():
                 await asyncio.wait([self._steps[-MAX_QUEUED_STEPS - 1]])
 
     def _train_on_device(self, examples: Examples) -> StepOutcome:
