@@ -164,7 +164,7 @@ def _float32_overflow(value: float) -> float:
     return math.inf if value > _FLOAT32_MAX else value
 
 
-@compiled("float32[:, ::1](float32[:, ::1], float32[::1], float32[::1])")
+@compiled("float32[:, ::1](float32[:, ::1], float32[::1], float32[::1])", error_model="numpy")
 def _standardized(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
     """``clamp((x - mean) / std, -10, 10)`` in float32, as the standardizer's forward; NaN stays NaN."""
     n, dim = x.shape

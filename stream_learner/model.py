@@ -125,29 +125,41 @@ class Standardizer(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
 
-@compiled(["(float32[:, :], float64, float64[:], float64[:])", "(float64[:, :], float64, float64[:], float64[:])"])
+@compiled(
+    [
+        "(float32[:, ::1], float64, float64[:], float64[:])",
+        "(float32[:, :], float64, float64[:], float64[:])",
+        "(float64[:, :], float64, float64[:], float64[:])",
+    ],
+    error_model="numpy",
+)
 def _merged_moments(rows: np.ndarray, count: float, mean: np.ndarray, m2: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
     """Chan's merge of the moments of ``rows`` into ``(count, mean, m2)``, in float64: the new
-    count, mean and m2. NaN and inf propagate into the moments."""
+    count, mean and m2. NaN and inf propagate into the moments.
+
+    Row by row, each column summed in row order: the same sums as column by column, but the
+    inner loop runs along memory and vectorizes."""
     k, dim = rows.shape
     total = count + k
+    batch_mean, batch_m2 = np.zeros(dim), np.zeros(dim)
+    for i in range(k):
+        for j in range(dim):
+            batch_mean[j] += np.float64(rows[i, j])
+    for j in range(dim):
+        batch_mean[j] /= k
+    for i in range(k):
+        for j in range(dim):
+            centered = np.float64(rows[i, j]) - batch_mean[j]
+            batch_m2[j] += centered * centered
     merged_mean, merged_m2 = np.empty(dim), np.empty(dim)
     for j in range(dim):
-        batch_sum = 0.0
-        for i in range(k):
-            batch_sum += np.float64(rows[i, j])
-        batch_mean = batch_sum / k
-        batch_m2 = 0.0
-        for i in range(k):
-            centered = np.float64(rows[i, j]) - batch_mean
-            batch_m2 += centered * centered
-        delta = batch_mean - mean[j]
+        delta = batch_mean[j] - mean[j]
         merged_mean[j] = mean[j] + delta * (k / total)
-        merged_m2[j] = m2[j] + batch_m2 + delta * delta * (count * k / total)
+        merged_m2[j] = m2[j] + batch_m2[j] + delta * delta * (count * k / total)
     return total, merged_mean, merged_m2
 
 
-@compiled("(float64, float64[:], float64[:], float64)")
+@compiled("(float64, float64[:], float64[:], float64)", error_model="numpy")
 def _float32_mean_std(count: float, mean: np.ndarray, m2: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
     """The float32 mean and std (at least ``eps``; 1 before two rows) that the forward pass uses."""
     dim = len(mean)
