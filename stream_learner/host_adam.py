@@ -36,8 +36,17 @@ class HostAdam:
     """Steps a single-group, fused-style ``torch.optim.Adam`` over CPU float32 parameters and given gradient buffers."""
 
     def __init__(self, optimizer: torch.optim.Adam, grads: list[np.ndarray]) -> None:
-        """``grads``: numpy views of the gradient buffers, in the order of the group's parameters."""
-        params = optimizer.param_groups[0]["params"]
+        """``grads``: numpy views of the gradient buffers, in the order of the group's parameters.
+
+        Raises ValueError for an optimizer whose update this is not: more than one parameter
+        group, amsgrad, maximize, AdamW's decoupled decay, or a learning rate or betas as tensors.
+        """
+        group = optimizer.param_groups[0]
+        options = ("amsgrad", "maximize", "decoupled_weight_decay", "differentiable", "capturable")
+        tensors = isinstance(group["lr"], torch.Tensor) or any(isinstance(b, torch.Tensor) for b in group["betas"])
+        if len(optimizer.param_groups) != 1 or any(group.get(o) for o in options) or tensors:
+            raise ValueError("HostAdam takes a plain Adam with one parameter group")
+        params = group["params"]
         if len(grads) != len(params):
             raise ValueError(f"{len(grads)} gradient buffers for {len(params)} parameters")
         self.optimizer = optimizer

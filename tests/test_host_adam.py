@@ -96,3 +96,16 @@ def test_gradient_buffers_must_match_the_parameters() -> None:
     optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], fused=True)
     with pytest.raises(ValueError, match="1 parameters"):
         HostAdam(optimizer, [])
+
+
+@pytest.mark.parametrize("options", [{"amsgrad": True}, {"maximize": True}, {"lr": torch.tensor(0.01)}])
+def test_an_adam_of_another_update_is_refused(options: dict[str, object]) -> None:
+    param = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="plain Adam"):
+        HostAdam(torch.optim.Adam([param], **options), [np.zeros(2, np.float32)])  # type: ignore[arg-type]
+
+
+def test_adamw_is_refused() -> None:
+    param = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="plain Adam"):
+        HostAdam(torch.optim.AdamW([param]), [np.zeros(2, np.float32)])
