@@ -8,6 +8,7 @@ optimizer step that uses it. Nothing in the service is changed.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from typing import Any
@@ -158,7 +159,7 @@ class LatencyProbe:
 
     def _since_produced(self, ts: np.ndarray, at: Any) -> np.ndarray:
         known = ~np.isnan(ts)
-        if known.any() and self._first_ts != self._first_ts:
+        if known.any() and math.isnan(self._first_ts):
             self._first_ts = float(ts[known].min())
         keep = known & (ts >= self._first_ts + self.warmup_s)
         return (np.broadcast_to(at, ts.shape) - ts)[keep]

@@ -363,7 +363,7 @@ def _fmt(x: Any, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
-def _to_created_table(rows: list[Row]) -> list[str]:
+def _phases_table(rows: list[Row]) -> list[str]:
     """Where the latency passes: before the service reads an event, until its prediction, until the
     output record is created (its Kafka CreateTime), beside the pass-through's last."""
     paced = [r for r in rows if r.latency.get("to_created")]
@@ -438,7 +438,7 @@ def render(rows: list[Row], memory: dict[int, float], alone: dict[str, float], s
             f"| {r.model} | {r.batch} | {r.train_batch} | {_fmt(s['rate'])} | {_fmt(s['p50'], 1)} | {_fmt(s['p99'], 1)} | {_fmt(s['max'], 1)} | "
             f"{_fmt(p['p50'], 1)} | {_fmt(p['p99'], 1)} | {_fmt(p['max'], 1)} | {_fmt(gap, 1)}{spread}{lost} | {'yes' if gap <= delay + 20 else 'no'} |"
         )
-    out += _to_created_table(rows)
+    out += _phases_table(rows)
     out += _cpu_table(rows)
     out += ["", "### Training", ""]
     out += [
