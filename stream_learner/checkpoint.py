@@ -56,12 +56,17 @@ class CheckpointStore:
         self.keep = keep
 
     def paths(self) -> list[Path]:
-        """Checkpoint files, newest first; a path that exists but is no directory is an error."""
-        if not self.directory.is_dir():
-            if self.directory.exists():
-                raise ConfigError(f"checkpoint directory {self.directory} exists but is not a directory")
+        """Checkpoint files, newest first; a path that exists but is no directory is an error.
+
+        One listing, not "is it a directory, else does it exist": the first write creates the
+        directory, and between those two checks a reader took it for a file (seen in CI)."""
+        try:
+            entries = list(self.directory.iterdir())
+        except FileNotFoundError:
             return []
-        named = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := _NAME.match(p.name))]
+        except NotADirectoryError:
+            raise ConfigError(f"checkpoint directory {self.directory} exists but is not a directory") from None
+        named = [(int(m.group(1)), p) for p in entries if (m := _NAME.match(p.name))]
         return [p for _, p in sorted(named, reverse=True)]
 
     def next_id(self) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,27 @@ def test_the_payload_really_runs_code_when_unpickled_unsafely(tmp_path: Path) ->
     torch.save({"payload": Payload(marker)}, tmp_path / "evil.pt")
     torch.load(tmp_path / "evil.pt", weights_only=False)
     assert marker.read_text() == "code ran"
+
+
+def test_listing_while_the_directory_comes_and_goes_never_takes_it_for_a_file(tmp_path: Path) -> None:
+    """The first write creates the directory while readers (the loop, a restore) list it. Checked
+    as "is it a directory, else does it exist", a directory made between the two looked like a
+    file (a ConfigError in CI), and one removed between them broke the listing."""
+    directory, stop = tmp_path / "checkpoints", threading.Event()
+
+    def come_and_go() -> None:
+        while not stop.is_set():
+            directory.mkdir(exist_ok=True)
+            directory.rmdir()
+
+    churn = threading.Thread(target=come_and_go, daemon=True)
+    churn.start()
+    store, deadline, listed = CheckpointStore(directory, keep=1), time.monotonic() + 1.0, 0
+    try:
+        while time.monotonic() < deadline:
+            assert store.paths() == []
+            listed += 1
+    finally:
+        stop.set()
+        churn.join()
+    assert listed > 1000
