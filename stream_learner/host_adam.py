@@ -41,12 +41,9 @@ class HostAdam:
         Raises ValueError for an optimizer whose update this is not: more than one parameter
         group, amsgrad, maximize, AdamW's decoupled decay, or a learning rate or betas as tensors.
         """
-        group = optimizer.param_groups[0]
-        options = ("amsgrad", "maximize", "decoupled_weight_decay", "differentiable", "capturable")
-        tensors = isinstance(group["lr"], torch.Tensor) or any(isinstance(b, torch.Tensor) for b in group["betas"])
-        if len(optimizer.param_groups) != 1 or any(group.get(o) for o in options) or tensors:
+        if not is_plain_adam(optimizer):
             raise ValueError("HostAdam takes a plain Adam with one parameter group")
-        params = group["params"]
+        params = optimizer.param_groups[0]["params"]
         if len(grads) != len(params):
             raise ValueError(f"{len(grads)} gradient buffers for {len(params)} parameters")
         self.optimizer = optimizer
@@ -82,6 +79,17 @@ class HostAdam:
             views.append((flat, grad, exp_avg.numpy().reshape(-1), exp_avg_sq.numpy().reshape(-1), step.view(1).numpy()))
         self._state, self._views = state, views
         return views
+
+
+def is_plain_adam(optimizer: torch.optim.Optimizer) -> bool:
+    """``torch.optim.Adam`` with one parameter group and none of the options that change its update
+    (amsgrad, maximize, AdamW's decoupled decay, differentiable, capturable), lr and betas plain floats."""
+    if not isinstance(optimizer, torch.optim.Adam) or len(optimizer.param_groups) != 1:
+        return False
+    group = optimizer.param_groups[0]
+    options = ("amsgrad", "maximize", "decoupled_weight_decay", "differentiable", "capturable")
+    tensors = isinstance(group["lr"], torch.Tensor) or any(isinstance(b, torch.Tensor) for b in group["betas"])
+    return not any(group.get(o) for o in options) and not tensors
 
 
 def _host_float32(tensor: object) -> bool:

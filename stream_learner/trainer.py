@@ -25,7 +25,7 @@ from torch import nn
 
 from .config import Settings
 from .dense_net import DenseNet
-from .host_adam import HostAdam
+from .host_adam import HostAdam, is_plain_adam
 from .join import Examples
 from .model import StandardizedModel
 
@@ -290,14 +290,12 @@ def _make_optimizer(settings: Settings, model: nn.Module) -> torch.optim.Optimiz
 
 
 def _takes_direct_fused_adam(optimizer: torch.optim.Optimizer) -> bool:
-    """A fused Adam with one group of same-device, same-dtype parameters and no other options set."""
-    if not isinstance(optimizer, torch.optim.Adam) or len(optimizer.param_groups) != 1 or not hasattr(torch, "_fused_adam_"):
+    """A plain fused Adam (:func:`.host_adam.is_plain_adam`) over same-device, same-dtype parameters."""
+    if not is_plain_adam(optimizer) or not hasattr(torch, "_fused_adam_"):
         return False
     group = optimizer.param_groups[0]
-    params = group["params"]
-    plain = not any(group.get(k) for k in ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay"))
-    same = len({(p.device, p.dtype) for p in params}) == 1
-    return bool(group.get("fused")) and plain and same and not isinstance(group["lr"], torch.Tensor) and not isinstance(group["betas"][0], torch.Tensor)
+    same = len({(p.device, p.dtype) for p in group["params"]}) == 1
+    return bool(group.get("fused")) and same
 
 
 def _to_cpu(obj: object) -> object:
