@@ -24,7 +24,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+from structlog.testing import capture_logs
 
 from stream_learner.broker import EmbeddedBroker, ensure_topics
 from stream_learner.config import Settings
@@ -159,6 +162,107 @@ async def test_the_server_answers_health_readiness_metrics_and_refuses_the_rest(
         await server.close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+async def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+async def _exchange(port: int, request: bytes) -> bytes:
+    """Send ``request`` on a fresh connection and read until the server closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+async def _refused(port: int) -> bool:
+    """Whether a connection that sends a request is closed unanswered (end of stream or a reset)."""
+    try:
+        return await _exchange(port, b"GET /healthz HTTP/1.1\r\n\r\n") == b""
+    except ConnectionResetError:
+        return True
+
+
+async def test_the_server_serves_a_bounded_number_of_connections_and_closes_the_rest_at_once() -> None:
+    server = await MetricsServer(CollectorRegistry(), lambda: {"ready": True}, "127.0.0.1", 0).start()
+    assert server.max_connections == MetricsServer.MAX_CONNECTIONS == 64
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(server.max_connections):  # connect and send nothing: each holds a slot
+            idle.append((await asyncio.open_connection("127.0.0.1", server.port))[1])
+        await _wait_until(lambda: server.open_connections == server.max_connections, "the idle connections are served")
+        for _ in range(3):
+            started = time.monotonic()
+            assert await _refused(server.port)
+            assert time.monotonic() - started < 1.0, "closed at once, not after the request timeout"
+        assert server.open_connections == server.max_connections and server.refused_connections == 3
+        idle.pop().close()
+        await _wait_until(lambda: server.open_connections < server.max_connections, "a slot is free again")
+        assert (await _exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")).endswith(b"\r\n\r\nok\n")
+    finally:
+        for writer in idle:
+            writer.close()
+        await server.close()
+
+
+async def test_every_connection_is_dropped_within_the_request_timeout_whatever_the_client_does() -> None:
+    registry = CollectorRegistry()
+    big = GaugeMetricFamily("big", "an answer far larger than the socket buffers", labels=["name"])
+    for i in range(60_000):
+        big.add_metric([f"{i:0>120}"], i)
+
+    class Big(Collector):
+        def collect(self) -> Iterator[Metric]:
+            yield big
+
+    registry.register(Big())
+    server = await MetricsServer(registry, lambda: {"ready": True}, "127.0.0.1", 0, request_timeout_s=0.5).start()
+    try:
+        silent = await asyncio.open_connection("127.0.0.1", server.port)  # sends nothing
+        dribbling = await asyncio.open_connection("127.0.0.1", server.port)  # one byte at a time, never the end
+        with socket.socket() as stalled:  # asks for the big answer and never reads it
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            stalled.connect(("127.0.0.1", server.port))
+            stalled.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            await _wait_until(lambda: server.open_connections == 3, "three connections served")
+            started = time.monotonic()
+            for sent, byte in enumerate(b"GET /healthz HTTP/1.1\r\nHost: a-slow-client\r\n"):
+                if server.open_connections < 3:  # dropped while still sending
+                    break
+                dribbling[1].write(bytes([byte]))
+                await asyncio.sleep(0.05)
+            assert 0 < sent < 40, "the request was still coming when the time was up"
+            await _wait_until(lambda: server.open_connections == 0, "every connection dropped", timeout=4.0)
+            assert time.monotonic() - started < 3.0, "dropped after about request_timeout_s"
+            assert await asyncio.wait_for(silent[0].read(), 1) == b"", "the silent client sees the close"
+        for _, writer in (silent, dribbling):
+            writer.close()
+    finally:
+        await server.close()
+
+
+async def test_a_failing_request_answers_a_fixed_500_and_logs_the_exception() -> None:
+    def failing_health() -> dict[str, Any]:
+        raise RuntimeError("cannot read /var/lib/stream-learner/secret-token abc123")
+
+    server = await MetricsServer(CollectorRegistry(), failing_health, "127.0.0.1", 0).start()
+    try:
+        with capture_logs() as logs:
+            answer = await _exchange(server.port, b"GET /readyz HTTP/1.1\r\n\r\n")
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 500 ") and body == b"internal server error\n"
+        assert b"secret" not in answer and b"RuntimeError" not in answer
+        (entry,) = [e for e in logs if e["event"] == "metrics_request_failed"]
+        assert entry["log_level"] == "error" and entry["path"] == "/readyz" and entry["exc_info"] is True
+        assert (await _exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")).endswith(b"ok\n"), "serving goes on"
+    finally:
+        await server.close()
 
 
 @pytest.mark.skipif(not HAVE_TENSORBOARD, reason=NO_TENSORBOARD)
