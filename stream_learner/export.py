@@ -7,12 +7,16 @@ standardizer is folded in with the moments it had at the checkpoint, so the file
 needs nothing else: no stream_learner, no settings, no checkpoint.
 
 The export checks itself: the file is loaded back and must give the live model's
-scores on a random batch (ONNX when onnxruntime is installed).
+scores on a random batch (ONNX when onnxruntime is installed). It is written under a
+temporary name beside ``out`` and renamed to ``out`` only once it passed that check, so
+a file that failed it never appears under its final name (and a file already there stays).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -120,7 +124,12 @@ def model_spec(settings: Settings) -> dict[str, Any]:
 
 
 def export_model(settings: Settings, fmt: Format, out: Path) -> ExportInfo:
-    """Export the newest checkpoint's model to ``out`` as ``fmt``; verifies the file and returns what it holds."""
+    """Export the newest checkpoint's model to ``out`` as ``fmt``; verifies the file and returns what it holds.
+
+    ``out`` appears (or is replaced) only once the file verified and was fsynced: it is written
+    under a temporary name in ``out``'s directory and renamed. An export that fails, in writing
+    or in verification (:class:`ConfigError`, with the reason), leaves nothing new behind.
+    """
     if fmt not in FORMATS:
         raise ConfigError(f"export format must be one of {FORMATS}, got {fmt!r}")
     model, state, path = load_latest_model(settings)
@@ -138,12 +147,33 @@ def export_model(settings: Settings, fmt: Format, out: Path) -> ExportInfo:
     )
     example = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (3, settings.input_dim)).astype(np.float32))
     out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "torchscript":
-        _export_torchscript(module, example, out, info)
-    else:
-        _export_onnx(module, example, out, info)
-    verified = _verify(module, fmt, out, settings.input_dim)
+    partial = _partial_path(out)
+    try:
+        if fmt == "torchscript":
+            _export_torchscript(module, example, partial, info)
+        else:
+            _export_onnx(module, example, partial, info)
+        verified = _verify(module, fmt, partial, settings.input_dim, out)
+        _fsync(partial)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    _fsync(out.parent)
     return ExportInfo(**{**asdict(info), "verified": verified})
+
+
+def _partial_path(out: Path) -> Path:
+    """A fresh hidden name beside ``out`` (same directory, so the rename is atomic), ending like ``out``."""
+    return out.with_name(f".{out.stem}.{secrets.token_hex(4)}.partial{out.suffix}")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's entries to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
@@ -196,13 +226,18 @@ def _export_onnx(module: ScoringModule, example: torch.Tensor, out: Path, info: 
     onnx.save(proto, str(out))
 
 
-def _verify(module: ScoringModule, fmt: Format, out: Path, input_dim: int) -> bool:
-    """Run the file on a batch the trace never saw and compare with the live module; raises on a mismatch."""
+def _verify(module: ScoringModule, fmt: Format, path: Path, input_dim: int, out: Path) -> bool:
+    """Run the file at ``path`` on a batch the trace never saw and compare with the live module.
+
+    Returns False where it cannot check (ONNX without onnxruntime); raises :class:`ConfigError`
+    with the reason when the file does not give the live model's scores, or when those are not
+    finite (a model that scores NaN is no model to ship). ``out`` only names the file in the message.
+    """
     x = np.random.default_rng(1).normal(0, 3, (5, input_dim)).astype(np.float32)
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     if fmt == "torchscript":
-        loaded, _ = load_torchscript(out)
+        loaded, _ = load_torchscript(path)
         with torch.no_grad():
             got = loaded(torch.from_numpy(x)).numpy()
     else:
@@ -210,12 +245,23 @@ def _verify(module: ScoringModule, fmt: Format, out: Path, input_dim: int) -> bo
             import onnxruntime
         except ImportError:
             return False
-        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-    if got.shape != expected.shape or not np.allclose(got, expected, atol=CHECK_ATOL, rtol=0):
-        raise ConfigError(
-            f"the exported {fmt} model does not reproduce the live model (largest difference "
-            f"{np.abs(got - expected).max() if got.shape == expected.shape else got.shape}); the model may hold "
-            "input-dependent control flow that tracing cannot capture"
-        )
+    reason = _mismatch(got, expected)
+    if reason is not None:
+        raise ConfigError(f"the exported {fmt} model failed verification, so {out} was not written: {reason}")
     return True
+
+
+def _mismatch(got: np.ndarray, expected: np.ndarray) -> str | None:
+    """Why the exported scores ``got`` do not stand for the live model's ``expected`` ones; None when they do."""
+    if not np.isfinite(expected).all():
+        return "the live model's scores are not finite (the checkpoint's weights or standardizer hold NaN or infinity)"
+    if got.shape != expected.shape:
+        return f"it scores shape {got.shape}, the live model {expected.shape}"
+    if not np.allclose(got, expected, atol=CHECK_ATOL, rtol=0):
+        return (
+            f"it does not reproduce the live model's scores (largest difference {np.abs(got - expected).max():.3g}); "
+            "the model may hold input-dependent control flow that tracing cannot capture"
+        )
+    return None

@@ -112,3 +112,40 @@ def test_export_cli_names_a_mismatch_with_exit_code_2(tmp_path: Path) -> None:
     trained_service(tmp_path, steps=1)
     result = cli("export", "--format", "torchscript", "--out", str(tmp_path / "m.pt"), "--input-dim", "4", "--checkpoint-dir", str(tmp_path))
     assert result.returncode == 2 and "CheckpointMismatchError" in result.stderr and "input_dim" in result.stderr
+
+
+def poisoned_checkpoint(directory: Path) -> None:
+    """A checkpoint whose model scores NaN: a file exported from it cannot pass verification."""
+    import torch
+
+    service = trained_service(directory, steps=1)
+    with torch.no_grad():
+        next(service.trainer.model.parameters()).fill_(float("nan"))
+    CheckpointStore(directory, keep=3).write(snapshot_state(service))
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_file_that_fails_verification_is_never_left_under_its_name(tmp_path: Path, existing: bool) -> None:
+    poisoned_checkpoint(tmp_path / "checkpoints")
+    out = tmp_path / "models" / "model.pt"
+    if existing:  # an earlier, good export stays as it was
+        out.parent.mkdir()
+        out.write_bytes(b"the earlier export")
+    env = {"STREAM_LEARNER_INPUT_DIM": str(INPUT_DIM)}
+    result = cli("export", "--format", "torchscript", "--out", str(out), "--checkpoint-dir", str(tmp_path / "checkpoints"), env=env, timeout=180)
+    assert result.returncode != 0 and result.stdout == ""
+    assert sorted(p.name for p in out.parent.iterdir()) == (["model.pt"] if existing else []), "no partial file either"
+    if existing:
+        assert out.read_bytes() == b"the earlier export"
+    assert "failed verification" in result.stderr and f"{out} was not written" in result.stderr and "not finite" in result.stderr
+
+
+def test_a_verified_export_replaces_the_file_and_leaves_nothing_else(tmp_path: Path) -> None:
+    trained_service(tmp_path / "checkpoints", steps=2)
+    out = tmp_path / "model.pt"
+    out.write_bytes(b"an older export")
+    info = export_model(Settings(input_dim=INPUT_DIM, checkpoint_dir=tmp_path / "checkpoints"), "torchscript", out)
+    assert info.verified and info.path == str(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "model.pt"]
+    _, metadata = load_torchscript(out)
+    assert metadata["model_version"] == 2 and metadata["path"] == str(out)
