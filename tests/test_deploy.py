@@ -314,6 +314,53 @@ def test_the_service_exposes_the_metrics_port(manifests: list[dict[str, Any]]) -
     assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
 
 
+def test_the_base_kustomization_lists_every_manifest_but_the_secret_example() -> None:
+    listed = set(load_yaml(DEPLOY / "k8s" / "kustomization.yaml")["resources"])
+    files = {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
+    assert listed == files
+
+
+def test_the_pod_mounts_no_service_account_token(manifests: list[dict[str, Any]]) -> None:
+    pod = kind(manifests, "StatefulSet", "k8s/statefulset.yaml")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False, "the service never calls the Kubernetes API"
+    patch = kind(manifests, "StatefulSet", "gpu/")["spec"]["template"]["spec"]
+    assert patch.get("automountServiceAccountToken", False) is False
+    projected = [v for v in pod.get("volumes", []) for s in v.get("projected", {}).get("sources", []) if "serviceAccountToken" in s]
+    assert not projected
+
+
+MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
+"""The namespace allowed to reach the metrics port (the label Kubernetes sets on every namespace)."""
+
+
+def test_only_the_monitoring_namespace_reaches_the_metrics_port(manifests: list[dict[str, Any]]) -> None:
+    policy = kind(manifests, "NetworkPolicy")
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    sts = kind(manifests, "StatefulSet", "k8s/statefulset.yaml")
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector and all(pod_labels.get(k) == v for k, v in selector.items()), "the policy selects the service's pods"
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    rules = policy["spec"]["ingress"]
+    assert rules, "no rule would drop every connection, probes' and scrapes' too"
+    for rule in rules:
+        assert rule["ports"], "a rule without ports admits every port"
+        for port in rule["ports"]:
+            assert port.get("protocol", "TCP") == "TCP" and named.get(port["port"], port["port"]) == METRICS_PORT, port
+        assert rule["from"], "a rule without peers admits everyone"
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer, peer
+            assert peer["namespaceSelector"] == {"matchLabels": MONITORING}, peer
+            assert peer["podSelector"]["matchLabels"], "only the monitoring pods, not the whole namespace"
+    # Egress is either left open or still admits the Kafka bootstrap port and DNS.
+    if "Egress" in policy["spec"]["policyTypes"]:
+        bootstrap_port = int(kind(manifests, "ConfigMap")["data"]["STREAM_LEARNER_BOOTSTRAP_SERVERS"].split(",")[0].rsplit(":", 1)[1])
+        open_ports = {p.get("port") for rule in policy["spec"].get("egress", []) for p in rule.get("ports", [])}
+        assert {bootstrap_port, 53} <= open_ports, "egress must reach Kafka and DNS"
+
+
 # --- Prometheus and Grafana ----------------------------------------------------------------------
 
 
