@@ -4,11 +4,17 @@ Guarantees:
 - Every label meets its event at most once: a second label for an id that is
   waiting, joined or already early is counted as a duplicate and dropped.
 - Memory is bounded: at most ``max_pending`` waiting events and at most
-  ``max_pending`` early labels; beyond that the oldest is evicted first (counted),
-  and anything older than ``ttl_s`` expires (counted).
+  ``max_pending`` early labels, whose ids take at most ``max_early_label_bytes``
+  together; beyond that the oldest is evicted first (counted), and anything older
+  than ``ttl_s`` expires (counted).
 - Pending events cost no Python object each: features, scores, arrival times and ids
   live in numpy arrays with a numpy hash table from id to row (about
-  ``4 * input_dim + 64`` bytes per pending event; see ``_PendingEvents``).
+  ``4 * input_dim + 64`` bytes per pending event; see ``_PendingEvents``). An id longer
+  than 16 bytes is kept as its 16-byte digest, so a pending event (and a remembered
+  joined id) costs the same whatever the length of its id: ``max_pending`` bounds them.
+- Early labels keep their ids as strings (a label must find its event by id), so their
+  bound in bytes is what bounds them for long ids; no other reference keeps the id of
+  a label that left the buffer (joined, expired or evicted) alive.
 - Every joined example carries its label's position (partition, offset), so the
   trainer can order steps by the data rather than by arrival timing; the lowest
   offset still waiting for its event is known per partition.
@@ -18,7 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import math
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -30,6 +38,20 @@ from .idtable import find_rows, insert_rows
 
 UNLABELED_PARTITION = -1
 """Label partition of examples labelled by the missing-label policy (they have no label record)."""
+MAX_EARLY_LABEL_BYTES = 128 * 1024 * 1024
+"""Default bound of the early labels' ids, in bytes of memory (:func:`id_bytes`).
+
+Above what ordinary ids need at the default ``max_pending`` of 1M: 36-character UUIDs take
+85 bytes each as Python strings, 81 MiB for 1M, so ``max_pending`` stays the bound for them
+(ids of up to about 85 characters). Long ids hit this one instead: 100 KB ids stop at about
+1300 waiting labels (128 MiB) where ``max_pending`` alone let them take 100 GB. 3 % of the
+4 GiB memory limit of deploy/k8s."""
+
+
+def id_bytes(event_id: str) -> int:
+    """Memory an id takes as a Python string: its characters (1, 2 or 4 bytes each) plus the
+    string's header (49 bytes for ASCII on CPython 3.11). What ``max_early_label_bytes`` counts."""
+    return sys.getsizeof(event_id)
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,17 @@ class Examples:
         return len(self.labels)
 
 
+_EarlyLabel = tuple[float, float, int, int, int, int]
+"""A label that waits for its event (the value of the early store, keyed by the event id): label,
+arrival time, partition, offset, size (:func:`id_bytes` of its id, counted while it waits) and
+ticket (unique per stored label, in the store's set of waiting tickets while it waits).
+
+A plain tuple of numbers, which the garbage collector stops tracking (a NamedTuple or a
+dataclass it tracks for good: storing 200k early labels took twice as long, and each full
+collection walks every waiting label)."""
+_ARRIVED, _SIZE, _TICKET = 1, 4, 5
+
+
 @dataclass
 class JoinCounters:
     """What happened to events and labels in the buffer, since the service first started."""
@@ -69,16 +102,39 @@ class JoinCounters:
 
 
 class JoinBuffer:
-    """Bounded two-sided join of predicted events and labels, keyed by event id."""
+    """Bounded two-sided join of predicted events and labels, keyed by event id.
 
-    def __init__(self, input_dim: int, output_dim: int, max_pending: int, ttl_s: float, *, default_label: float | None = None) -> None:
+    ``max_pending`` bounds the waiting events, the early labels and the remembered joined ids,
+    each; ``max_early_label_bytes`` bounds the memory of the early labels' ids as well
+    (:func:`id_bytes` each). A label whose id alone exceeds it is not kept (counted as evicted).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        max_pending: int,
+        ttl_s: float,
+        *,
+        default_label: float | None = None,
+        max_early_label_bytes: int = MAX_EARLY_LABEL_BYTES,
+    ) -> None:
+        if max_early_label_bytes <= 0:
+            raise ValueError(f"max_early_label_bytes must be positive, got {max_early_label_bytes}")
         self.input_dim, self.output_dim = input_dim, output_dim
         self.max_pending, self.ttl_s = max_pending, ttl_s
+        self.max_early_label_bytes = max_early_label_bytes
         self.default_label = default_label
         self.counters = JoinCounters()
         self._pending = _PendingEvents(input_dim, output_dim)
-        self._early: OrderedDict[str, tuple[float, float, int, int]] = OrderedDict()
-        self._early_heaps: dict[int, list[tuple[int, str]]] = {}
+        self._early: OrderedDict[str, _EarlyLabel] = OrderedDict()
+        self._early_bytes = 0
+        self._waiting_tickets: set[int] = set()
+        self._early_heaps: dict[int, list[tuple[int, int, float]]] = {}
+        """Per partition, (offset, ticket, arrived) of early labels, stale entries (ticket no longer
+        waiting) included: they hold no id, so a label that left the store costs a few bytes until
+        the next rebuild, not its id."""
+        self._tickets = itertools.count()
         self._joined = _PendingEvents(0, 0)
         """Ids of joined events (a later label for one is a duplicate): keys and join times, no features."""
         self._unlabeled: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -95,6 +151,11 @@ class JoinBuffer:
         return len(self._early)
 
     @property
+    def early_label_bytes(self) -> int:
+        """Memory of the waiting labels' ids (:func:`id_bytes`), at most ``max_early_label_bytes``."""
+        return self._early_bytes
+
+    @property
     def _features(self) -> np.ndarray:
         """The float32 rows the pending events' features are stored in."""
         return self._pending.features
@@ -109,7 +170,8 @@ class JoinBuffer:
                 early = pop(event_id, None)
                 if early is not None:
                     matched.append(row)
-                    early_rows.append(early)
+                    early_rows.append(early[:4])
+                    self._left_early(early)
         keys = _keys(ids)
         if matched:
             self._remember_joined(keys.take(np.asarray(matched, np.int64)), now)
@@ -168,10 +230,9 @@ class JoinBuffer:
         """Offset and arrival time of the lowest-offset label of ``partition`` still waiting for its event."""
         heap = self._early_heaps.get(partition)
         while heap:
-            offset, event_id = heap[0]
-            early = self._early.get(event_id)
-            if early is not None and early[2] == partition and early[3] == offset:
-                return offset, early[1]
+            offset, ticket, arrived = heap[0]
+            if ticket in self._waiting_tickets:
+                return offset, arrived
             heapq.heappop(heap)
         return None
 
@@ -182,8 +243,8 @@ class JoinBuffer:
         if len(expired):
             self._drop_events(expired)
             self.counters.events_expired += len(expired)
-        while self._early and next(iter(self._early.values()))[1] < horizon:
-            self._early.popitem(last=False)
+        while self._early and next(iter(self._early.values()))[_ARRIVED] < horizon:
+            self._left_early(self._early.popitem(last=False)[1])
             self.counters.labels_expired += 1
         forgotten = self._joined.oldest(self._joined.live, horizon)
         if len(forgotten):
@@ -257,20 +318,38 @@ class JoinBuffer:
         pending.remove(positions)
 
     def _store_early(self, event_id: str, label: float, now: float, partition: int, offset: int) -> None:
-        if len(self._early) >= self.max_pending:
-            self._early.popitem(last=False)
-            self.counters.labels_evicted += 1
-        self._early[event_id] = (label, now, partition, offset)
+        """Keep a label until its event comes, evicting the oldest (counted) to stay within both bounds."""
+        size = id_bytes(event_id)
+        if size > self.max_early_label_bytes:
+            self.counters.labels_evicted += 1  # it could only wait alone, after evicting every other
+            return
+        if len(self._early) >= self.max_pending or self._early_bytes + size > self.max_early_label_bytes:
+            self._evict_early(self.max_pending - 1, self.max_early_label_bytes - size)
+        ticket = next(self._tickets)
+        self._early[event_id] = (label, now, partition, offset, size, ticket)
+        self._early_bytes += size
+        self._waiting_tickets.add(ticket)
         heap = self._early_heaps.setdefault(partition, [])
-        heapq.heappush(heap, (offset, event_id))
+        heapq.heappush(heap, (offset, ticket, now))
         if len(heap) > 2 * len(self._early) + 1024:
             self._rebuild_early_heaps()
+
+    def _evict_early(self, count: int, size: int) -> None:
+        """Evict the oldest early labels (counted) until at most ``count`` wait, their ids within ``size`` bytes."""
+        while self._early and (len(self._early) > count or self._early_bytes > size):
+            self._left_early(self._early.popitem(last=False)[1])
+            self.counters.labels_evicted += 1
+
+    def _left_early(self, early: _EarlyLabel) -> None:
+        """Account for a label that left the early store (its heap entry turns stale)."""
+        self._waiting_tickets.discard(early[_TICKET])
+        self._early_bytes -= early[_SIZE]
 
     def _rebuild_early_heaps(self) -> None:
         """Drop stale heap entries (labels joined or expired since); keeps the heaps within 2x the early labels."""
         self._early_heaps = {}
-        for event_id, (_, _, partition, offset) in self._early.items():
-            self._early_heaps.setdefault(partition, []).append((offset, event_id))
+        for _, arrived, partition, offset, _, ticket in self._early.values():
+            self._early_heaps.setdefault(partition, []).append((offset, ticket, arrived))
         for heap in self._early_heaps.values():
             heapq.heapify(heap)
 
@@ -311,7 +390,7 @@ class JoinBuffer:
             "scores": _stacked([p[1] for p in parts]),
             "arrived": _stacked([p[2] for p in parts]),
             "early_ids": [k for k, _ in early],
-            "early": torch.tensor([v for _, v in early], dtype=torch.float64).reshape(-1, 4),
+            "early": torch.tensor([v[:4] for _, v in early], dtype=torch.float64).reshape(-1, 4),
             "joined_keys": joined_keys,
             "joined_key_lengths": joined_key_lengths,
             "joined_at": torch.from_numpy(self._joined.arrived[joined_order].copy()),
@@ -319,7 +398,10 @@ class JoinBuffer:
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        """Replace the contents with a :meth:`state_dict` (also one that lists ``event_ids`` or ``joined_ids`` as strings)."""
+        """Replace the contents with a :meth:`state_dict` (also one that lists ``event_ids`` or ``joined_ids`` as strings).
+
+        Early labels beyond this buffer's bounds (a state saved with larger ones) are evicted, oldest first, counted.
+        """
         unlabeled: int = state["unlabeled"]  # type: ignore[assignment]
         features = state["features"].numpy()  # type: ignore[attr-defined]
         scores = state["scores"].numpy()  # type: ignore[attr-defined]
@@ -330,15 +412,19 @@ class JoinBuffer:
         self._pending.load(words, lengths, features[:n], scores[:n], arrived[:n])
         self._unlabeled = [(features[n:].copy(), scores[n:].copy(), arrived[n:].copy())] if unlabeled else []
         early = state["early"].tolist()  # type: ignore[attr-defined]
+        tickets = self._tickets
         self._early = OrderedDict(
-            (k, (v[0], v[1], int(v[2]), int(v[3]))) for k, v in zip(state["early_ids"], early)  # type: ignore[call-overload]
+            (k, (v[0], v[1], int(v[2]), int(v[3]), id_bytes(k), next(tickets))) for k, v in zip(state["early_ids"], early)  # type: ignore[call-overload]
         )
-        self._rebuild_early_heaps()
+        self._early_bytes = sum(e[_SIZE] for e in self._early.values())
+        self._waiting_tickets = {e[_TICKET] for e in self._early.values()}
         self._joined = _PendingEvents(0, 0)
         joined_words, joined_lengths = _keys_from_state(state, "joined")
         nothing = np.zeros((len(joined_lengths), 0), np.float32)
         self._joined.load(joined_words, joined_lengths, nothing, nothing, state["joined_at"].numpy())  # type: ignore[attr-defined]
         self.counters = JoinCounters(**state["counters"])  # type: ignore[arg-type]
+        self._evict_early(self.max_pending, self.max_early_label_bytes)
+        self._rebuild_early_heaps()
 
 
 # --- Pending events: a compact, vectorized store ----------------------------------------

@@ -1,13 +1,18 @@
-"""JoinBuffer: each label meets its event once; memory is bounded by max_pending and ttl_s."""
+"""JoinBuffer: each label meets its event once; memory is bounded by max_pending, the early
+labels' id bytes and ttl_s."""
 
 from __future__ import annotations
 
+import gc
 import io
+import tracemalloc
+from collections.abc import Callable, Iterable
 
 import numpy as np
+import pytest
 import torch
 
-from stream_learner.join import JoinBuffer, _keys
+from stream_learner.join import MAX_EARLY_LABEL_BYTES, JoinBuffer, _keys, id_bytes
 
 DIM, OUT = 3, 2
 
@@ -361,3 +366,146 @@ def test_a_ring_that_wraps_grows_and_every_waiting_event_still_joins_with_its_ow
     assert buf.counters.labels_duplicate == 0
     label(buf, [0, 1599], [1.0, 1.0], 5.0)
     assert buf.counters.labels_duplicate == 2
+
+
+# --- long ids ------------------------------------------------------------------------------------
+
+LONG = 100_000
+"""Characters of a long id: a label waiting with one holds 100 KB."""
+
+
+def long_id(n: int, tail: str = "") -> str:
+    """A fresh 100 KB id (a new string each call, so only the buffer can keep it alive)."""
+    return f"e-{n}-" + "x" * LONG + tail
+
+
+def predict_long(buf: JoinBuffer, numbers: Iterable[int], now: float) -> int:
+    """Predict events with long ids; how many joined a waiting label."""
+    numbers = list(numbers)
+    ids = [long_id(n) for n in numbers]
+    return len(buf.add_predictions(ids, np.stack([features_of(n) for n in numbers]), np.stack([scores_of(n) for n in numbers]), now))
+
+
+def label_long(buf: JoinBuffer, numbers: Iterable[int], now: float) -> np.ndarray:
+    """Labels with long ids, at offsets ``numbers`` of partition 0; the offsets that joined."""
+    numbers = list(numbers)
+    ids = [long_id(n) for n in numbers]
+    return buf.add_labels(ids, np.ones(len(numbers)), now, 0, np.asarray(numbers, np.int64)).offsets  # type: ignore[return-value]
+
+
+def retained(action: Callable[[], object]) -> int:
+    """Bytes of memory still allocated after ``action`` ran (and its garbage was collected)."""
+    warm = JoinBuffer(DIM, OUT, 10, 60.0)  # first calls: lazily built caches are not the buffer's
+    predict_long(warm, [0], 0.0)
+    label_long(warm, [0, 1], 0.0)
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        action()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_default_bound_of_early_label_ids_leaves_max_pending_the_bound_for_ordinary_ids() -> None:
+    assert JoinBuffer(DIM, OUT, 10, 60.0).max_early_label_bytes == MAX_EARLY_LABEL_BYTES == 128 * 1024 * 1024
+    uuid = "123e4567-e89b-12d3-a456-426614174000"
+    assert 1_000_000 * id_bytes(uuid) < MAX_EARLY_LABEL_BYTES, "a million waiting UUIDs fit"
+    with pytest.raises(ValueError, match="max_early_label_bytes"):
+        JoinBuffer(DIM, OUT, 10, 60.0, max_early_label_bytes=0)
+
+
+def test_early_labels_are_bounded_by_the_bytes_of_their_ids_and_the_oldest_go_first() -> None:
+    limit = 1024 * 1024
+    size = id_bytes(long_id(10))
+    fits = limit // size
+    assert LONG < size < LONG + 100 and fits == 10
+    buffers: list[JoinBuffer] = []
+
+    def flood() -> None:
+        buf = JoinBuffer(DIM, OUT, max_pending=10_000, ttl_s=60.0, max_early_label_bytes=limit)
+        buffers.append(buf)
+        for start in range(0, 50, 5):  # 5 MB of labels whose events have not come
+            assert len(label_long(buf, range(start, start + 5), now=float(start))) == 0
+            assert buf.early_label_bytes <= limit
+
+    held = retained(flood)
+    (buf,) = buffers
+    assert (buf.early_labels, buf.early_label_bytes) == (fits, fits * size)
+    assert buf.counters.labels_evicted == 50 - fits and buf.counters.labels_expired == 0
+    assert held < limit + 256 * 1024, f"{held} bytes held: evicted labels' ids must be freed, not just uncounted"
+    assert buf.lowest_waiting_label(0) == (50 - fits, 40.0), "the oldest were evicted"
+
+    # The newest labels waited and join their events; the evicted ones' events wait for labels.
+    assert predict_long(buf, range(50), now=50.0) == fits
+    assert (buf.early_labels, buf.early_label_bytes, buf.pending_events) == (0, 0, 50 - fits)
+    assert buf.lowest_waiting_label(0) is None
+    assert retained(lambda: label_long(buf, range(50 - fits, 50), now=51.0)) < 64 * 1024, "joined again: duplicates, not kept"
+    assert buf.counters.labels_duplicate == fits
+
+
+def test_labels_that_left_the_buffer_hold_no_memory_for_their_ids() -> None:
+    buffers: list[JoinBuffer] = []
+
+    def churn() -> None:
+        buf = JoinBuffer(DIM, OUT, max_pending=10_000, ttl_s=10.0)
+        buffers.append(buf)
+        for round_ in range(10):  # each round's labels join or expire: none left waiting
+            numbers = range(round_ * 10, round_ * 10 + 10)
+            label_long(buf, numbers, now=float(round_ * 20))
+            if round_ % 2:
+                buf.expire(now=float(round_ * 20 + 11))
+            else:
+                predict_long(buf, numbers, now=float(round_ * 20 + 1))
+
+    held = retained(churn)
+    (buf,) = buffers
+    assert (buf.early_labels, buf.early_label_bytes) == (0, 0)
+    assert buf.counters.labels_joined == 50 and buf.counters.labels_expired == 50
+    assert held < 512 * 1024, f"{held} bytes held for 100 labels that left: their ids (10 MB) must be freed"
+
+
+def test_a_label_whose_id_alone_exceeds_the_bound_is_evicted_and_evicts_nothing() -> None:
+    buf = JoinBuffer(DIM, OUT, max_pending=10, ttl_s=60.0, max_early_label_bytes=LONG // 2)
+    label(buf, [1], [1.0], now=0.0)
+    assert len(label_long(buf, [2], now=1.0)) == 0
+    assert (buf.early_labels, buf.counters.labels_evicted) == (1, 1)
+    assert buf.early_label_bytes == id_bytes("e-1")
+    assert predict_long(buf, [2], now=2.0) == 0 and buf.pending_events == 1, "its event waits for a label"
+    assert len(predict(buf, [1], now=2.0)) == 1
+
+
+def test_pending_events_and_joined_ids_take_the_same_memory_whatever_the_length_of_their_ids() -> None:
+    """Ids longer than 16 bytes are kept as digests: max_pending alone bounds events, and joined ids."""
+    buffers: list[JoinBuffer] = []
+
+    def events() -> None:
+        buf = buffer(max_pending=10_000)
+        buffers.append(buf)
+        predict_long(buf, range(200), now=0.0)  # 20 MB of ids
+
+    held = retained(events)
+    (buf,) = buffers
+    assert buf.pending_events == 200 and held < 256 * 1024, held
+    ids = [long_id(0, tail="y"), long_id(1)]  # the same but for the last character, and a waiting one
+    assert len(buf.add_labels(ids, np.ones(2), 1.0)) == 1, "told apart by the whole id"
+    assert retained(lambda: label_long(buf, range(2, 200), now=1.0)) < 128 * 1024, "198 remembered joined ids"
+    assert buf.counters.labels_joined == 199 and buf.pending_events == 1
+
+
+def test_a_restored_buffer_counts_its_early_label_bytes_and_applies_its_own_bound() -> None:
+    limit = 1024 * 1024
+    buf = JoinBuffer(DIM, OUT, max_pending=100, ttl_s=60.0, max_early_label_bytes=limit)
+    label_long(buf, range(8), now=0.0)
+    state = buf.state_dict()
+    same = JoinBuffer(DIM, OUT, max_pending=100, ttl_s=60.0, max_early_label_bytes=limit)
+    same.load_state_dict(state)
+    assert (same.early_labels, same.early_label_bytes, same.counters) == (8, buf.early_label_bytes, buf.counters)
+    smaller = JoinBuffer(DIM, OUT, max_pending=100, ttl_s=60.0, max_early_label_bytes=limit // 2)
+    smaller.load_state_dict(state)
+    fits = (limit // 2) // id_bytes(long_id(0))
+    assert (smaller.early_labels, smaller.counters.labels_evicted) == (fits, 8 - fits)
+    assert smaller.lowest_waiting_label(0) == (8 - fits, 0.0), "the oldest were evicted"
+    assert predict_long(smaller, range(8), now=1.0) == fits
