@@ -14,7 +14,7 @@ import orjson
 from pydantic import ValidationError
 
 from .checkpoint import CheckpointStore
-from .config import Settings, load_settings
+from .config import Settings, load_settings, named_env_file
 from .errors import StreamLearnerError
 from .logs import configure_logging
 
@@ -153,7 +153,10 @@ def _checkpoint(args: list[str]) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     show = sub.add_parser("show", help="the latest checkpoint in CHECKPOINT_DIR")
     show.add_argument("--json", action="store_true", help="print JSON")
-    show.add_argument("--checkpoint-dir", type=Path, default=None, help="default: STREAM_LEARNER_CHECKPOINT_DIR or ./checkpoints")
+    show.add_argument(
+        "--checkpoint-dir", type=Path, default=None,
+        help="default: STREAM_LEARNER_CHECKPOINT_DIR (environment, then STREAM_LEARNER_ENV_FILE) or ./checkpoints",
+    )  # fmt: skip
     options = parser.parse_args(args)
     configure_logging("warning")
     directory = options.checkpoint_dir or _checkpoint_dir_from_env(Settings.model_fields["checkpoint_dir"].default)
@@ -172,11 +175,12 @@ def _checkpoint(args: list[str]) -> int:
 
 
 def _checkpoint_dir_from_env(default: Path) -> Path:
-    # Settings needs INPUT_DIM, which an inspection must not require; read just this one setting.
+    # Settings needs INPUT_DIM, which an inspection must not require; read just this one setting,
+    # from the same sources (the environment, then the env file STREAM_LEARNER_ENV_FILE names).
     from pydantic_settings import BaseSettings, SettingsConfigDict
 
     class _Dir(BaseSettings):
-        model_config = SettingsConfigDict(env_prefix="STREAM_LEARNER_", env_file=".env", extra="ignore")
+        model_config = SettingsConfigDict(env_prefix="STREAM_LEARNER_", env_file=None, extra="ignore")
         checkpoint_dir: Path = default
 
-    return _Dir().checkpoint_dir
+    return _Dir(_env_file=named_env_file()).checkpoint_dir  # type: ignore[call-arg]

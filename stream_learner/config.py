@@ -1,17 +1,27 @@
 """Settings: one frozen object, built once at start-up.
 
 Sources, highest priority first: command-line flags (``--input-dim 8``),
-environment variables with prefix ``STREAM_LEARNER_``, a ``.env`` file, defaults.
+environment variables with prefix ``STREAM_LEARNER_``, the env file named by
+``STREAM_LEARNER_ENV_FILE`` (if any: no ``.env`` is read from the working directory,
+which in the image is the writable volume), defaults.
 Nothing else in the package reads ``os.environ``.
+
+Guarantees: every value that cannot work fails here, at start, as a pydantic
+``ValidationError`` naming the setting (the command line exits 2 on it): floats are
+finite, topics are legal Kafka names and distinct, and so on (see each field's checks).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
 
 Task = Literal["classification", "regression"]
 OptimizerName = Literal["adam", "sgd", "adagrad"]
@@ -20,6 +30,16 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 GuardrailAction = Literal["skip", "rollback"]
 Delivery = Literal["at_least_once", "exactly_once"]
 MissingLabelPolicy = Literal["drop", "default"]
+
+ENV_FILE_VARIABLE = "STREAM_LEARNER_ENV_FILE"
+"""Names the env file to read; without it none is read."""
+FLOAT32_LIMIT = 2.0**128 * (1 - 2.0**-25)
+"""The smallest magnitude that rounds to infinity as a float32: a float below it is a finite float32."""
+TOPIC_SETTINGS = ("events_topic", "labels_topic", "predictions_topic", "dead_letter_topic")
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+_HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Za-z:.%]+\]")
+_INT32_MAX = 2**31 - 1
 
 # Tuned on the synthetic stream for accuracy after a few hundred labels and recovery after drift.
 DEFAULT_LEARNING_RATE: dict[str, dict[str, float]] = {
@@ -33,8 +53,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="STREAM_LEARNER_",
-        env_file=".env",
+        env_file=None,
         extra="ignore",
+        allow_inf_nan=False,
         frozen=True,
         cli_kebab_case=True,
         cli_implicit_flags=False,
@@ -42,7 +63,7 @@ class Settings(BaseSettings):
     )
 
     bootstrap_servers: str = "localhost:9092"
-    """Kafka bootstrap servers, comma separated."""
+    """Kafka bootstrap servers, comma separated host:port pairs (an IPv6 host in brackets)."""
     events_topic: str = "events"
     """Topic of incoming events."""
     labels_topic: str = "labels"
@@ -99,8 +120,8 @@ class Settings(BaseSettings):
     """A step whose loss exceeds this many times the recent median loss is treated as poisoned."""
     guardrail_action: GuardrailAction = "skip"
     """What a poisoned step does: skip it, or roll the model back to the last good checkpoint."""
-    seed: int = 0
-    """Seed for model initialisation."""
+    seed: int = Field(default=0, ge=-(2**63), le=2**64 - 1)
+    """Seed for model initialisation (torch's seed range)."""
 
     max_batch_size: int = Field(default=256, gt=0)
     """An inference micro-batch is sent when it holds this many events..."""
@@ -108,7 +129,13 @@ class Settings(BaseSettings):
     """...or this long after its first event arrived, whichever comes first."""
     train_batch_size: int = Field(default=32, gt=0)
     """Joined examples per optimizer step (a smaller step runs when they wait longer than the batch delay)."""
-    session_timeout_ms: int = Field(default=10_000, gt=0)
+    delivery_timeout_s: float = Field(default=300.0, gt=0, le=_INT32_MAX / 1000, allow_inf_nan=False)
+    """How long a produced prediction or dead letter may wait for the broker's acknowledgement, retries
+    included, before the service fails. The default outlasts a broker restart or a stall of minutes."""
+    shutdown_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    """How long a stop may take to drain and write its final checkpoint; past it (a broker that does not
+    answer) the service exits 1 without it and the next start resumes from the last durable checkpoint."""
+    session_timeout_ms: int = Field(default=10_000, gt=0, le=_INT32_MAX)
     """Consumer group session timeout: how soon the group notices a dead instance."""
     fetch_max_records: int = Field(default=2048, gt=0)
     """Most records taken from the consumer per poll."""
@@ -117,10 +144,15 @@ class Settings(BaseSettings):
     """How long a predicted event waits for its label (and an early label for its event)."""
     max_pending: int = Field(default=1_000_000, gt=0)
     """Most events waiting for labels; the oldest is evicted first. Early labels have the same bound."""
+    max_early_label_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
+    """Memory the ids of early labels (labels waiting for their events) may take together, in bytes
+    (each id as a Python string: its characters and about 50 bytes); beyond it the oldest early label is
+    evicted and counted. Bounds long ids, where MAX_PENDING, a count, does not."""
     missing_label_policy: MissingLabelPolicy = "drop"
     """drop: an event whose label never comes is forgotten; default: it is trained with default_label."""
     default_label: float = 0.0
-    """The label used for expired events under missing_label_policy=default."""
+    """The label used for expired events under missing_label_policy=default: a class index below
+    num_classes (classification) or a finite float32 (regression), whatever the policy."""
 
     checkpoint_dir: Path = Path("./checkpoints")
     """Directory of the checkpoint files."""
@@ -145,9 +177,85 @@ class Settings(BaseSettings):
     """Seconds between progress log lines."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level."""
-    crash_at: str | None = None
-    """Test hook: STEP:N makes the process exit abruptly (as kill -9 would) at checkpoint step STEP
-    (drained, snapshot, written_temp, written, committed) of its Nth checkpoint since the process started."""
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _check_bootstrap_servers(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not (_HOST.fullmatch(host) and port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+                raise ValueError(f"must be comma separated host:port pairs, got {server.strip()!r} in {value!r}")
+        return value
+
+    @field_validator(*TOPIC_SETTINGS)
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        if not _TOPIC.fullmatch(value) or value in (".", ".."):
+            raise ValueError(f"{value!r} is not a legal Kafka topic name: 1 to 249 of [A-Za-z0-9._-], not '.' or '..'")
+        return value
+
+    @field_validator("group_id", "client_id", "metrics_host")
+    @classmethod
+    def _check_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("transactional_id", "sasl_username")
+    @classmethod
+    def _check_not_blank_when_set(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty (leave it unset instead)")
+        return value
+
+    @field_validator("checkpoint_dir", "tensorboard_dir", "ssl_cafile", "ssl_certfile", "ssl_keyfile", mode="before")
+    @classmethod
+    def _check_path_not_empty(cls, value: Any) -> Any:
+        # An empty string would become Path("."), the working directory.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty (leave it unset instead)")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not _DEVICE.fullmatch(value):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _check_model_name(cls, value: str) -> str:
+        module, colon, factory = value.partition(":")
+        named = colon and factory.isidentifier() and all(part.isidentifier() for part in module.split("."))
+        if value not in ("linear", "mlp") and not named:
+            raise ValueError(f"must be 'linear', 'mlp' or 'package.module:factory', got {value!r}")
+        return value
+
+    @field_validator("default_label")
+    @classmethod
+    def _check_default_label(cls, value: float, info: ValidationInfo) -> float:
+        task, classes = info.data.get("task"), info.data.get("num_classes")
+        if task == "classification" and classes is not None and not (value == int(value) and 0 <= value < classes):
+            raise ValueError(f"must be a class index in [0, {classes}) (num_classes) for classification, got {value!r}")
+        if task == "regression" and not abs(value) < FLOAT32_LIMIT:
+            raise ValueError(f"must be a finite float32 for regression, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_topics_distinct(self) -> "Settings":
+        # Kafka refuses a topic whose name equals another's with '.' and '_' swapped (their metric names collide).
+        seen: dict[str, str] = {}
+        for name in TOPIC_SETTINGS:
+            topic = getattr(self, name)
+            other = seen.setdefault(topic.replace(".", "_"), name)
+            if other != name:
+                same = "is" if getattr(self, other) == topic else "collides in Kafka ('.' and '_' are one) with"
+                raise ValueError(
+                    f"{name} {topic!r} {same} {other} {getattr(self, other)!r}: the four topics must be distinct "
+                    "(predictions read back as events would feed the service its own output)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _check_delivery(self) -> "Settings":
@@ -163,12 +271,6 @@ class Settings(BaseSettings):
         """The transactional id used with ``delivery=exactly_once``."""
         return self.transactional_id or f"stream-learner.{self.group_id}"
 
-    @model_validator(mode="after")
-    def _check_model_name(self) -> "Settings":
-        if self.model not in ("linear", "mlp") and ":" not in self.model:
-            raise ValueError(f"model must be 'linear', 'mlp' or 'package.module:factory', got {self.model!r}")
-        return self
-
     @property
     def output_dim(self) -> int:
         """Width of the model's output: the class count, or 1 for regression."""
@@ -182,7 +284,21 @@ class Settings(BaseSettings):
 
 
 def load_settings(cli_args: Sequence[str] | None = None, prog: str = "stream-learner run", **overrides: object) -> Settings:
-    """Build the settings from flags (when given), environment, ``.env`` and defaults."""
+    """Build the settings from flags (when given), environment, the env file named by
+    ``STREAM_LEARNER_ENV_FILE`` and defaults; raises :class:`ConfigError` when that file is not there."""
+    env_file = named_env_file()
     if cli_args is None:
-        return Settings(**overrides)  # type: ignore[arg-type]
-    return Settings(_cli_parse_args=list(cli_args), _cli_prog_name=prog, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[arg-type, call-arg]
+    return Settings(_env_file=env_file, _cli_parse_args=list(cli_args), _cli_prog_name=prog, **overrides)  # type: ignore[call-arg]
+
+
+def named_env_file() -> Path | None:
+    """The file ``STREAM_LEARNER_ENV_FILE`` names, or None when it is unset; raises :class:`ConfigError`
+    when it names no readable file (pydantic-settings would skip a missing file without a word)."""
+    named = os.environ.get(ENV_FILE_VARIABLE)
+    if named is None:
+        return None
+    path = Path(named)
+    if not named.strip() or not path.is_file() or not os.access(path, os.R_OK):
+        raise ConfigError(f"{ENV_FILE_VARIABLE} names {named!r}, which is not a readable file")
+    return path

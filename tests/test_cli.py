@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 import stream_learner
 from stream_learner.checkpoint import CheckpointStore
@@ -69,12 +70,55 @@ def test_run_without_input_dim_names_the_missing_setting(tmp_path: Path) -> None
     assert result.returncode == 2 and "input_dim" in result.stderr
 
 
-def test_settings_come_from_env_dotenv_and_flags(tmp_path: Path, monkeypatch: object) -> None:
-    (tmp_path / ".env").write_text("STREAM_LEARNER_INPUT_DIM=5\nSTREAM_LEARNER_MODEL=mlp\n")
+def test_settings_come_from_flags_env_and_the_named_env_file(tmp_path: Path) -> None:
+    (tmp_path / "settings.env").write_text("STREAM_LEARNER_INPUT_DIM=5\nSTREAM_LEARNER_MODEL=mlp\n")
     script = "from stream_learner.config import load_settings as l; s = l(['--model', 'linear']); print(s.input_dim, s.model, s.task)"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_LEARNER_")}
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**clean, "STREAM_LEARNER_TASK": "regression"}, capture_output=True, text=True, check=True)
+    env = {**clean, "STREAM_LEARNER_TASK": "regression", "STREAM_LEARNER_ENV_FILE": str(tmp_path / "settings.env")}
+    out = subprocess.run([sys.executable, "-c", script], cwd="/", env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["5", "linear", "regression"]
+
+
+def test_no_dotenv_is_read_from_the_working_directory(tmp_path: Path) -> None:
+    """Where the working directory is writable (the image's was the checkpoint volume), a .env there
+    must not change the settings: not those of `run`, nor the directory `checkpoint show` reads."""
+    write_checkpoint(tmp_path / "real")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / ".env").write_text(f"STREAM_LEARNER_INPUT_DIM=8\nSTREAM_LEARNER_CHECKPOINT_DIR={tmp_path / 'elsewhere'}\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_LEARNER_")}
+    def here(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "stream_learner", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+
+    run = here("run", env=clean)
+    assert run.returncode == 2 and "input_dim" in run.stderr, run.stderr
+    show = here("checkpoint", "show", "--json", env={**clean, "STREAM_LEARNER_CHECKPOINT_DIR": str(tmp_path / "real")})
+    assert show.returncode == 0, show.stderr
+    assert orjson.loads(show.stdout)["path"].startswith(str(tmp_path / "real"))
+
+
+@pytest.mark.parametrize("command", [["run"], ["checkpoint", "show"]])
+def test_a_named_env_file_that_is_missing_exits_2_naming_it(tmp_path: Path, command: list[str]) -> None:
+    result = cli(*command, env={"STREAM_LEARNER_ENV_FILE": str(tmp_path / "missing.env"), "STREAM_LEARNER_INPUT_DIM": "8"})
+    assert result.returncode == 2 and "STREAM_LEARNER_ENV_FILE" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--missing-label-policy", "default", "--default-label", "5"], {}, "default_label"),
+        ([], {"STREAM_LEARNER_PREDICTIONS_TOPIC": "events"}, "predictions_topic"),
+        (["--learning-rate", "inf"], {}, "learning_rate"),
+        (["--bootstrap-servers", "kafka"], {}, "bootstrap_servers"),
+        ([], {"STREAM_LEARNER_DEVICE": "gpu"}, "device"),
+    ],
+    ids=["default-label-beyond-the-classes", "predictions-into-events", "infinite-learning-rate", "server-without-port", "unknown-device"],
+)
+def test_run_with_an_impossible_setting_exits_2_naming_it(tmp_path: Path, args: list[str], env: dict[str, str], named: str) -> None:
+    base = ["--input-dim", "8", "--checkpoint-dir", str(tmp_path), "--metrics-port", "0"]
+    result = cli("run", *base, *args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "invalid settings" in result.stderr and named in result.stderr, result.stderr
+    assert not any(tmp_path.iterdir()), "nothing starts"
 
 
 def test_torch_threads_caps_torch_and_numpys_blas(tmp_path: Path) -> None:
