@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import orjson
 
+from .config import FLOAT32_LIMIT
 from .event_parser import parse_events
 from .records import EventBatch, LabelBatch, Predictions, RawRecord, Rejected
 
@@ -95,7 +96,11 @@ def _decode_events_one_by_one(records: Sequence[RawRecord], input_dim: int, now:
 def decode_labels(
     records: Sequence[RawRecord], task: str, num_classes: int
 ) -> tuple[LabelBatch, list[Rejected]]:
-    """Decode label records; ids and values are checked against the task (``records`` as for :func:`decode_events`)."""
+    """Decode label records; ids and values are checked against the task (``records`` as for :func:`decode_events`).
+
+    A class label is an integer in ``[0, num_classes)``; a regression label a number that is a
+    finite float32, the type the model trains in (``bad_label`` otherwise).
+    """
     ids: list[str] = []
     labels: list[float] = []
     partitions: list[int] = []
@@ -116,7 +121,7 @@ def decode_labels(
             if type(event_id) is str and event_id and (
                 (type(label) is int and 0 <= label < num_classes)
                 if classification
-                else (type(label) is float and label - label == 0.0)
+                else (type(label) is float and -FLOAT32_LIMIT < label < FLOAT32_LIMIT)
             ):
                 ids.append(event_id)
                 labels.append(float(label))
@@ -201,6 +206,9 @@ def _check_label(obj: dict[str, Any], task: str, num_classes: int) -> tuple[str,
     label = obj["label"]
     if not isinstance(label, _NUMBER) or isinstance(label, bool) or not _finite(label):
         return "bad_label", "'label' must be a finite number"
+    if task == "regression" and not abs(label) < FLOAT32_LIMIT:
+        # The model trains in float32: such a label would be inf there, and its step's loss with it.
+        return "bad_label", f"regression label {label!r} is not a finite float32 (|label| < 3.4028235e38)"
     if task == "classification":
         if label != int(label):
             return "bad_label", f"class label must be an integer, got {label!r}"

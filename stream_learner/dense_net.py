@@ -13,7 +13,9 @@ Guarantees:
   ``p.grad`` at construction, where the optimizer takes them; nothing else may replace a
   ``p.grad`` afterwards (the trainer does not, on either outcome of a step).
 - The same loss and gradients as autograd on that model, up to float32 rounding
-  (``tests/test_dense_net.py`` compares them); a non-finite input gives a non-finite loss.
+  (``tests/test_dense_net.py`` compares them); a non-finite input gives a non-finite loss, and
+  so does an example whose own loss is beyond float32's range (as torch's float32 loss would be
+  infinite), even where the mean would fit. :meth:`DenseNet.example_losses` tells which they are.
 - :meth:`DenseNet.of` returns None for anything else (other layers, hooks, a parameter that
   is frozen, shared, not float32 or not on the CPU), and the trainer keeps autograd then.
 """
@@ -28,6 +30,7 @@ import torch
 from torch import nn
 
 from .compiled import compiled
+from .config import FLOAT32_LIMIT
 from .model import StandardizedModel, Standardizer
 
 
@@ -118,6 +121,22 @@ class DenseNet:
                 if self._layers[i - 1].relu:
                     _relu_backward(delta, activations[i])
         return _float32_overflow(loss), _float32_overflow(math.sqrt(squares))
+
+    def example_losses(self, features: np.ndarray, labels: np.ndarray, classification: bool) -> np.ndarray:
+        """Each example's own loss, float64 ``[n]``, inf where it is beyond float32's range (NaN stays
+        NaN): what :meth:`loss_and_grads` averages. In numpy, for the rare step whose mean is not finite."""
+        out = self._forward(features)[-1]
+        with np.errstate(over="ignore", invalid="ignore"):
+            if classification:
+                logits = out.astype(np.float64)
+                top = logits.max(axis=1)
+                spread = np.log(np.exp(logits - top[:, None]).sum(axis=1))
+                losses = spread + top - logits[np.arange(len(logits)), labels.astype(np.int64)]
+            else:
+                error = out[:, 0] - labels.astype(np.float32)
+                losses = np.square(error.astype(np.float64))
+            losses[losses >= FLOAT32_LIMIT] = np.inf
+        return losses
 
     def _forward(self, features: np.ndarray) -> list[np.ndarray]:
         """The inputs of every layer, then the output: float32, C-contiguous."""
@@ -249,14 +268,17 @@ def _cross_entropy(logits: np.ndarray, labels: np.ndarray, delta: np.ndarray) ->
 
 @compiled("float64(float32[:, ::1], float64[::1], float32[:, ::1])")
 def _squared_error(out: np.ndarray, targets: np.ndarray, delta: np.ndarray) -> float:  # pragma: no cover - compiled
-    """Mean squared error of output 0 against ``targets`` (float32, as torch's mse_loss); ``delta`` gets its gradient."""
+    """Mean squared error of output 0 against ``targets`` (float32, as torch's mse_loss); ``delta`` gets its gradient.
+
+    A square beyond float32's range makes the mean inf, as torch's float32 squares would."""
     n, width = out.shape
     if n == 0:
         return np.nan
     total = 0.0
     for i in range(n):
         error = out[i, 0] - np.float32(targets[i])
-        total += np.float64(error) * np.float64(error)
+        square = np.float64(error) * np.float64(error)
+        total += np.inf if square >= FLOAT32_LIMIT else square
         delta[i, 0] = 2.0 * error / n
         for j in range(1, width):
             delta[i, j] = 0.0

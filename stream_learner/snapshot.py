@@ -2,18 +2,26 @@
 
 Both functions run on the device thread while the service holds its lock, so
 the cut is consistent: no inference, training or intake happens in between.
+
+A checkpoint must fit the model settings (:func:`model_spec`); the optimizer settings may
+change between runs: the restored optimizer takes them, and each difference is logged as a
+warning (``optimizer_changed``, ``optimizer_setting_changed``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from aiokafka import TopicPartition
 
 from .errors import CheckpointMismatchError
+from .trainer import OptimizerChange
 
 if TYPE_CHECKING:
     from .service import Service
+
+log = structlog.get_logger(__name__)
 
 
 def model_spec(service: "Service") -> dict[str, Any]:
@@ -40,7 +48,8 @@ def snapshot_state(service: "Service") -> dict[str, Any]:
 
 
 def restore_state(service: "Service", state: dict[str, Any]) -> None:
-    """Load a :func:`snapshot_state` into ``service``; a checkpoint for another model shape is an error."""
+    """Load a :func:`snapshot_state` into ``service``; a checkpoint for another model shape is an error,
+    one made with other optimizer settings is loaded under this service's (each difference logged)."""
     saved, wanted = state["model_spec"], model_spec(service)
     if saved != wanted:
         diff = {k: (saved.get(k), wanted[k]) for k in wanted if saved.get(k) != wanted[k]}
@@ -49,9 +58,11 @@ def restore_state(service: "Service", state: dict[str, Any]) -> None:
             "point CHECKPOINT_DIR elsewhere to start a new model, or restore the old settings"
         )
     try:
-        service.trainer.load_state_dict(state["trainer"])
+        changes = service.trainer.load_state_dict(state["trainer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointMismatchError(f"the checkpoint's model state does not fit the model: {exc}") from exc
+    for change in changes:
+        _log_optimizer_change(change)
     service.join.load_state_dict(state["join"])
     service.schedule.load_state_dict(state["schedule"])
     service.metrics.load_state_dict(state["metrics"])
@@ -62,3 +73,10 @@ def restore_state(service: "Service", state: dict[str, Any]) -> None:
         for topic, parts in state["offsets"].items()
         for partition, offset in parts.items()
     }
+
+
+def _log_optimizer_change(change: OptimizerChange) -> None:
+    if change.setting == "optimizer":
+        log.warning("optimizer_changed", old=change.old, new=change.new, model_weights="kept", optimizer_state="reset")
+    else:
+        log.warning("optimizer_setting_changed", setting=change.setting, old=change.old, new=change.new)

@@ -2,12 +2,21 @@
 
 Guarantees:
 - ``model_version`` counts the optimizer steps applied to the weights.
-- A step whose loss or gradient is not finite is skipped (counted); the weights and the
-  standardizer's moments stay as they were.
+- A step whose loss is not finite drops the examples whose own loss is not finite (counted in
+  ``examples_skipped``; they leave no trace, in the standardizer's moments neither) and steps on
+  the rest. A step that is still not finite then (every example dropped, none to drop, or a
+  gradient that is not finite) is skipped (counted); the weights and the standardizer's moments
+  stay as they were.
 - A step whose loss spikes above ``loss_spike_factor`` x the recent median (and above the
   loss of a uniform guess) is treated as poisoned and skipped (counted). After
   ``MAX_SPIKES_IN_ROW`` such steps in a row the new loss level is accepted as a real
   change of regime (concept drift), so the guardrail cannot freeze the model.
+- The optimizer's kind, learning rate and weight decay are the settings', whatever a restored
+  state held (:meth:`Trainer.load_state_dict`, :meth:`Trainer.rollback`): a changed learning rate or
+  weight decay is set on the restored optimizer state; a state of another kind of optimizer is not
+  loaded, and the optimizer starts afresh on the restored weights. Both are reported
+  (:class:`OptimizerChange`). A state records its :class:`OptimizerSpec`; one written before it did
+  has the spec read from its optimizer's parameter group.
 - Methods that touch torch must run on the device thread (:mod:`stream_learner.device`).
 """
 
@@ -16,8 +25,9 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-from collections import deque
-from dataclasses import dataclass
+from collections import defaultdict, deque
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +48,47 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "adagrad": torch.optim.Adagrad,
 }
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """What the settings choose of the optimizer: its kind and the hyper-parameters they set."""
+
+    kind: str
+    """adam, sgd or adagrad (``unknown`` for a saved optimizer that is none of them)."""
+    learning_rate: float
+    weight_decay: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> OptimizerSpec:
+        """The spec the settings ask for."""
+        return cls(settings.optimizer, settings.effective_learning_rate, settings.weight_decay)
+
+    @classmethod
+    def saved_in(cls, state: dict[str, Any]) -> OptimizerSpec:
+        """The spec a :meth:`Trainer.state_dict` was made with: the one it records, or, in a state
+        written before states recorded it, the one its optimizer's first parameter group shows."""
+        spec = state.get("optimizer_spec")
+        if isinstance(spec, dict):
+            return cls(str(spec["kind"]), float(spec["learning_rate"]), float(spec["weight_decay"]))
+        group = state["optimizer"]["param_groups"][0]
+        return cls(_kind_of(group), float(group["lr"]), float(group["weight_decay"]))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, as a checkpoint holds them (``torch.load(weights_only=True)`` reads them)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class OptimizerChange:
+    """A setting of the optimizer that a restored state held otherwise: the settings' value won."""
+
+    setting: str
+    """``optimizer`` (the kind: the state was not loaded), ``learning_rate`` or ``weight_decay``."""
+    old: str | float
+    """The restored state's value."""
+    new: str | float
+    """The settings' value, now in force."""
 
 
 @dataclass
@@ -67,6 +118,7 @@ class Trainer:
         self.loss_floor = math.log(settings.num_classes) if settings.task == "classification" else 1e-8
         self.recent_losses: deque[float] = deque(maxlen=RECENT_LOSSES)
         self.model = model.to(device)
+        self.optimizer_spec = OptimizerSpec.of(settings)
         self.optimizer = _make_optimizer(settings, self.model)
         self.counters = TrainCounters()
         self._direct_adam = _takes_direct_fused_adam(self.optimizer)
@@ -101,16 +153,21 @@ class Trainer:
             return out.float().cpu().numpy()
 
     def learn_many(self, examples: Examples) -> float:
-        """One optimizer step on ``examples``; returns the loss (NaN when the step was skipped)."""
+        """One optimizer step on ``examples``; returns the loss (NaN when the step was skipped).
+
+        Where the loss is not finite, the step runs on the examples whose own loss is finite,
+        and the others count as skipped (see the module's guarantees)."""
+        features, labels = examples.features, examples.labels
         standardizer = self._standardizer
         moments_before = standardizer.moments() if standardizer is not None else None
-        if standardizer is not None:
-            standardizer.update(examples.features)
-        if self._dense is not None:
-            classification = self.task == "classification"
-            loss_value, norm_value = self._dense.loss_and_grads(examples.features, examples.labels, classification)
-        else:
-            loss_value, norm_value = self._loss_and_grads_by_autograd(examples)
+        loss_value, norm_value = self._loss_and_grads(features, labels)
+        if not math.isfinite(loss_value):
+            finite = self._finite_example_losses(features, labels)
+            if 0 < np.count_nonzero(finite) < len(labels):
+                if standardizer is not None and moments_before is not None:
+                    standardizer.restore_moments(moments_before)
+                features, labels = features[finite], labels[finite]
+                loss_value, norm_value = self._loss_and_grads(features, labels)
         poisoned = math.isfinite(loss_value) and self._is_spike(loss_value)
         if poisoned or not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             if self._dense is None:  # the dense net's buffers stay attached, and its next step overwrites them
@@ -122,9 +179,34 @@ class Trainer:
         self.recent_losses.append(loss_value)
         self._step(norm_value)
         self.counters.optimizer_steps += 1
-        self.counters.examples_trained += len(examples)
+        self.counters.examples_trained += len(labels)
+        self.counters.examples_skipped += len(examples) - len(labels)
         self.counters.last_loss = loss_value
         return loss_value
+
+    def _loss_and_grads(self, features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+        """The standardizer's update with ``features``, then the loss and the gradients' total norm, every ``grad`` set."""
+        if self._standardizer is not None:
+            self._standardizer.update(features)
+        if self._dense is not None:
+            return self._dense.loss_and_grads(features, labels, self.task == "classification")
+        return self._loss_and_grads_by_autograd(features, labels)
+
+    def _finite_example_losses(self, features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Which examples' own loss is finite in float32 (a bool per example), by the weights and
+        standardizer the step's loss was computed with. Only for a step whose loss is not finite."""
+        if self._dense is not None:
+            return np.isfinite(self._dense.example_losses(features, labels, self.task == "classification"))
+        if self.model.training:  # a second forward pass in training mode would move batch-norm statistics again
+            self._set_training(False)
+        with torch.no_grad():
+            out = self.model(self._to_device(features))
+            target = torch.from_numpy(labels).to(self.device)
+            if self.task == "classification":
+                losses = nn.functional.cross_entropy(out.float(), target.long(), reduction="none")
+            else:
+                losses = nn.functional.mse_loss(out[:, 0].float(), target.float(), reduction="none")
+            return torch.isfinite(losses).cpu().numpy()
 
     def _step(self, grad_norm: float) -> None:
         """The optimizer's step, the gradients clipped to ``grad_clip_norm`` first."""
@@ -136,12 +218,12 @@ class Trainer:
         if not self._step_fused_adam_directly():
             self.optimizer.step()
 
-    def _loss_and_grads_by_autograd(self, examples: Examples) -> tuple[float, float]:
+    def _loss_and_grads_by_autograd(self, features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
         """The loss and the gradients' total norm, with every parameter's ``grad`` set by autograd."""
         if not self.model.training:
             self._set_training(True)
-        x = self._to_device(examples.features)
-        loss = self._loss(self.model(x), torch.from_numpy(examples.labels).to(self.device))
+        x = self._to_device(features)
+        loss = self._loss(self.model(x), torch.from_numpy(labels).to(self.device))
         self._clear_grads()
         loss.backward()
         return self._loss_and_grad_norm(loss)
@@ -218,19 +300,36 @@ class Trainer:
         """Put back the weights and optimizer of a :meth:`state_dict`; totals keep counting.
 
         ``model_version`` returns to the restored weights' step count; ``state`` is left as it was.
+        The optimizer keeps the settings' kind and hyper-parameters (as :meth:`load_state_dict`).
         """
         self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
-        self._load_optimizer(state["optimizer"])  # type: ignore[arg-type]
+        self._load_optimizer(state)
         self.recent_losses = deque(state.get("recent_losses", []), maxlen=RECENT_LOSSES)  # type: ignore[call-overload]
         self.counters.optimizer_steps = int(state["counters"]["optimizer_steps"])  # type: ignore[index]
         self.counters.spikes_in_row = 0
         self.counters.rollbacks += 1
 
-    def _load_optimizer(self, state: dict[str, object]) -> None:
-        """``optimizer.load_state_dict`` on a copy: it keeps the given tensors where their device and
-        dtype already fit, and the steps would then change the state the caller keeps (the guardrail's
-        last good one, or a checkpoint still being written)."""
-        self.optimizer.load_state_dict(copy.deepcopy(state))
+    def _load_optimizer(self, state: dict[str, Any]) -> list[OptimizerChange]:
+        """The optimizer state of ``state`` (a :meth:`state_dict`) under the settings' spec; returns what differed.
+
+        Another kind of optimizer's state is not loaded: this one's state starts empty (its first
+        step creates it, as on a fresh start). Otherwise ``optimizer.load_state_dict`` runs on a copy
+        (it keeps the given tensors where their device and dtype already fit, and the steps would then
+        change the state the caller keeps: the guardrail's last good one, or a checkpoint still being
+        written), and the learning rate and weight decay it restored are set back to the settings'.
+        """
+        saved, wanted = OptimizerSpec.saved_in(state), self.optimizer_spec
+        if saved.kind != wanted.kind:
+            self.optimizer.state = defaultdict(dict)
+            return [OptimizerChange("optimizer", saved.kind, wanted.kind)]
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        for group in self.optimizer.param_groups:
+            group["lr"], group["weight_decay"] = wanted.learning_rate, wanted.weight_decay
+        differences = (
+            ("learning_rate", saved.learning_rate, wanted.learning_rate),
+            ("weight_decay", saved.weight_decay, wanted.weight_decay),
+        )
+        return [OptimizerChange(name, old, new) for name, old, new in differences if old != new]
 
     def _loss(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.task == "classification":
@@ -249,20 +348,25 @@ class Trainer:
         return x
 
     def state_dict(self) -> dict[str, object]:
-        """Model and optimizer state copied to CPU, plus the counters."""
+        """Model and optimizer state copied to CPU, the optimizer's spec, plus the counters."""
         return {
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "optimizer_spec": self.optimizer_spec.as_dict(),
             "recent_losses": list(self.recent_losses),
             "counters": dict(vars(self.counters)),
         }
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        """Restore a :meth:`state_dict` onto this trainer's device; ``state`` is left as it was."""
+    def load_state_dict(self, state: dict[str, object]) -> list[OptimizerChange]:
+        """Restore a :meth:`state_dict` onto this trainer's device; ``state`` is left as it was.
+
+        Returns where the restored optimizer differed from the settings (the settings won, see
+        :meth:`_load_optimizer`); the caller reports them."""
         self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
-        self._load_optimizer(state["optimizer"])  # type: ignore[arg-type]
+        changes = self._load_optimizer(state)
         self.counters = TrainCounters(**state["counters"])  # type: ignore[arg-type]
         self.recent_losses = deque(state.get("recent_losses", []), maxlen=RECENT_LOSSES)  # type: ignore[call-overload]
+        return changes
 
 
 def _clip_coefficient(max_norm: float, norm: float) -> float:
@@ -287,6 +391,15 @@ def _make_optimizer(settings: Settings, model: nn.Module) -> torch.optim.Optimiz
         except (RuntimeError, TypeError, ValueError):
             pass
     return kind(params, **kwargs)
+
+
+_KIND_MARKS = {"adam": "betas", "sgd": "momentum", "adagrad": "lr_decay"}
+"""A parameter-group key of each kind of optimizer that the other kinds' groups lack."""
+
+
+def _kind_of(group: dict[str, Any]) -> str:
+    """The kind of optimizer a saved parameter group belongs to, or ``unknown``."""
+    return next((kind for kind, mark in _KIND_MARKS.items() if mark in group), "unknown")
 
 
 def _takes_direct_fused_adam(optimizer: torch.optim.Optimizer) -> bool:

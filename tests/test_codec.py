@@ -176,12 +176,36 @@ def test_bad_classification_label_is_rejected(value: bytes, reason: str) -> None
     assert [(r.record, r.reason) for r in rejected] == [(bad, reason)]
 
 
-def test_regression_label_accepts_any_finite_float() -> None:
-    values = [-1e300, 0.25, 3, 1e30, -7.5]
-    batch, rejected = decode_labels([record(label(f"e{i}", v)) for i, v in enumerate(values)], "regression", num_classes=2)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def raw_label(event_id: str, value: float) -> bytes:
+    """A label as JSON text, integers beyond 64 bits included (which orjson does not write)."""
+    return b'{"id": "' + event_id.encode() + b'", "label": ' + repr(value).encode() + b"}"
+
+
+def test_regression_label_accepts_any_finite_float32() -> None:
+    # 3.4028235e38 is above float32's largest value as a double, but rounds to it.
+    values = [-3.4028235e38, 0.25, 3, 1e30, -7.5, FLOAT32_MAX, 10**38, 1e-45]
+    batch, rejected = decode_labels([record(raw_label(f"e{i}", v)) for i, v in enumerate(values)], "regression", num_classes=2)
     assert rejected == []
     assert batch.labels.dtype == np.float64
-    np.testing.assert_array_equal(batch.labels, values)
+    np.testing.assert_array_equal(batch.labels, [float(v) for v in values])
+    assert np.isfinite(batch.labels.astype(np.float32)).all()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1e39, -1e300, 3.4028236e38, 10**39, -(10**300), 1.7976931348623157e308],
+    ids=["1e39", "-1e300", "just-past-float32", "int-10e39", "int-minus-10e300", "double-max"],
+)
+def test_regression_label_that_is_no_finite_float32_is_rejected(value: float) -> None:
+    """The model trains in float32: such a label is inf there, and the loss of every example in its step with it."""
+    bad = record(raw_label("x", value), offset=1)
+    batch, rejected = decode_labels([record(label("a", 1.5)), bad, record(label("b", -2))], "regression", num_classes=2)
+    assert batch.ids == ["a", "b"]
+    assert [(r.record, r.reason) for r in rejected] == [(bad, "bad_label")]
+    assert "float32" in rejected[0].detail
 
 
 def test_regression_label_still_rejects_non_numbers() -> None:

@@ -17,7 +17,7 @@ from stream_learner.evaluation import PrequentialMetrics
 from stream_learner.join import Examples
 from stream_learner.model import Standardizer, build_model
 from stream_learner.synthetic import DriftingStream
-from stream_learner.trainer import Trainer
+from stream_learner.trainer import OptimizerChange, OptimizerSpec, Trainer
 
 DIM = 8
 CPU = torch.device("cpu")
@@ -320,3 +320,131 @@ def test_predictions_run_in_eval_mode_and_steps_in_train_mode(factory: str) -> N
         np.testing.assert_array_equal(first, t.predict_many(x))  # dropout off
     if factory == "modes_factory":
         assert t.model.modes[-2:] == [True, False]
+
+
+# --- restoring under changed optimizer settings --------------------------------------------------
+
+
+def trained_state(autograd: bool, steps: int = 3, **overrides: object) -> dict[str, object]:
+    """A trainer's state after ``steps`` steps on the drifting stream (its copy: steps after do not change it)."""
+    stream, model = DriftingStream(DIM, drift_at=None), trainer(autograd, **overrides)
+    for start in range(0, steps * 32, 32):
+        model.learn_many(stream_examples(stream, start, 32))
+    return copy.deepcopy(model.state_dict())
+
+
+def optimizer_tensors(model: Trainer) -> dict[tuple[int, str], torch.Tensor]:
+    return {(i, k): v for i, s in model.optimizer.state_dict()["state"].items() for k, v in s.items() if isinstance(v, torch.Tensor)}
+
+
+@both_paths
+def test_a_restore_takes_the_configured_learning_rate_and_weight_decay_and_keeps_the_optimizer_state(autograd: bool) -> None:
+    saved = trained_state(autograd)  # adam, learning rate 0.05, no weight decay
+    restored = trainer(autograd, learning_rate=0.5, weight_decay=0.1)
+    changes = restored.load_state_dict(saved)
+    assert changes == [OptimizerChange("learning_rate", 0.05, 0.5), OptimizerChange("weight_decay", 0.0, 0.1)]
+    assert [(g["lr"], g["weight_decay"]) for g in restored.optimizer.param_groups] == [(0.5, 0.1)]
+    moments = {(i, k): v for i, s in saved["optimizer"]["state"].items() for k, v in s.items()}  # type: ignore[index]
+    assert optimizer_tensors(restored).keys() == moments.keys()
+    assert all(torch.equal(optimizer_tensors(restored)[key], value) for key, value in moments.items())
+    assert restored.state_dict()["optimizer_spec"] == {"kind": "adam", "learning_rate": 0.5, "weight_decay": 0.1}
+    # The step itself uses them: it lands where a state saved with them in the first place takes it.
+    reference = trainer(autograd, learning_rate=0.5, weight_decay=0.1)
+    edited = copy.deepcopy(saved)
+    edited["optimizer"]["param_groups"][0].update(lr=0.5, weight_decay=0.1)  # type: ignore[index]
+    edited["optimizer_spec"] = {"kind": "adam", "learning_rate": 0.5, "weight_decay": 0.1}
+    assert reference.load_state_dict(edited) == []
+    step = stream_examples(DriftingStream(DIM, drift_at=None), 1000, 32)
+    assert restored.learn_many(step) == reference.learn_many(step)
+    assert all(torch.equal(v, reference.model.state_dict()[k]) for k, v in restored.model.state_dict().items())
+
+
+@both_paths
+@pytest.mark.parametrize(("old", "new"), [("adam", "sgd"), ("sgd", "adam"), ("adam", "adagrad"), ("adagrad", "sgd")])
+def test_a_restore_of_another_optimizer_keeps_the_weights_and_starts_the_optimizer_afresh(autograd: bool, old: str, new: str) -> None:
+    saved = trained_state(autograd, optimizer=old)
+    restored = trainer(autograd, optimizer=new)
+    assert restored.load_state_dict(saved) == [OptimizerChange("optimizer", old, new)]
+    assert all(torch.equal(v, saved["model"][k]) for k, v in restored.model.state_dict().items())  # type: ignore[index]
+    assert optimizer_tensors(restored) == {}
+    assert restored.counters.optimizer_steps == 3
+    # The same step as a new optimizer of that kind on the same weights: no state of the old one leaks in.
+    fresh = trainer(autograd, optimizer=new)
+    fresh.model.load_state_dict(saved["model"])  # type: ignore[arg-type]
+    stream = DriftingStream(DIM, drift_at=None)
+    for start in (1000, 1032):
+        step = stream_examples(stream, start, 32)
+        loss = restored.learn_many(step)
+        assert math.isfinite(loss) and loss == fresh.learn_many(step)
+    assert all(torch.equal(v, fresh.model.state_dict()[k]) for k, v in restored.model.state_dict().items())
+    assert restored.state_dict()["optimizer_spec"]["kind"] == new  # type: ignore[index]
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd", "adagrad"])
+def test_a_state_written_before_states_recorded_their_optimizer_has_it_read_from_its_param_groups(kind: str) -> None:
+    saved = trained_state(False, optimizer=kind, learning_rate=0.02, weight_decay=0.001)
+    recorded = OptimizerSpec.saved_in(saved)
+    del saved["optimizer_spec"]
+    assert OptimizerSpec.saved_in(saved) == recorded == OptimizerSpec(kind, 0.02, 0.001)
+    same = trainer(optimizer=kind, learning_rate=0.02, weight_decay=0.001)
+    assert same.load_state_dict(saved) == []
+    saved_state = saved["optimizer"]["state"].items()  # type: ignore[index]
+    assert optimizer_tensors(same).keys() == {(i, k) for i, st in saved_state for k, v in st.items() if isinstance(v, torch.Tensor)}
+    changes = trainer(optimizer=kind, learning_rate=0.5).load_state_dict(saved)
+    assert changes == [OptimizerChange("learning_rate", 0.02, 0.5), OptimizerChange("weight_decay", 0.001, 0.0)]
+    other = "sgd" if kind != "sgd" else "adam"
+    assert trainer(optimizer=other).load_state_dict(saved) == [OptimizerChange("optimizer", kind, other)]
+
+
+@both_paths
+def test_a_rollback_keeps_the_configured_optimizer(autograd: bool) -> None:
+    """The guardrail's last good state may be a checkpoint made with other optimizer settings."""
+    changed = trainer(autograd, learning_rate=0.5, weight_decay=0.1)
+    changed.load_state_dict(trained_state(autograd))
+    changed.learn_many(stream_examples(DriftingStream(DIM, drift_at=None), 500, 32))
+    changed.rollback(trained_state(autograd))
+    assert [(g["lr"], g["weight_decay"]) for g in changed.optimizer.param_groups] == [(0.5, 0.1)]
+    migrated = trainer(autograd, optimizer="sgd")
+    migrated.load_state_dict(trained_state(autograd))
+    migrated.rollback(trained_state(autograd, steps=2))
+    assert migrated.model_version == 2 and optimizer_tensors(migrated) == {}
+    assert math.isfinite(migrated.learn_many(stream_examples(DriftingStream(DIM, drift_at=None), 500, 32)))
+
+
+# --- a step with a few examples whose own loss is not finite ----------------------------------
+
+
+@both_paths
+def test_examples_whose_own_loss_is_not_finite_are_dropped_and_the_step_runs_on_the_rest(autograd: bool) -> None:
+    rng = np.random.default_rng(5)
+    model, reference = regression_trainer(autograd), regression_trainer(autograd)
+    warm_up = regression_batch(rng)
+    for t in (model, reference):
+        t.learn_many(warm_up)
+    good = regression_batch(rng, n=31)
+    huge = regression_batch(rng, n=1)
+    assert np.isfinite(np.float32(1e20)) and 1e20**2 > float(np.finfo(np.float32).max), "finite in float32, its square not"
+    step = Examples(
+        np.concatenate([good.features[:17], huge.features, good.features[17:]]),
+        np.concatenate([good.labels[:17], [1e20], good.labels[17:]]),
+        np.zeros((32, 1), np.float32),
+    )
+    loss = model.learn_many(step)
+    assert loss == reference.learn_many(good) and math.isfinite(loss)
+    assert model.counters.examples_trained == 32 + 31 and model.counters.examples_skipped == 1
+    assert model.counters.optimizer_steps == 2 and model.counters.skipped_steps == 0
+    # The dropped example left no trace: weights, standardizer and optimizer are those of a step on the 31.
+    assert all(torch.equal(v, reference.model.state_dict()[k]) for k, v in model.model.state_dict().items())
+    assert all(torch.equal(v, optimizer_tensors(reference)[k]) for k, v in optimizer_tensors(model).items())
+
+
+@both_paths
+def test_a_step_whose_examples_all_have_a_non_finite_loss_is_skipped_whole(autograd: bool) -> None:
+    rng = np.random.default_rng(6)
+    model = regression_trainer(autograd)
+    model.learn_many(regression_batch(rng))
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    poisoned = regression_batch(rng, n=4)
+    assert math.isnan(model.learn_many(Examples(poisoned.features, np.full(4, -1e20), poisoned.scores)))
+    assert model.counters.skipped_steps == 1 and model.counters.examples_skipped == 4 and model.counters.examples_trained == 32
+    assert all(torch.equal(before[k], v) for k, v in model.model.state_dict().items())
