@@ -223,7 +223,7 @@ async def service_catch_up(
 async def passthrough_catch_up(bootstrap: str, events: str, n: int, tmp: Path) -> dict[str, Any]:
     outputs = _name("passthrough")
     await ensure_topics(bootstrap, {outputs: PARTITIONS})
-    await passthrough(_settings(bootstrap, events, events, outputs, "linear", 1, tmp), expected=n)
+    await passthrough(_settings(bootstrap, events, _name("labels"), outputs, "linear", 1, tmp), expected=n)
     return await _window(bootstrap, outputs, n)
 
 

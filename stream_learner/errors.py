@@ -5,7 +5,8 @@
     ├── CheckpointError             a checkpoint cannot be written or read
     │   └── CheckpointMismatchError the newest checkpoint does not fit the settings
     ├── DeliveryError               the broker did not acknowledge a produced record
-    └── BrokerCapabilityError       the broker lacks something the settings need (transactions)
+    ├── BrokerCapabilityError       the broker lacks something the settings need (transactions)
+    └── BrokerRefusedError          the broker answers and refuses the client (SASL, TLS)
 
 Bad records are not errors: they are values (:class:`stream_learner.records.Rejected`)
 that go to the dead-letter topic.
@@ -48,3 +49,8 @@ class DeliveryError(StreamLearnerError):
 
 class BrokerCapabilityError(StreamLearnerError):
     """The broker cannot do what the settings ask for (e.g. transactions for ``delivery=exactly_once``)."""
+
+
+class BrokerRefusedError(StreamLearnerError):
+    """A broker answered and refused the client: a SASL mechanism or credentials it rejects, a certificate
+    that does not verify. Settings to fix, not a broker to wait for."""

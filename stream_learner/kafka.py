@@ -9,6 +9,8 @@ aiokafka; nothing here logs it.
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Protocol
 
@@ -16,6 +18,8 @@ import numpy as np
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 from pydantic import SecretStr
 
@@ -137,6 +141,9 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         bootstrap_servers=settings.bootstrap_servers,
         client_id=settings.client_id,
         acks="all",
+        # aiokafka retries a send until its batch is this old (each produce request may wait as long):
+        # the one bound on how long a broker may be away before a delivery fails.
+        request_timeout_ms=int(settings.delivery_timeout_s * 1000),
         linger_ms=2,
         max_batch_size=MAX_BATCH_BYTES,
         max_request_size=MAX_REQUEST_BYTES,
@@ -255,3 +262,68 @@ def known_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None
         return int(state.position) if state is not None and state.has_valid_position else None
     except AttributeError:
         return None
+
+
+OffsetReset = Callable[[TopicPartition, int], None]
+_FETCHER_LOG = "aiokafka.consumer.fetcher"
+
+
+class _OffsetResetWatch(logging.Filter):
+    """Turns aiokafka's "fetch offset out of range, resetting" (INFO, where nobody sees it) into a call.
+
+    Records below ``threshold`` are dropped here as before: the logger's level is lowered only so
+    that this one message reaches the filter.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.callback: OffsetReset | None = None
+        self.threshold = logging.WARNING
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if str(record.msg).startswith("Fetch offset %s is out of range") and isinstance(args, tuple) and len(args) == 2:
+            if self.callback is not None and isinstance(args[1], TopicPartition):
+                self.callback(args[1], int(args[0]))
+            return False
+        return record.levelno >= self.threshold
+
+
+_offset_reset_watch = _OffsetResetWatch()
+
+
+def watch_offset_resets(callback: OffsetReset) -> None:
+    """Call ``callback(tp, offset)`` whenever a consumer finds its position on ``tp`` below the log start
+    (the records were deleted, by retention, before they were read) and resets it. Replaces the last callback."""
+    logger = logging.getLogger(_FETCHER_LOG)
+    if _offset_reset_watch not in logger.filters:
+        _offset_reset_watch.threshold = logger.getEffectiveLevel()
+        logger.addFilter(_offset_reset_watch)
+        logger.setLevel(min(logging.INFO, _offset_reset_watch.threshold))
+    _offset_reset_watch.callback = callback
+
+
+async def refusal(settings: Settings, timeout_s: float = 10.0) -> Exception | None:
+    """Why the brokers refuse this client, where one answers and refuses (a SASL mechanism or credentials
+    it rejects, a certificate that does not verify); None where none answers at all (wait for it).
+
+    aiokafka's start reports either as the same "Unable to bootstrap"; this connects once to each
+    bootstrap server with the client's security settings to tell them apart.
+    """
+    kwargs = security_kwargs(settings)
+    for server in settings.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(host.strip("[]"), int(port), client_id=settings.client_id, **kwargs), timeout_s
+            )
+        except ssl.SSLError as exc:
+            return exc
+        except KafkaError as exc:
+            if not exc.retriable:
+                return exc
+            continue
+        except (OSError, asyncio.TimeoutError):
+            continue
+        conn.close()
+    return None

@@ -5,16 +5,15 @@
 
 Each turn of the loop: fetch, decode (rejects go to the dead-letter topic),
 predict the batches that are due, join labels, train the examples that are due,
-expire what waited too long, and checkpoint when due. The checkpoint protocol
-(``shared/CHECKPOINT.md``) is :meth:`Service.checkpoint`; everything that mutates
-state runs under one lock, so a rebalance callback sees a consistent cut.
+expire what waited too long, and checkpoint when due. The checkpoint protocol is
+:meth:`Service.checkpoint` (docs/reliability.md tells why it holds); everything
+that mutates state runs under one lock, so a rebalance callback sees a consistent cut.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import Counter
 from typing import Any, Callable, Iterable, NamedTuple, TypeVar
@@ -23,6 +22,7 @@ import numpy as np
 import structlog
 import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from threadpoolctl import threadpool_limits
 
 from .batcher import MicroBatcher
@@ -30,10 +30,20 @@ from .checkpoint import CheckpointStore
 from .codec import decode_events, decode_labels, encode_predictions
 from .config import Settings
 from .device import DeviceThread
-from .errors import CheckpointError, ConfigError, DeliveryError
+from .errors import BrokerRefusedError, CheckpointError, DeliveryError
 from .evaluation import PrequentialMetrics
+from .fetching import Fetcher
 from .join import Examples, JoinBuffer
-from .kafka import RebalanceHooks, dead_letter_headers, known_position, make_consumer, make_producer, send_partitioned
+from .kafka import (
+    RebalanceHooks,
+    dead_letter_headers,
+    known_position,
+    make_consumer,
+    make_producer,
+    refusal,
+    send_partitioned,
+    watch_offset_resets,
+)
 from .model import build_model, resolve_device
 from .record_batch import PackedRecords
 from .records import EventBatch, Predictions, Rejected
@@ -45,6 +55,9 @@ from .transactions import Transactions, choose_checkpoint, committed_offsets
 
 log = structlog.get_logger(__name__)
 CHECKPOINT_RETRY_S = 5.0
+BROKER_RETRY_MIN_S, BROKER_RETRY_MAX_S = 0.5, 5.0
+"""Waits between tries to reach the broker at start (doubling from the first to the second)."""
+CLIENT_STOP_S = 3.0
 MAX_QUEUED_STEPS = 32
 """Optimizer steps queued on the device thread before the loop waits for them."""
 INLINE_INFERENCE_MAX_S = 0.002
@@ -72,6 +85,8 @@ class StepOutcome(NamedTuple):
     model_version: int
     poisoned: bool
     rolled_back: bool
+    dropped: int
+    """Examples left out of the step for a loss of their own that is not finite."""
     features: np.ndarray
     """The step's features, for the debug log's digest (their sum: equal step sequences log equal digests)."""
 
@@ -102,7 +117,10 @@ class Service:
             threadpool_limits(s.torch_threads, user_api="blas")
         self.trainer = Trainer(build_model(s), s, resolve_device(s.device))
         default_label = s.default_label if s.missing_label_policy == "default" else None
-        self.join = JoinBuffer(s.input_dim, s.output_dim, s.max_pending, s.label_ttl_s, default_label=default_label)
+        self.join = JoinBuffer(
+            s.input_dim, s.output_dim, s.max_pending, s.label_ttl_s,
+            default_label=default_label, max_early_label_bytes=s.max_early_label_bytes,
+        )  # fmt: skip
         self.batcher = MicroBatcher(s.max_batch_size, s.max_batch_delay_ms / 1000)
         self.schedule = TrainingSchedule(s.train_batch_size, s.max_batch_delay_ms / 1000, max_held=s.max_pending)
         self.metrics = PrequentialMetrics(s.task, s.metrics_window)
@@ -131,6 +149,7 @@ class Service:
         self._next_log = time.monotonic() + s.log_interval_s
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._fetcher: Fetcher | None = None
         self._broker_reachable = False
         self._last_good_trainer_state: dict[str, Any] | None = None
         self.restored = False
@@ -142,26 +161,17 @@ class Service:
         self._stop.set()
 
     async def run(self) -> None:
-        """Serve until :meth:`stop`; raises if the service fails (no checkpoint is written then)."""
-        self._producer = make_producer(self.settings)
-        self._consumer = make_consumer(self.settings)
-        if self.settings.delivery == "exactly_once":
-            self._transactions = Transactions(self._producer, self.settings.group_id)
-        else:
+        """Serve until :meth:`stop`; raises if the service fails (no checkpoint is written then).
+
+        A broker that cannot be reached at start is waited for, as are output topics that do not
+        exist yet (``/readyz`` answers 503 meanwhile); a stop asked for while waiting ends the run
+        at once: nothing was read, so there is nothing to checkpoint.
+        """
+        if self.settings.delivery != "exactly_once":
             await self._restore()
         try:
-            if self._transactions is not None:
-                # Fence earlier instances (their open transaction ends) before reading what they committed.
-                await self._transactions.start()
-                await self._restore(committed=await committed_offsets(self.settings))
-            else:
-                await self._producer.start()
-            self._consumer.subscribe(
-                [self.settings.events_topic, self.settings.labels_topic],
-                listener=RebalanceHooks(self._on_revoked, self._on_assigned),
-            )
-            await self._consumer.start()
-            self._broker_reachable = True
+            if not await self._connect():
+                return
             log.info("service_started", bootstrap_servers=self.settings.bootstrap_servers, device=str(self.trainer.device))
             probe = asyncio.create_task(self._probe_broker())
             try:
@@ -177,14 +187,103 @@ class Service:
         finally:
             await self._close()
 
+    async def _connect(self) -> bool:
+        """Start the clients, retrying while the broker cannot be reached; False when stopped first."""
+        delay = BROKER_RETRY_MIN_S
+        while not self._stop.is_set():
+            try:
+                await self._start_clients()
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise
+                await self._stop_clients()
+                refused = await refusal(self.settings)
+                if refused is not None:
+                    raise BrokerRefusedError(f"the brokers refuse this client: {type(refused).__name__}: {refused}") from refused
+                log.warning("broker_unreachable", bootstrap_servers=self.settings.bootstrap_servers,
+                            error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)  # fmt: skip
+                await self._sleep_unless_stopped(delay)
+                delay = min(2 * delay, BROKER_RETRY_MAX_S)
+                continue
+            if await self._await_output_topics():
+                self._broker_reachable = True
+                return True
+        return False
+
+    async def _start_clients(self) -> None:
+        """Producer first (with exactly_once its start fences earlier instances), then the group consumer."""
+        s = self.settings
+        self._producer, self._consumer = make_producer(s), make_consumer(s)
+        if s.delivery == "exactly_once":
+            self._transactions = Transactions(self._producer, s.group_id)
+            # Fence earlier instances (their open transaction ends) before reading what they committed.
+            await self._transactions.start()
+            await self._restore(committed=await committed_offsets(s))
+        else:
+            await self._producer.start()
+        self._consumer.subscribe([s.events_topic, s.labels_topic], listener=RebalanceHooks(self._on_revoked, self._on_assigned))
+        await self._consumer.start()
+        self._fetcher = Fetcher(self._consumer, self._producer.client, s.fetch_max_records, s.delivery == "exactly_once")
+        watch_offset_resets(self._offset_reset)
+
+    async def _stop_clients(self) -> None:
+        """Stop whatever clients were made, each within ``CLIENT_STOP_S`` (a silent broker cannot hold the exit)."""
+        for client in (self._consumer, self._producer):
+            if client is None:
+                continue
+            try:
+                await asyncio.wait_for(client.stop(), CLIENT_STOP_S)
+            except Exception as exc:  # noqa: BLE001 - stopping is best effort; the process is leaving or retrying
+                log.warning("client_stop_failed", client=type(client).__name__, error=f"{type(exc).__name__}: {exc}")
+        self._consumer = self._producer = self._transactions = None
+
+    async def _await_output_topics(self) -> bool:
+        """Wait until the predictions and dead-letter topics exist; False when stopped first.
+
+        A send to a topic the producer has no metadata for waits for it holding the loop (up to
+        ``DELIVERY_TIMEOUT_S``), so a missing output topic is found here, before anything is read.
+        """
+        assert self._producer is not None
+        client = self._producer.client
+        wanted = (self.settings.predictions_topic, self.settings.dead_letter_topic)
+        while not self._stop.is_set():
+            for topic in wanted:
+                client.add_topic(topic)
+            await client.force_metadata_update()
+            missing = [t for t in wanted if not client.cluster.partitions_for_topic(t)]
+            if not missing:
+                return True
+            log.warning("output_topics_missing", topics=missing, retry_in_s=BROKER_RETRY_MAX_S)
+            await self._sleep_unless_stopped(BROKER_RETRY_MAX_S)
+        return False
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    def _offset_reset(self, tp: TopicPartition, offset: int) -> None:
+        """The consumer's position on ``tp`` was out of range: records from ``offset`` on were deleted (retention)."""
+        if tp in self._consumer_assignment():
+            self.counters["offset_resets"] += 1
+            log.warning("offset_out_of_range", where=f"{tp.topic}[{tp.partition}]@{offset}",
+                        detail="the records were deleted before they were read (retention); reading resumes at the log start")  # fmt: skip
+
+    def _consumer_assignment(self) -> set[TopicPartition]:
+        return self._consumer.assignment() if self._consumer is not None else set()
+
     async def _turn(self) -> None:
         assert self._consumer is not None
         timeout = min(self.batcher.seconds_until_due(time.monotonic()), 0.05)
-        fetched = await self._fetch(timeout)
+        assert self._fetcher is not None
+        fetched, unreadable = await self._fetcher.fetch(timeout, self.offsets)
         async with self._lock:
             assigned = self._consumer.assignment()
-            await self._ingest({tp: records for tp, records in fetched.items() if tp in assigned and records})
-            self._learn_start_positions()
+            fetched = {tp: records for tp, records in fetched.items() if tp in assigned and records}
+            await self._ingest(fetched)
+            await self._dead_letter(unreadable)
+            self._track_positions(fetched)
             await self._predict(self.batcher.take_due(time.monotonic()))
             await self._expire()
             await self._train_due()
@@ -201,23 +300,6 @@ class Service:
         """Something changed, the interval passed, and the last checkpoint's background write is done."""
         writing = self._writing is not None and not self._writing.done()
         return self._dirty and time.monotonic() >= self._next_checkpoint and not writing
-
-    async def _fetch(self, timeout_s: float) -> dict[TopicPartition, list[Any]]:
-        """Records ready now; then every assigned partition that got none gets a share of its own.
-
-        aiokafka drains its buffered fetch results in order, each up to a partition's fetch size,
-        so in catch-up a few partitions filled every ``getmany`` for many turns: the labels waited
-        until ~65 % of the events were predicted, and the schedule (partitions take turns) waited
-        for the starved labels partitions, so nothing trained meanwhile.
-        """
-        assert self._consumer is not None
-        limit = self.settings.fetch_max_records
-        fetched = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=limit)
-        starved = self._consumer.assignment() - self._consumer.paused() - {tp for tp, rs in fetched.items() if rs}
-        share = max(1, limit // max(1, len(self._consumer.assignment())))
-        for tp in starved:
-            fetched.update(await self._consumer.getmany(tp, timeout_ms=0, max_records=share))
-        return fetched
 
     async def _ingest(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         """Decode consumed records (aiokafka ``ConsumerRecord``s or :class:`RawRecord`s), one call per topic.
@@ -244,8 +326,6 @@ class Service:
             self._learn_from(joined)
             rejected += rejected_labels
         await self._dead_letter(rejected)
-        for tp, records in fetched.items():
-            self.offsets[tp] = records[-1].offset + 1
         self._dirty = self._dirty or bool(fetched)
 
     async def _predict(self, batches: list[EventBatch]) -> None:
@@ -331,10 +411,10 @@ class Service:
         assert self._consumer is not None
         labels = [tp for tp in self._consumer.assignment() if tp.topic == self.settings.labels_topic]
         paused = self._consumer.paused() & set(labels)
-        early = self.join.early_labels
-        if not paused and early > self._early_labels_high and not self._events_read():
+        early, early_bytes, most_bytes = self.join.early_labels, self.join.early_label_bytes, self.settings.max_early_label_bytes
+        if not paused and (early > self._early_labels_high or early_bytes > most_bytes // 2) and not self._events_read():
             self._consumer.pause(*labels)
-        elif paused and (early <= self._early_labels_high // 2 or self._events_read()):
+        elif paused and (early <= self._early_labels_high // 2 and early_bytes <= most_bytes // 4 or self._events_read()):
             self._consumer.resume(*paused)
 
     def _catching_up(self) -> bool:
@@ -366,16 +446,25 @@ class Service:
         high = self._consumer.highwater(tp)
         return high is not None and tp in self.offsets and self.offsets[tp] >= high
 
-    def _learn_start_positions(self) -> None:
-        """Record where reading starts on assigned partitions that have given no record yet.
+    def _track_positions(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        """Each assigned partition's next offset: the consumer's own position.
 
-        Nothing below that position is unaccounted for, so it is a valid next offset for the checkpoint.
+        Every record handed out is ingested in the same turn, so the position is the first offset
+        whose effect is not in the state; unlike "last record + 1" it passes transaction markers,
+        aborted ranges and records deleted before they were read, so a partition that ends in a
+        marker counts as read to its end. A position behind the records just ingested (a seek
+        in a rebalance between the fetch and now) keeps their end, so nothing is read twice.
         """
         assert self._consumer is not None
-        for tp in self._consumer.assignment() - self.offsets.keys():
+        for tp in self._consumer.assignment():
+            records = fetched.get(tp)
+            read = records[-1].offset + 1 if records else self.offsets.get(tp)
             position = known_position(self._consumer, tp)
-            if position is not None:
+            if position is not None and (read is None or position > read):
                 self.offsets[tp] = position
+                self._dirty = self._dirty or read is not None
+            elif read is not None:
+                self.offsets[tp] = read
 
     async def _train(self, batches: list[Examples]) -> None:
         """Queue optimizer steps on the device thread, in order, without waiting for each.
@@ -399,7 +488,7 @@ class Service:
 
         On the device thread, or in the loop's thread (see :meth:`_train`)."""
         started, cpu_started = time.perf_counter(), time.thread_time()
-        poisoned_before = self.trainer.counters.poisoned_steps
+        poisoned_before, skipped_before = self.trainer.counters.poisoned_steps, self.trainer.counters.examples_skipped
         loss = self.trainer.learn_many(examples)
         poisoned = self.trainer.counters.poisoned_steps != poisoned_before
         good = self._last_good_trainer_state
@@ -409,7 +498,8 @@ class Service:
         seconds, version = time.perf_counter() - started, self.trainer.model_version
         # CPU time, not wall: on the device thread a step's wall time includes waits for the GIL.
         self._inline_training = self.trainer.device.type == "cpu" and time.thread_time() - cpu_started < INLINE_TRAINING_MAX_S
-        return StepOutcome(len(examples), loss, seconds, version, poisoned, rolled_back, examples.features)
+        dropped = self.trainer.counters.examples_skipped - skipped_before if loss == loss else 0
+        return StepOutcome(len(examples), loss, seconds, version, poisoned, rolled_back, dropped, examples.features)
 
     async def _finish_steps(self, wait: bool) -> None:
         """Report the queued steps that are done, in order (all of them with ``wait``); a failed step fails the service."""
@@ -427,6 +517,8 @@ class Service:
                 log.warning("training_step_skipped", reason="loss spike", examples=outcome.examples)
             elif outcome.loss != outcome.loss:
                 log.warning("training_step_skipped", reason="non-finite loss or gradient", examples=outcome.examples)
+            elif outcome.dropped:
+                log.warning("training_examples_dropped", reason="non-finite loss of their own", examples=outcome.dropped)
 
     async def _expire(self) -> None:
         before = self.join.counters.events_expired + self.join.counters.labels_expired
@@ -510,8 +602,8 @@ class Service:
         # Step 4. Write atomically; on failure keep serving and retry soon, committing nothing.
         try:
             path = await asyncio.to_thread(self.store.write, state, before_rename=lambda: self._crash_point("written_temp"))
-        except (OSError, ConfigError) as exc:
-            log.error("checkpoint_write_failed", reason=reason, error=str(exc), retry_in_s=CHECKPOINT_RETRY_S)
+        except Exception as exc:  # noqa: BLE001 - whatever the disk did (ENOSPC surfaces from torch as a RuntimeError), retry
+            log.error("checkpoint_write_failed", reason=reason, error=f"{type(exc).__name__}: {exc}", retry_in_s=CHECKPOINT_RETRY_S)
             self._dirty = True
             self._next_checkpoint = time.monotonic() + CHECKPOINT_RETRY_S
             return False
@@ -526,7 +618,7 @@ class Service:
         # Step 6. Prune old checkpoints; a failure here costs disk space, not safety.
         try:
             await asyncio.to_thread(self.store.prune)
-        except (OSError, ConfigError) as exc:
+        except Exception as exc:  # noqa: BLE001
             log.warning("checkpoint_prune_failed", error=str(exc))
         self.last_checkpoint = {"path": str(path), "reason": reason, "at": time.time()}
         self._last_checkpoint_at = time.time()
@@ -553,9 +645,7 @@ class Service:
             await writing
 
     def _crash_point(self, step: str) -> None:
-        if self.settings.crash_at == f"{step}:{self._checkpoints_this_run}":
-            log.warning("crash_injected", step=step, checkpoint=self._checkpoints_this_run)
-            os._exit(137)
+        self.telemetry.checkpoint_step(step, self._checkpoints_this_run)
 
     def _assigned(self, offsets: dict[str, dict[int, int]]) -> dict[TopicPartition, int]:
         """The checkpoint's offsets of the partitions this member holds."""
@@ -618,14 +708,14 @@ class Service:
 
     async def _close(self) -> None:
         try:
-            if not self._failed:
-                async with self._lock:
-                    await self._predict(self.batcher.take_all())
-                    await self._train(self.schedule.take_all())
-                    if not await self.checkpoint("shutdown"):
-                        raise CheckpointError(
-                            "the final checkpoint could not be written; the next start resumes from the last durable one"
-                        )
+            if not self._failed and self._consumer is not None:
+                try:
+                    await asyncio.wait_for(self._final_checkpoint(), self.settings.shutdown_timeout_s)
+                except asyncio.TimeoutError:
+                    raise CheckpointError(
+                        f"the final checkpoint was not done within SHUTDOWN_TIMEOUT_S={self.settings.shutdown_timeout_s:g} s "
+                        "(the broker did not acknowledge); the next start resumes from the last durable one"
+                    ) from None
         except BaseException:
             self._failed = True
             raise
@@ -634,13 +724,18 @@ class Service:
                 self._writing.cancel()  # never commit after a failure; a file it already wrote is a whole cut
             if self._failed and self._transactions is not None and self._transactions.open:
                 await self._abort_transaction()
-            if self._consumer is not None:
-                await self._consumer.stop()
-            if self._producer is not None:
-                await self._producer.stop()
+            await self._stop_clients()
             self._device.close()
             self.telemetry.close()
             log.info("service_stopped", failed=self._failed, **self.stats())
+
+    async def _final_checkpoint(self) -> None:
+        """Everything read is predicted and trained, then checkpointed."""
+        async with self._lock:
+            await self._predict(self.batcher.take_all())
+            await self._train(self.schedule.take_all())
+            if not await self.checkpoint("shutdown"):
+                raise CheckpointError("the final checkpoint could not be written; the next start resumes from the last durable one")
 
     async def _abort_transaction(self) -> None:
         """Best effort: end the open transaction now rather than at the broker's transaction timeout."""

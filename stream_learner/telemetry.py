@@ -36,6 +36,10 @@ class Telemetry:
     def checkpoint_written(self, seconds: float, reason: str) -> None:
         """A checkpoint was made durable in ``seconds`` (drain to commit)."""
 
+    def checkpoint_step(self, step: str, checkpoint: int) -> None:
+        """Step ``step`` (drained, snapshot, written_temp, written, committed) of this process's
+        ``checkpoint``-th checkpoint is done (the crash tests end the process here)."""
+
     def intake_paused(self, seconds: float) -> None:
         """A checkpoint held intake for ``seconds``: its drain and snapshot, and its write and commit where it waited for them."""
 

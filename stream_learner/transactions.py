@@ -1,6 +1,6 @@
 """Exactly-once delivery: predictions, dead letters and offsets in one Kafka transaction per checkpoint.
 
-With ``delivery=exactly_once``, beside the checkpoint steps of ``shared/CHECKPOINT.md``:
+With ``delivery=exactly_once``, beside the checkpoint steps of :meth:`stream_learner.service.Service.checkpoint`:
 
 - **Start.** The transactional producer starts first: its InitProducerId fences any earlier
   producer with the same transactional id, and the coordinator aborts (or finishes) that
@@ -32,6 +32,7 @@ from typing import Iterable, Mapping
 import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError
 
 from .checkpoint import LoadedCheckpoint
 from .config import Settings
@@ -55,6 +56,8 @@ class Transactions:
         """Start the producer (InitProducerId: fences earlier producers with the same id)."""
         try:
             await self.producer.start()
+        except KafkaConnectionError:
+            raise  # the broker is not there (yet): not a missing capability
         except Exception as exc:
             raise BrokerCapabilityError(
                 f"delivery=exactly_once: the broker refused the transactional producer ({type(exc).__name__}: {exc}). "

@@ -155,9 +155,12 @@ def start_service(kafka_broker: BrokerInfo, topics: TestTopics, tmp_path: Path) 
         "STREAM_LEARNER_METRICS_PORT": "0",  # no endpoint unless a test asks for one (on a free port)
     }
 
-    def start(**overrides: object) -> ServiceProcess:
+    def start(crash_at: str | None = None, **overrides: object) -> ServiceProcess:
+        """``crash_at="STEP:N"`` runs it through tests/crash_run.py, which exits at that checkpoint step."""
         extra = {f"STREAM_LEARNER_{k.upper()}": str(v) for k, v in overrides.items()}
-        service = ServiceProcess({**env, **extra}, tmp_path / f"service-{len(started)}.log").start()
+        if crash_at is not None:
+            extra["CRASH_AT"] = crash_at
+        service = ServiceProcess({**env, **extra}, tmp_path / f"service-{len(started)}.log", crash_at is not None).start()
         started.append(service)
         return service
 

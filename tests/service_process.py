@@ -16,16 +16,22 @@ import orjson
 class ServiceProcess:
     """One ``stream-learner run`` child with its settings in the environment and its log in a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, crashing: bool = False) -> None:
         self.env = env
         self.log_path = log_path
+        self.crashing = crashing
+        """Run through tests/crash_run.py, which exits at the checkpoint step ``env["CRASH_AT"]`` names."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "ServiceProcess":
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_LEARNER_")}
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_LEARNER_") and k != "CRASH_AT"}
+        command = [str(Path(__file__).with_name("crash_run.py"))] if self.crashing else ["-m", "stream_learner"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream_learner", "run"], env={**clean, **self.env}, stdout=log, stderr=log
+                [sys.executable, *command, "run"] if not self.crashing else [sys.executable, *command],
+                env={**clean, **self.env},
+                stdout=log,
+                stderr=log,
             )
         return self
 
