@@ -7,13 +7,15 @@ import time
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stream_learner.config import Settings
 from stream_learner.errors import DeliveryError
 from stream_learner.service import Service
 
-from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
+from stream_learner.broker import ensure_topics
+
+from .conftest import INPUT_DIM, TOPIC_PARTITIONS, BrokerInfo, StartService, TestTopics
 from .service_process import ServiceProcess, checkpoint_show
 from .stream_io import read_predictions
 from .test_crash_safety import FAST, PacedStream, wait_until_joined
@@ -121,3 +123,55 @@ async def test_a_checkpoint_failing_on_revoke_fails_the_service_instead_of_being
         await intruder.stop()
         if not running.done():
             running.cancel()
+
+
+async def test_sigterm_while_the_broker_does_not_answer_ends_within_the_shutdown_timeout_and_loses_nothing(
+    kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
+) -> None:
+    if kafka_broker.embedded is None:
+        pytest.skip("freezing the broker (SIGSTOP) needs the embedded broker process; this run uses an external Kafka")
+    total = 1000
+    service = start_service(**FAST, shutdown_timeout_s=3)
+    await asyncio.to_thread(service.wait_for_log, "partitions_assigned", 60)
+    await PacedStream(kafka_broker.bootstrap_servers, topics, total, rate=2000, label_lag=50).run()
+    await wait_until_joined(service, total, timeout=60)
+    kafka_broker.embedded.pause()  # the broker holds its connections open and answers nothing
+    try:
+        started = time.monotonic()
+        assert service.stop(timeout=30) == 1, service.log_tail()
+        took = time.monotonic() - started
+    finally:
+        kafka_broker.embedded.resume()
+    assert took < 3 + 2 * 3 + 5, f"the stop took {took:.1f} s"  # the timeout, two client stops, slack
+    assert "SHUTDOWN_TIMEOUT_S" in service.log_tail(80)
+    # The next start resumes from the last durable checkpoint: every label still trained once.
+    service = start_service(**FAST)
+    await finish_and_check(service, kafka_broker, topics, tmp_path, total)
+
+
+async def created_by_metadata_request(bootstrap: str, topic: str) -> bool:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        producer.client.add_topic(topic)
+        await producer.client.force_metadata_update()
+        return bool(producer.client.cluster.partitions_for_topic(topic))
+    finally:
+        await producer.stop()
+
+
+async def test_a_missing_output_topic_is_waited_for_before_anything_is_read(
+    kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
+) -> None:
+    predictions = f"{topics.predictions}.late"
+    if await created_by_metadata_request(kafka_broker.bootstrap_servers, f"{topics.predictions}.probe"):
+        pytest.skip("this broker creates a topic when a client asks for its metadata: no output topic is ever missing")
+    service = start_service(**FAST, predictions_topic=predictions)
+    await asyncio.to_thread(service.wait_for_log, "output_topics_missing", 30)
+    assert not logged(service, "partitions_assigned"), "nothing is read while the predictions have nowhere to go"
+    await ensure_topics(kafka_broker.bootstrap_servers, {predictions: TOPIC_PARTITIONS})
+    await asyncio.to_thread(service.wait_for_log, "partitions_assigned", 60)
+    await PacedStream(kafka_broker.bootstrap_servers, topics, 200, rate=2000, label_lag=20).run()
+    await wait_until_joined(service, 200, timeout=60)
+    assert service.stop() == 0
+    assert len(await read_predictions(kafka_broker.bootstrap_servers, predictions, expected=200, timeout=10)) == 200

@@ -1,0 +1,87 @@
+"""A record batch that no client can read (gzip that does not decompress, under a good CRC) sits between good
+batches of an events partition: it goes to the dead-letter topic whole, with its offset range and
+the reason, and the partition goes on. Real broker, the service as a real child process."""
+
+from __future__ import annotations
+
+import struct
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from stream_learner.synthetic import DriftingStream
+
+from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
+from .observe import read_to_end, wait_for_progress
+from .stream_io import produce_labels
+from .test_batch_reader import ATTRIBUTES_AT, FinishedBatch, aiokafka_batch, with_crc
+
+pytestmark = pytest.mark.integration
+
+STREAM = DriftingStream(INPUT_DIM, seed=5)
+GZIP = 1
+HEADER_SIZE = 61
+
+
+def event_rows(start: int, count: int) -> tuple[list[str], list[tuple[bytes, bytes, list[tuple[str, bytes]], int]]]:
+    batch = STREAM.batch(start, count)
+    rows = [
+        (event_id.encode(), orjson.dumps({"id": event_id, "features": features.tolist()}), [], i)
+        for i, (event_id, features) in enumerate(zip(batch.ids, batch.features))
+    ]
+    return batch.ids, rows
+
+
+def undecompressable(rows: list[tuple[bytes, bytes, list[tuple[str, bytes]], int]]) -> bytearray:
+    """A batch of ``rows`` whose header says gzip and whose records are not gzip; its CRC is right."""
+    batch = aiokafka_batch(rows)
+    batch[HEADER_SIZE:] = b"\x1f\x8b not gzip at all " * 8
+    struct.pack_into(">i", batch, 8, len(batch) - 12)
+    attributes = struct.unpack_from(">h", batch, ATTRIBUTES_AT)[0]
+    struct.pack_into(">h", batch, ATTRIBUTES_AT, attributes | GZIP)
+    return with_crc(batch)
+
+
+async def test_a_batch_that_does_not_decompress_is_dead_lettered_with_its_offsets_and_the_partition_goes_on(
+    kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService
+) -> None:
+    bootstrap = kafka_broker.bootstrap_servers
+    before_ids, before = event_rows(0, 20)
+    bad_ids, bad = event_rows(20, 10)
+    after_ids, after = event_rows(30, 20)
+    unreadable = undecompressable(bad)
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await (await producer.send_batch(FinishedBatch(aiokafka_batch(before), 20), topics.events, partition=0))  # type: ignore[arg-type]
+        try:
+            await (await producer.send_batch(FinishedBatch(unreadable, 10), topics.events, partition=0))  # type: ignore[arg-type]
+        except KafkaError as exc:
+            pytest.skip(f"this broker refuses a batch that does not decompress on produce ({exc!r}), so none can be read")
+        await (await producer.send_batch(FinishedBatch(aiokafka_batch(after), 20), topics.events, partition=0))  # type: ignore[arg-type]
+        good = before_ids + after_ids
+        await produce_labels(producer, topics.labels, good, STREAM.batch(0, 50).labels[[*range(20), *range(30, 50)]])
+    finally:
+        await producer.stop()
+
+    service = start_service(log_interval_s=0.2)
+    await wait_for_progress(service, lambda p: p["examples_trained"] >= len(good) and p["queued_examples"] == 0, "good events trained")
+    dead = await read_to_end(bootstrap, topics.dead_letter)
+    assert service.alive()
+    assert service.stop() == 0
+
+    predicted = {orjson.loads(r.value)["id"] for r in await read_to_end(bootstrap, topics.predictions)}
+    assert predicted == set(good)
+    assert not predicted & set(bad_ids)
+    assert len(dead) == 1, [dict(d.headers) for d in dead]
+    headers = dict(dead[0].headers)
+    assert headers["dlq.reason"] == b"corrupt_batch"
+    assert headers["dlq.source.topic"] == topics.events.encode()
+    assert (headers["dlq.source.partition"], headers["dlq.source.offset"]) == (b"0", b"20")
+    assert b"offsets 20..29" in headers["dlq.detail"]
+    assert dead[0].value is not None and dead[0].value[ATTRIBUTES_AT:] == bytes(unreadable[ATTRIBUTES_AT:])  # the batch as stored
+    logged = [e for e in service.log_events() if e.get("event") == "batch_unreadable"]
+    assert [e["where"] for e in logged] == [f"{topics.events}[0]@20..29"]
