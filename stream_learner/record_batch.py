@@ -95,26 +95,16 @@ def byte_offsets(items: Sequence[bytes]) -> np.ndarray:
     return offsets
 
 
-class PackedRecordBatch:
-    """The records ``rows`` (in that order) of packed records, as one record batch.
+class ClosedBatch:
+    """A finished record batch (its bytes and record count) behind the part of aiokafka's
+    ``BatchBuilder`` interface that ``AIOKafkaProducer.send_batch`` uses.
 
-    All get one timestamp, the time of construction (as aiokafka gives records sent without one).
+    Closed to further records; no producer state is ever written into it, so it is for a producer
+    that is neither idempotent nor transactional.
     """
 
-    def __init__(self, records: PackedRecords, rows: np.ndarray) -> None:
-        self._count = len(rows)
-        body = np.empty(int(records.size_bounds(rows).sum()), np.uint8)
-        keys, values = np.frombuffer(records.keys, np.uint8), np.frombuffer(records.values, np.uint8)
-        end = _write_records(keys, records.key_offsets, values, records.value_offsets, rows.astype(np.int64, copy=False), body)
-        self._timestamp_ms = int(time.time() * 1000)
-        self._buffer = bytearray(_HEADER.size + end)
-        self._buffer[_HEADER.size :] = body[:end].data
-        # The header is complete now: producer state, which aiokafka's builder writes at send time, never comes here.
-        _HEADER.pack_into(
-            self._buffer, 0, 0, len(self._buffer) - _AFTER_LENGTH_OFFSET, -1, 2, 0, 0, self._count - 1,
-            self._timestamp_ms, self._timestamp_ms, -1, -1, 0, self._count,
-        )  # fmt: skip
-        struct.pack_into(">I", self._buffer, _CRC_OFFSET, calc_crc32c(memoryview(self._buffer)[_ATTRIBUTES_OFFSET:]))
+    def __init__(self, buffer: bytearray, count: int) -> None:
+        self._buffer, self._count = buffer, count
 
     # The interface of aiokafka.producer.message_accumulator.BatchBuilder that the producer uses.
 
@@ -135,10 +125,33 @@ class PackedRecordBatch:
         return len(self._buffer)
 
     def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
-        raise AssertionError("a packed record batch is not for an idempotent or transactional producer")
+        raise AssertionError("a finished record batch is not for an idempotent or transactional producer")
 
     def _build(self) -> bytearray:
         return self._buffer
+
+
+class PackedRecordBatch(ClosedBatch):
+    """The records ``rows`` (in that order) of packed records, as one record batch.
+
+    All get one timestamp, the time of construction (as aiokafka gives records sent without one).
+    """
+
+    def __init__(self, records: PackedRecords, rows: np.ndarray) -> None:
+        count = len(rows)
+        body = np.empty(int(records.size_bounds(rows).sum()), np.uint8)
+        keys, values = np.frombuffer(records.keys, np.uint8), np.frombuffer(records.values, np.uint8)
+        end = _write_records(keys, records.key_offsets, values, records.value_offsets, rows.astype(np.int64, copy=False), body)
+        self._timestamp_ms = int(time.time() * 1000)
+        buffer = bytearray(_HEADER.size + end)
+        buffer[_HEADER.size :] = body[:end].data
+        # The header is complete now: producer state, which aiokafka's builder writes at send time, never comes here.
+        _HEADER.pack_into(
+            buffer, 0, 0, len(buffer) - _AFTER_LENGTH_OFFSET, -1, 2, 0, 0, count - 1,
+            self._timestamp_ms, self._timestamp_ms, -1, -1, 0, count,
+        )  # fmt: skip
+        struct.pack_into(">I", buffer, _CRC_OFFSET, calc_crc32c(memoryview(buffer)[_ATTRIBUTES_OFFSET:]))
+        super().__init__(buffer, count)
 
 
 @compiled("int64(uint8[::1], int64, int64)")

@@ -6,7 +6,7 @@ broker does with aborted transactions. Everything here blocks (librdkafka's API 
 
 One thing librdkafka cannot do: send a header whose key is not UTF-8 text (confluent-kafka
 ``str()``s a ``bytes`` key, so ``b"\\xff\\xfe"`` goes out as the 11 characters ``b'\\xff\\xfe'``,
-and a ``str`` key with lone surrogates crashes the interpreter). :class:`RawRecordBatch` writes
+and a ``str`` key with lone surrogates crashes the interpreter). :func:`raw_record_batch` writes
 such records as a record batch of its own, for ``AIOKafkaProducer.send_batch``. And librdkafka
 shows records, not the batches they are stored in: :func:`batch_headers` reads those (codec,
 record count, control marker) from raw Fetch responses.
@@ -31,6 +31,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.util import calc_crc32c
 
+from stream_learner.record_batch import ClosedBatch
 from stream_learner.synthetic import SyntheticBatch
 
 Record = tuple[bytes, bytes]
@@ -283,51 +284,23 @@ def _sized(data: bytes | None) -> bytes:
     return _varint(-1) if data is None else _varint(len(data)) + data
 
 
-class RawRecordBatch:
-    """An uncompressed v2 record batch whose header keys are raw bytes, written here, not by a client.
-
-    Has the part of aiokafka's ``BatchBuilder`` interface that ``AIOKafkaProducer.send_batch``
-    uses (a closed batch; no producer state: the producer must be neither idempotent nor transactional).
-    """
-
-    def __init__(self, records: Sequence[tuple[bytes | None, bytes | None, Sequence[tuple[bytes, bytes | None]]]]) -> None:
-        assert records
-        body = bytearray()
-        for delta, (key, value, headers) in enumerate(records):
-            record = b"\x00" + _varint(0) + _varint(delta) + _sized(key) + _sized(value) + _varint(len(headers))
-            record += b"".join(_sized(k) + _sized(v) for k, v in headers)
-            body += _varint(len(record)) + record
-        now = int(time.time() * 1000)
-        self._count = len(records)
-        self._buffer = bytearray(_BATCH_HEADER.size) + body
-        _BATCH_HEADER.pack_into(
-            self._buffer, 0, 0, len(self._buffer) - 12, -1, 2, 0, 0, self._count - 1, now, now, -1, -1, -1, self._count
-        )
-        struct.pack_into(">I", self._buffer, _CRC_AT, calc_crc32c(bytes(self._buffer[_CRC_FROM:])))
-
-    def append(self, *, timestamp: float | None, key: bytes | None, value: bytes | None, headers: object = ()) -> None:
-        return None  # closed
-
-    def close(self) -> None:
-        pass
-
-    def closed(self) -> bool:
-        return True
-
-    def record_count(self) -> int:
-        return self._count
-
-    def size(self) -> int:
-        return len(self._buffer)
-
-    def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
-        raise AssertionError("a raw record batch is not for an idempotent or transactional producer")
-
-    def _build(self) -> bytearray:
-        return self._buffer
+def raw_record_batch(records: Sequence[tuple[bytes | None, bytes | None, Sequence[tuple[bytes, bytes | None]]]]) -> ClosedBatch:
+    """An uncompressed v2 record batch whose header keys are raw bytes, written here, not by a client
+    (for a producer that is neither idempotent nor transactional)."""
+    assert records
+    body = bytearray()
+    for delta, (key, value, headers) in enumerate(records):
+        record = b"\x00" + _varint(0) + _varint(delta) + _sized(key) + _sized(value) + _varint(len(headers))
+        record += b"".join(_sized(k) + _sized(v) for k, v in headers)
+        body += _varint(len(record)) + record
+    now, count = int(time.time() * 1000), len(records)
+    buffer = bytearray(_BATCH_HEADER.size) + body
+    _BATCH_HEADER.pack_into(buffer, 0, 0, len(buffer) - 12, -1, 2, 0, 0, count - 1, now, now, -1, -1, -1, count)
+    struct.pack_into(">I", buffer, _CRC_AT, calc_crc32c(bytes(buffer[_CRC_FROM:])))
+    return ClosedBatch(buffer, count)
 
 
-async def send_raw_batches(bootstrap: str, topic: str, batches: dict[int, RawRecordBatch]) -> None:
+async def send_raw_batches(bootstrap: str, topic: str, batches: dict[int, ClosedBatch]) -> None:
     """Each partition's batch, acknowledged (aiokafka only carries the bytes; it does not write them)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()

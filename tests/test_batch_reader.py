@@ -38,6 +38,7 @@ from stream_learner.batch_reader import (
     parse_record_batches,
     read_batch_at,
 )
+from stream_learner.record_batch import ClosedBatch
 from stream_learner.records import RawRecord
 
 from .conftest import BrokerInfo, TestTopics
@@ -418,35 +419,6 @@ async def test_a_partition_error_raises_aiokafkas_error_and_a_missing_partition_
 # Integration: a real broker, fed by librdkafka ---------------------------------------------
 
 
-class FinishedBatch:
-    """Finished batch bytes behind the builder interface that ``AIOKafkaProducer.send_batch`` uses."""
-
-    def __init__(self, data: bytes | bytearray, count: int) -> None:
-        self._data = bytearray(data)
-        self._count = count
-
-    def append(self, **_: object) -> None:
-        return None  # closed to further records
-
-    def close(self) -> None:
-        pass
-
-    def closed(self) -> bool:
-        return True
-
-    def record_count(self) -> int:
-        return self._count
-
-    def size(self) -> int:
-        return len(self._data)
-
-    def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
-        raise AssertionError("for a plain producer only")
-
-    def _build(self) -> bytearray:
-        return self._data
-
-
 @asynccontextmanager
 async def kafka_client(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
     """A started producer; its ``client`` is the AIOKafkaClient that batch_reader takes."""
@@ -543,7 +515,7 @@ async def test_aiokafka_is_stuck_on_a_binary_header_key_and_read_batch_at_moves_
     async with kafka_client(bootstrap) as producer:
         for codec in CODECS.values():
             values = [f"{codec}-{i}".encode() for i in range(4)]
-            await (await producer.send_batch(FinishedBatch(binary_key_batch(values, codec), 4), tp.topic, partition=tp.partition))
+            await (await producer.send_batch(ClosedBatch(binary_key_batch(values, codec), 4), tp.topic, partition=tp.partition))
         await (await producer.send(tp.topic, b"after", partition=tp.partition))
 
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")

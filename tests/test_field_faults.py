@@ -30,7 +30,6 @@ from stream_learner.synthetic import DriftingStream, SyntheticBatch
 from .conftest import INPUT_DIM, TOPIC_PARTITIONS, BrokerInfo, StartService, TestTopics
 from .librdkafka_io import (
     Producer,
-    RawRecordBatch,
     batch_headers,
     broker_hides_aborted_records,
     committed_offsets,
@@ -39,6 +38,7 @@ from .librdkafka_io import (
     label_records,
     produce,
     produce_stream,
+    raw_record_batch,
     read_predictions,
     send_raw_batches,
     wait_for_predictions,
@@ -200,7 +200,7 @@ def test_events_with_a_non_utf8_header_key_are_good_events_and_so_are_those_arou
     # librdkafka cannot send a header key that is not UTF-8 (see librdkafka_io): a batch written here.
     raw = records[before : before + raw_count]
     batches = {
-        p: RawRecordBatch([(key, value, [(b"\xff\xfe", b"raw key"), (b"trace", b"1")]) for key, value in raw[p::TOPIC_PARTITIONS]])
+        p: raw_record_batch([(key, value, [(b"\xff\xfe", b"raw key"), (b"trace", b"1")]) for key, value in raw[p::TOPIC_PARTITIONS]])
         for p in range(TOPIC_PARTITIONS)
     }
     asyncio.run(send_raw_batches(bootstrap, topics.events, batches))

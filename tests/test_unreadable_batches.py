@@ -11,12 +11,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from stream_learner.record_batch import ClosedBatch
 from stream_learner.synthetic import DriftingStream
 
 from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
 from .observe import read_to_end, wait_for_progress
 from .stream_io import produce_labels
-from .test_batch_reader import ATTRIBUTES_AT, FinishedBatch, aiokafka_batch, with_crc
+from .test_batch_reader import ATTRIBUTES_AT, aiokafka_batch, with_crc
 
 pytestmark = pytest.mark.integration
 
@@ -56,12 +57,12 @@ async def test_a_batch_that_does_not_decompress_is_dead_lettered_with_its_offset
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
-        await (await producer.send_batch(FinishedBatch(aiokafka_batch(before), 20), topics.events, partition=0))  # type: ignore[arg-type]
+        await (await producer.send_batch(ClosedBatch(aiokafka_batch(before), 20), topics.events, partition=0))  # type: ignore[arg-type]
         try:
-            await (await producer.send_batch(FinishedBatch(unreadable, 10), topics.events, partition=0))  # type: ignore[arg-type]
+            await (await producer.send_batch(ClosedBatch(unreadable, 10), topics.events, partition=0))  # type: ignore[arg-type]
         except KafkaError as exc:
             pytest.skip(f"this broker refuses a batch that does not decompress on produce ({exc!r}), so none can be read")
-        await (await producer.send_batch(FinishedBatch(aiokafka_batch(after), 20), topics.events, partition=0))  # type: ignore[arg-type]
+        await (await producer.send_batch(ClosedBatch(aiokafka_batch(after), 20), topics.events, partition=0))  # type: ignore[arg-type]
         good = before_ids + after_ids
         await produce_labels(producer, topics.labels, good, STREAM.batch(0, 50).labels[[*range(20), *range(30, 50)]])
     finally:
