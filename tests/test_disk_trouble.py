@@ -267,3 +267,39 @@ async def test_a_slow_checkpoint_write_holds_back_no_prediction_and_commits_the_
         release.set()
         service.stop()
         await asyncio.wait_for(running, 60)
+
+
+async def test_any_error_from_a_checkpoint_write_is_retried_and_commits_nothing_meanwhile(
+    kafka_broker: BrokerInfo, topics: TestTopics, tmp_path: Path
+) -> None:
+    """Where no tmpfs can be mounted (not root): the full disk's error as torch.save raises it, injected."""
+    bootstrap, directory, group = kafka_broker.bootstrap_servers, tmp_path / "checkpoints", f"group-{topics.events}"
+    settings = Settings(  # type: ignore[call-arg]
+        bootstrap_servers=bootstrap, events_topic=topics.events, labels_topic=topics.labels,
+        predictions_topic=topics.predictions, dead_letter_topic=topics.dead_letter, group_id=group,
+        input_dim=INPUT_DIM, checkpoint_dir=directory, checkpoint_interval_s=0.2, metrics_port=0, session_timeout_ms=6000,
+    )  # fmt: skip
+    service = Service(settings)
+    failures, write = [], service.store.write
+
+    def full_disk(state: dict[str, Any], **kwargs: Any) -> Path:
+        if len(failures) < 2:
+            failures.append(state["summary"]["events_predicted"])
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7680 vs 7616")
+        return write(state, **kwargs)
+
+    service.store.write = full_disk  # type: ignore[method-assign]
+    running = asyncio.create_task(service.run())
+    try:
+        ids = await produce_stream(bootstrap, topics, 0, 300)
+        predictions = await read_predictions(bootstrap, topics.predictions, expected=300, timeout=30)
+        assert set(ids) <= set(predictions), "predictions stopped when the checkpoint could not be written"
+        inputs = {topics.events: TOPIC_PARTITIONS, topics.labels: TOPIC_PARTITIONS}
+        assert failures and set((await committed_offsets(bootstrap, group, inputs)).values()) == {-1}
+        await wait_for_checkpoint(directory, 300, timeout=30)  # the retry, 5 s after each failure
+        await wait_for_commit(bootstrap, group, inputs, directory)
+        assert len(failures) == 2 and not list(directory.glob(".checkpoint-*.tmp"))
+        assert not running.done(), "the service must not have stopped"
+    finally:
+        service.stop()
+        await asyncio.wait_for(running, 60)
