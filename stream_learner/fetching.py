@@ -51,7 +51,7 @@ class Fetched(NamedTuple):
 class Fetcher:
     """Reads the assigned, unpaused partitions of ``consumer``; ``client`` sends the raw fetches."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, client: AIOKafkaClient, max_records: int, read_committed: bool) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, client: AIOKafkaClient, max_records: int, *, read_committed: bool) -> None:
         self.consumer, self.client = consumer, client
         self.max_records, self.read_committed = max_records, read_committed
         self._careful_until = 0.0

@@ -223,7 +223,7 @@ class Service:
             await self._producer.start()
         self._consumer.subscribe([s.events_topic, s.labels_topic], listener=RebalanceHooks(self._on_revoked, self._on_assigned))
         await self._consumer.start()
-        self._fetcher = Fetcher(self._consumer, self._producer.client, s.fetch_max_records, s.delivery == "exactly_once")
+        self._fetcher = Fetcher(self._consumer, self._producer.client, s.fetch_max_records, read_committed=True)
         watch_offset_resets(self._offset_reset)
 
     async def _stop_clients(self) -> None:
@@ -443,8 +443,15 @@ class Service:
         assigned = self._consumer.assignment()
         if tp not in assigned:
             return bool(assigned)
-        high = self._consumer.highwater(tp)
-        return high is not None and tp in self.offsets and self.offsets[tp] >= high
+        end = self._readable_end(tp)
+        return end is not None and tp in self.offsets and self.offsets[tp] >= end
+
+    def _readable_end(self, tp: TopicPartition) -> int | None:
+        """Where reading ``tp`` ends for now: its last stable offset (records of an upstream transaction
+        still open cannot be read yet), or its high watermark where the broker reports no sound one."""
+        assert self._consumer is not None
+        high, stable = self._consumer.highwater(tp), self._consumer.last_stable_offset(tp)
+        return stable if high is not None and stable is not None and 0 <= stable <= high else high
 
     def _track_positions(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         """Each assigned partition's next offset: the consumer's own position.
