@@ -74,6 +74,7 @@ class Fetcher:
             await self._rewind(accounted)
             self._careful_until = time.monotonic() + CAREFUL_S
             return Fetched({}, [])
+        self._unexplained = 0
         return await self._with_shares(fetched)
 
     async def _with_shares(self, fetched: dict[TopicPartition, list[Any]]) -> Fetched:
