@@ -9,7 +9,7 @@ from typing import Any, Iterable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream_learner.client import EventProducer, PredictionConsumer
-from stream_learner.synthetic import SyntheticBatch
+from stream_learner.synthetic import DriftingStream, SyntheticBatch
 
 
 async def produce_events(producer: AIOKafkaProducer, topic: str, batch: SyntheticBatch, ts: float | None = None) -> None:
@@ -22,6 +22,19 @@ async def produce_labels(producer: AIOKafkaProducer, topic: str, ids: Iterable[s
     """Send the labels and wait for every acknowledgement."""
     sender = EventProducer(producer=producer, labels_topic=topic)
     await (await sender.send_labels(list(ids), [int(y) for y in labels]))
+
+
+async def produce_slice(bootstrap: str, topics: Any, stream: DriftingStream, start: int, n: int) -> list[str]:
+    """Events ``start .. start+n-1`` of ``stream``, then their labels, all acknowledged; returns their ids."""
+    batch = stream.batch(start, n)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        await produce_events(producer, topics.events, batch)
+        await produce_labels(producer, topics.labels, batch.ids, batch.labels)
+    finally:
+        await producer.stop()
+    return batch.ids
 
 
 async def read_topic(bootstrap: str, topic: str, *, until_count: int, timeout: float) -> list[Any]:

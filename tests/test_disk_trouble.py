@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from stream_learner.checkpoint import CheckpointStore
 from stream_learner.config import Settings
@@ -28,7 +28,7 @@ from stream_learner.synthetic import DriftingStream
 from .conftest import INPUT_DIM, TOPIC_PARTITIONS, BrokerInfo, StartService, TestTopics
 from .observe import as_offsets, committed_offsets, wait_for_progress
 from .service_process import ServiceProcess, checkpoint_show
-from .stream_io import produce_events, produce_labels, read_predictions
+from .stream_io import produce_slice, read_predictions
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +38,7 @@ BATCH = 500
 
 async def produce_stream(bootstrap: str, topics: TestTopics, start: int, n: int) -> list[str]:
     """Events ``start .. start+n-1`` of the stream and then their labels; returns their ids."""
-    batch = STREAM.batch(start, n)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        await produce_events(producer, topics.events, batch)
-        await produce_labels(producer, topics.labels, batch.ids, batch.labels)
-    finally:
-        await producer.stop()
-    return batch.ids
+    return await produce_slice(bootstrap, topics, STREAM, start, n)
 
 
 def log_count(service: ServiceProcess, event: str) -> int:

@@ -14,7 +14,6 @@ import orjson
 import pytest
 import structlog
 import torch
-from aiokafka import AIOKafkaProducer
 
 from stream_learner.checkpoint import CheckpointStore
 from stream_learner.config import Settings
@@ -26,7 +25,7 @@ from stream_learner.synthetic import DriftingStream
 from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
 from .observe import read_to_end, wait_for_progress
 from .service_process import ServiceProcess, checkpoint_show
-from .stream_io import produce_events, produce_labels
+from .stream_io import produce_slice
 
 STREAM = DriftingStream(INPUT_DIM, seed=5, drift_at=None)
 BATCH = 400
@@ -104,14 +103,7 @@ def test_a_restore_under_other_optimizer_settings_takes_them_and_logs_each_chang
 
 
 async def produce(bootstrap: str, topics: TestTopics, start: int, n: int) -> None:
-    batch = STREAM.batch(start, n)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        await produce_events(producer, topics.events, batch)
-        await produce_labels(producer, topics.labels, batch.ids, batch.labels)
-    finally:
-        await producer.stop()
+    await produce_slice(bootstrap, topics, STREAM, start, n)
 
 
 def optimizer_warnings(service: ServiceProcess) -> list[dict[str, Any]]:
