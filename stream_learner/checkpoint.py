@@ -96,7 +96,7 @@ class CheckpointStore:
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-        _fsync_directory(self.directory)
+        fsync_path(self.directory)
         return final
 
     def load_latest(self) -> LoadedCheckpoint | None:
@@ -132,8 +132,9 @@ class CheckpointStore:
         return doomed
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Flush a file's contents, or a directory's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -27,7 +27,7 @@ import orjson
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointStore
+from .checkpoint import CheckpointStore, fsync_path
 from .config import Settings
 from .errors import CheckpointError, CheckpointMismatchError, ConfigError
 from .model import StandardizedModel, Standardizer, build_model
@@ -154,26 +154,17 @@ def export_model(settings: Settings, fmt: Format, out: Path) -> ExportInfo:
         else:
             _export_onnx(module, example, partial, info)
         verified = _verify(module, fmt, partial, settings.input_dim, out)
-        _fsync(partial)
+        fsync_path(partial)
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
-    _fsync(out.parent)
+    fsync_path(out.parent)
     return ExportInfo(**{**asdict(info), "verified": verified})
 
 
 def _partial_path(out: Path) -> Path:
     """A fresh hidden name beside ``out`` (same directory, so the rename is atomic), ending like ``out``."""
     return out.with_name(f".{out.stem}.{secrets.token_hex(4)}.partial{out.suffix}")
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's or a directory's entries to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
