@@ -200,12 +200,7 @@ class Trainer:
         if self.model.training:  # a second forward pass in training mode would move batch-norm statistics again
             self._set_training(False)
         with torch.no_grad():
-            out = self.model(self._to_device(features))
-            target = torch.from_numpy(labels).to(self.device)
-            if self.task == "classification":
-                losses = nn.functional.cross_entropy(out.float(), target.long(), reduction="none")
-            else:
-                losses = nn.functional.mse_loss(out[:, 0].float(), target.float(), reduction="none")
+            losses = self._loss(self.model(self._to_device(features)), torch.from_numpy(labels).to(self.device), reduction="none")
             return torch.isfinite(losses).cpu().numpy()
 
     def _step(self, grad_norm: float) -> None:
@@ -331,10 +326,11 @@ class Trainer:
         )
         return [OptimizerChange(name, old, new) for name, old, new in differences if old != new]
 
-    def _loss(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _loss(self, out: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The task's loss in float32: the mean, or each example's with ``reduction="none"``."""
         if self.task == "classification":
-            return nn.functional.cross_entropy(out.float(), labels.long())
-        return nn.functional.mse_loss(out[:, 0].float(), labels.float())
+            return nn.functional.cross_entropy(out.float(), labels.long(), reduction=reduction)
+        return nn.functional.mse_loss(out[:, 0].float(), labels.float(), reduction=reduction)
 
     def _skip(self, count: int) -> float:
         self.counters.skipped_steps += 1
