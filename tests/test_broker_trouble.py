@@ -13,7 +13,7 @@ from stream_learner.config import Settings
 from stream_learner.errors import DeliveryError
 from stream_learner.service import Service
 
-from stream_learner.broker import ensure_topics
+from stream_learner.broker import EmbeddedBroker, ensure_topics
 
 from .conftest import INPUT_DIM, TOPIC_PARTITIONS, BrokerInfo, StartService, TestTopics
 from .service_process import ServiceProcess, checkpoint_show
@@ -25,6 +25,13 @@ pytestmark = pytest.mark.integration
 
 def logged(service: ServiceProcess, event: str) -> list[dict]:
     return [e for e in service.log_events() if e.get("event") == event]
+
+
+def freezable(kafka_broker: BrokerInfo) -> EmbeddedBroker:
+    """The broker process, to freeze with SIGSTOP; the test is skipped where the run uses an external Kafka."""
+    if kafka_broker.embedded is None:
+        pytest.skip("freezing the broker (SIGSTOP) needs the embedded broker process; this run uses an external Kafka")
+    return kafka_broker.embedded
 
 
 async def finish_and_check(service: ServiceProcess, kafka_broker: BrokerInfo, topics: TestTopics, tmp_path: Path, total: int) -> None:
@@ -40,20 +47,19 @@ async def finish_and_check(service: ServiceProcess, kafka_broker: BrokerInfo, to
 async def test_a_frozen_broker_neither_crashes_the_service_nor_loses_labels(
     kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
 ) -> None:
-    if kafka_broker.embedded is None:
-        pytest.skip("freezing the broker (SIGSTOP) needs the embedded broker process; this run uses an external Kafka")
+    broker = freezable(kafka_broker)
     total = 3000
     service = start_service(**FAST)
     await asyncio.to_thread(service.wait_for_log, "partitions_assigned", 60)
     producing = asyncio.create_task(PacedStream(kafka_broker.bootstrap_servers, topics, total, rate=300, label_lag=100).run())
     await asyncio.sleep(3)
-    kafka_broker.embedded.pause()
+    broker.pause()
     try:
         await asyncio.sleep(10)  # longer than the 6 s session timeout
         assert service.alive(), service.log_tail()
         assert logged(service, "broker_unreachable"), "the service must notice it cannot reach the broker"
     finally:
-        kafka_broker.embedded.resume()
+        broker.resume()
     await producing
     await finish_and_check(service, kafka_broker, topics, tmp_path, total)
     assert logged(service, "broker_reachable"), "and notice when it can again"
@@ -128,20 +134,19 @@ async def test_a_checkpoint_failing_on_revoke_fails_the_service_instead_of_being
 async def test_sigterm_while_the_broker_does_not_answer_ends_within_the_shutdown_timeout_and_loses_nothing(
     kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
 ) -> None:
-    if kafka_broker.embedded is None:
-        pytest.skip("freezing the broker (SIGSTOP) needs the embedded broker process; this run uses an external Kafka")
+    broker = freezable(kafka_broker)
     total = 1000
     service = start_service(**FAST, shutdown_timeout_s=3)
     await asyncio.to_thread(service.wait_for_log, "partitions_assigned", 60)
     await PacedStream(kafka_broker.bootstrap_servers, topics, total, rate=2000, label_lag=50).run()
     await wait_until_joined(service, total, timeout=60)
-    kafka_broker.embedded.pause()  # the broker holds its connections open and answers nothing
+    broker.pause()  # the broker holds its connections open and answers nothing
     try:
         started = time.monotonic()
         assert service.stop(timeout=30) == 1, service.log_tail()
         took = time.monotonic() - started
     finally:
-        kafka_broker.embedded.resume()
+        broker.resume()
     assert took < 3 + 2 * 3 + 5, f"the stop took {took:.1f} s"  # the timeout, two client stops, slack
     assert "SHUTDOWN_TIMEOUT_S" in service.log_tail(80)
     # The next start resumes from the last durable checkpoint: every label still trained once.
