@@ -175,12 +175,9 @@ def _global_hooks() -> bool:
 
 
 _NO_BIAS = np.zeros(0, np.float32)
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
 def _float32_overflow(value: float) -> float:
     """inf where ``value`` (a loss or a norm, not negative) is beyond float32's range, as autograd's would be."""
-    return math.inf if value > _FLOAT32_MAX else value
+    return math.inf if value >= FLOAT32_LIMIT else value
 
 
 @compiled("float32[:, ::1](float32[:, ::1], float32[::1], float32[::1])", error_model="numpy")
