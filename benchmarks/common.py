@@ -19,7 +19,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
-from stream_learner.synthetic import DriftingStream
+from stream_learner.tools.synthetic import DriftingStream
 
 PARTITIONS = 4
 INPUT_DIM = 32

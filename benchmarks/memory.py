@@ -14,7 +14,7 @@ import tracemalloc
 
 import numpy as np
 
-from stream_learner.join import JoinBuffer
+from stream_learner.learning.join import JoinBuffer
 
 
 def _bytes_held_per_event(n: int, input_dim: int, output_dim: int, batch: int, label: bool) -> tuple[float, JoinBuffer]:

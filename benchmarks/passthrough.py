@@ -1,7 +1,7 @@
 """The floor: a bare aiokafka loop that consumes events, decodes them with orjson, encodes one
 output record each and produces it.
 
-It uses the service's own client construction (``stream_learner.kafka.make_consumer`` and
+It uses the service's own client construction (``stream_learner.kafka.clients.make_consumer`` and
 ``make_producer``), so the difference between the two is the service's own work, not a
 different fetch or batching configuration. Each output record has the shape of a
 prediction (``id``, ``prediction``, ``scores``, ``model_version``, ``ts``) and the event's key;
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import orjson
 
 from stream_learner.config import Settings
-from stream_learner.kafka import make_consumer, make_producer
+from stream_learner.kafka.clients import make_consumer, make_producer
 
 
 @dataclass

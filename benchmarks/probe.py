@@ -54,7 +54,7 @@ class TrainingProbe:
         """The schedule orders steps by label offset and stacks queued items that know when they
         were joined (``joined_at``, monotonic); remember those per step, by the step's identity."""
         try:
-            from stream_learner import schedule
+            from stream_learner.learning import schedule
         except ImportError:
             return
         # ``_examples(chunk)``: the schedule's queued rows (numpy, ``chunk.joined_at``) -> a step;

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from stream_learner.broker import EmbeddedBroker, ensure_topics
+from stream_learner.tools.broker import EmbeddedBroker, ensure_topics
 
 from .common import PARTITIONS, make_stream, prefill
 from .run import DLQ, _name, _quiet_logs, passthrough_catch_up, service_catch_up

@@ -46,13 +46,13 @@ import numpy as np
 import orjson
 import torch
 
-from stream_learner.broker import EmbeddedBroker, ensure_topics
+from stream_learner.tools.broker import EmbeddedBroker, ensure_topics
 from stream_learner.config import Settings
-from stream_learner.join import Examples
-from stream_learner.model import build_model
-from stream_learner.process import freeze_startup_heap
+from stream_learner.learning.join import Examples
+from stream_learner.learning.model import build_model
+from stream_learner.tools.process import freeze_startup_heap
 from stream_learner.service import Service
-from stream_learner.trainer import Trainer
+from stream_learner.learning.trainer import Trainer
 
 from .common import INPUT_DIM, PARTITIONS, catch_up_ratio, every_label_stepped, make_stream, p99_gap, percentiles, prefill, read_timestamps
 from .memory import bytes_per_pending_entry
@@ -594,7 +594,7 @@ def _progress(quiet: bool):  # type: ignore[no-untyped-def]
 
 
 def _quiet_logs() -> None:
-    from stream_learner.logs import configure_logging
+    from stream_learner.observability.logs import configure_logging
 
     configure_logging("error")
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

@@ -5,15 +5,15 @@ that arrive later are joined back to their events and drive optimizer steps;
 model, optimizer, join state and offsets are checkpointed together.
 """
 
-from .config import Settings, load_settings
-from .errors import (
+from stream_learner.config import Settings, load_settings
+from stream_learner.errors import (
     CheckpointError,
     CheckpointMismatchError,
     ConfigError,
     DeliveryError,
     StreamLearnerError,
 )
-from .service import Service
+from stream_learner.service import Service
 
 __all__ = [
     "CheckpointError",

@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from stream_learner.tools.cli import main
 
 sys.exit(main())

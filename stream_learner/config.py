@@ -21,7 +21,7 @@ from typing import Any, Literal, Sequence
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .errors import ConfigError
+from stream_learner.errors import ConfigError
 
 Task = Literal["classification", "regression"]
 OptimizerName = Literal["adam", "sgd", "adagrad"]

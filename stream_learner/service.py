@@ -25,16 +25,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from threadpoolctl import threadpool_limits
 
-from .batcher import MicroBatcher
-from .checkpoint import CheckpointStore
-from .codec import decode_events, decode_labels, encode_predictions
-from .config import Settings
-from .device import DeviceThread
-from .errors import BrokerRefusedError, CheckpointError, DeliveryError
-from .evaluation import PrequentialMetrics
-from .fetching import Fetcher
-from .join import Examples, JoinBuffer
-from .kafka import (
+from stream_learner.intake.batcher import MicroBatcher
+from stream_learner.checkpointing.store import CheckpointStore
+from stream_learner.intake.codec import decode_events, decode_labels, encode_predictions
+from stream_learner.config import Settings
+from stream_learner.learning.device_thread import DeviceThread
+from stream_learner.errors import BrokerRefusedError, CheckpointError, DeliveryError
+from stream_learner.learning.prequential import PrequentialMetrics
+from stream_learner.kafka.fetching import Fetcher
+from stream_learner.learning.join import Examples, JoinBuffer
+from stream_learner.kafka.clients import (
     RebalanceHooks,
     dead_letter_headers,
     known_position,
@@ -44,14 +44,14 @@ from .kafka import (
     send_partitioned,
     watch_offset_resets,
 )
-from .model import build_model, resolve_device
-from .record_batch import PackedRecords
-from .records import EventBatch, Predictions, Rejected
-from .snapshot import restore_state, snapshot_state
-from .telemetry import Telemetry
-from .schedule import TrainingSchedule
-from .trainer import Trainer
-from .transactions import Transactions, choose_checkpoint, committed_offsets
+from stream_learner.learning.model import build_model, resolve_device
+from stream_learner.kernels.record_batch import PackedRecords
+from stream_learner.records import EventBatch, Predictions, Rejected
+from stream_learner.checkpointing.cut import restore_state, snapshot_state
+from stream_learner.observability.telemetry import Telemetry
+from stream_learner.learning.schedule import TrainingSchedule
+from stream_learner.learning.trainer import Trainer
+from stream_learner.checkpointing.transactions import Transactions, choose_checkpoint, committed_offsets
 
 log = structlog.get_logger(__name__)
 CHECKPOINT_RETRY_S = 5.0

@@ -19,7 +19,7 @@ from typing import Callable, Literal
 
 import pytest
 
-from stream_learner.broker import EmbeddedBroker, ensure_topics
+from stream_learner.tools.broker import EmbeddedBroker, ensure_topics
 
 from .service_process import ServiceProcess
 

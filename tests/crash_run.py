@@ -12,8 +12,8 @@ import sys
 
 import structlog
 
-from stream_learner import cli
-from stream_learner.telemetry import Telemetry
+from stream_learner.tools import cli
+from stream_learner.observability.telemetry import Telemetry
 
 
 def _exit_at(target: str) -> None:

@@ -31,8 +31,8 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.util import calc_crc32c
 
-from stream_learner.record_batch import ClosedBatch
-from stream_learner.synthetic import SyntheticBatch
+from stream_learner.kernels.record_batch import ClosedBatch
+from stream_learner.tools.synthetic import SyntheticBatch
 
 Record = tuple[bytes, bytes]
 """(key, value)"""

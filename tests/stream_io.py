@@ -8,8 +8,8 @@ from typing import Any, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream_learner.client import EventProducer, PredictionConsumer
-from stream_learner.synthetic import DriftingStream, SyntheticBatch
+from stream_learner.tools.client import EventProducer, PredictionConsumer
+from stream_learner.tools.synthetic import DriftingStream, SyntheticBatch
 
 
 async def produce_events(producer: AIOKafkaProducer, topic: str, batch: SyntheticBatch, ts: float | None = None) -> None:

@@ -30,15 +30,15 @@ from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
 from aiokafka.record.util import calc_crc32c
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from stream_learner import batch_reader
-from stream_learner.batch_reader import (
+from stream_learner.kafka import batch_reader
+from stream_learner.kafka.batch_reader import (
     RecordBatch,
     bytes_needed,
     fetch_partition,
     parse_record_batches,
     read_batch_at,
 )
-from stream_learner.record_batch import ClosedBatch
+from stream_learner.kernels.record_batch import ClosedBatch
 from stream_learner.records import RawRecord
 
 from .conftest import BrokerInfo, TestTopics

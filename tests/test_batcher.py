@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stream_learner.batcher import MicroBatcher
+from stream_learner.intake.batcher import MicroBatcher
 from stream_learner.records import EventBatch
 
 DIM = 3

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from stream_learner.checkpoint import CheckpointStore
+from stream_learner.checkpointing.store import CheckpointStore
 
 from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
 from .observe import progress_lines, rss_bytes, wait_for_progress

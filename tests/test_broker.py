@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from .conftest import TOPIC_PARTITIONS, BrokerInfo, TestTopics
-from stream_learner.broker import EmbeddedBroker, ensure_topics
+from stream_learner.tools.broker import EmbeddedBroker, ensure_topics
 
 pytestmark = pytest.mark.integration
 

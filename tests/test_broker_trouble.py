@@ -13,7 +13,7 @@ from stream_learner.config import Settings
 from stream_learner.errors import DeliveryError
 from stream_learner.service import Service
 
-from stream_learner.broker import EmbeddedBroker, ensure_topics
+from stream_learner.tools.broker import EmbeddedBroker, ensure_topics
 
 from .conftest import INPUT_DIM, TOPIC_PARTITIONS, BrokerInfo, StartService, TestTopics
 from .service_process import ServiceProcess, checkpoint_show

@@ -11,7 +11,7 @@ import pytest
 import torch
 from structlog.testing import capture_logs
 
-from stream_learner.checkpoint import CheckpointStore
+from stream_learner.checkpointing.store import CheckpointStore
 from stream_learner.errors import CheckpointError
 
 

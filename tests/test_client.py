@@ -14,12 +14,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from stream_learner.client import EventProducer, Prediction, PredictionConsumer, _parse
-from stream_learner.codec import decode_events, decode_labels, encode_predictions
+from stream_learner.tools.client import EventProducer, Prediction, PredictionConsumer, _parse
+from stream_learner.intake.codec import decode_events, decode_labels, encode_predictions
 from stream_learner.config import Settings
 from stream_learner.errors import DeliveryError
 from stream_learner.records import EventBatch, Predictions, RawRecord
-from stream_learner.synthetic import DriftingStream
+from stream_learner.tools.synthetic import DriftingStream
 
 from .conftest import BrokerInfo, TestTopics
 from .stream_io import read_topic

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_learner.codec import decode_events, decode_labels, encode_predictions
+from stream_learner.intake.codec import decode_events, decode_labels, encode_predictions
 from stream_learner.records import EventBatch, Predictions, RawRecord
 
 DIM = 3

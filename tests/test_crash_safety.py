@@ -12,8 +12,8 @@ import pytest
 import torch
 from aiokafka import AIOKafkaProducer
 
-from stream_learner.checkpoint import CheckpointStore
-from stream_learner.synthetic import DriftingStream
+from stream_learner.checkpointing.store import CheckpointStore
+from stream_learner.tools.synthetic import DriftingStream
 
 from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
 from .service_process import ServiceProcess, checkpoint_show

@@ -12,11 +12,11 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 from torch import nn
 
 from stream_learner.config import Settings
-from stream_learner.dense_net import DenseNet
-from stream_learner.join import Examples
-from stream_learner.model import StandardizedModel, Standardizer, build_model
-from stream_learner.synthetic import DriftingStream
-from stream_learner.trainer import Trainer
+from stream_learner.kernels.dense_net import DenseNet
+from stream_learner.learning.join import Examples
+from stream_learner.learning.model import StandardizedModel, Standardizer, build_model
+from stream_learner.tools.synthetic import DriftingStream
+from stream_learner.learning.trainer import Trainer
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("clean_settings_sources")

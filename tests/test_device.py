@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from stream_learner.device import DeviceThread
+from stream_learner.learning.device_thread import DeviceThread
 
 
 async def test_in_order_jobs_run_in_order_and_a_read_overtakes_the_queued_ones() -> None:

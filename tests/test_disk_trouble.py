@@ -20,10 +20,10 @@ from typing import Any, Callable
 import pytest
 from aiokafka import TopicPartition
 
-from stream_learner.checkpoint import CheckpointStore
+from stream_learner.checkpointing.store import CheckpointStore
 from stream_learner.config import Settings
 from stream_learner.service import Service
-from stream_learner.synthetic import DriftingStream
+from stream_learner.tools.synthetic import DriftingStream
 
 from .conftest import INPUT_DIM, TOPIC_PARTITIONS, BrokerInfo, StartService, TestTopics
 from .observe import as_offsets, committed_offsets, wait_for_progress

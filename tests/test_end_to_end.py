@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from stream_learner.synthetic import DriftingStream
+from stream_learner.tools.synthetic import DriftingStream
 
 from .conftest import INPUT_DIM, BrokerInfo, TestTopics
 from .service_process import ServiceProcess, checkpoint_show

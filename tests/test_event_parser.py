@@ -10,8 +10,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_learner.codec import _decode_events_one_by_one, decode_events
-from stream_learner.event_parser import parse_events
+from stream_learner.intake.codec import _decode_events_one_by_one, decode_events
+from stream_learner.intake.event_parser import parse_events
 from stream_learner.records import RawRecord
 
 DIM = 4

@@ -15,12 +15,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
-from stream_learner.checkpoint import CheckpointStore
+from stream_learner.checkpointing.store import CheckpointStore
 from stream_learner.config import Settings
 from stream_learner.errors import CheckpointError
-from stream_learner.kafka import make_consumer, make_producer
-from stream_learner.synthetic import DriftingStream
-from stream_learner.transactions import choose_checkpoint
+from stream_learner.kafka.clients import make_consumer, make_producer
+from stream_learner.tools.synthetic import DriftingStream
+from stream_learner.checkpointing.transactions import choose_checkpoint
 
 from .conftest import INPUT_DIM, TOPIC_PARTITIONS, BrokerInfo, StartService, TestTopics
 from .service_process import ServiceProcess, checkpoint_show

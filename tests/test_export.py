@@ -9,15 +9,15 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_learner.checkpoint import CheckpointStore
+from stream_learner.checkpointing.store import CheckpointStore
 from stream_learner.config import Settings
 from stream_learner.errors import CheckpointError, CheckpointMismatchError
-from stream_learner.export import export_model, load_torchscript, model_spec
-from stream_learner.join import Examples
+from stream_learner.tools.export import export_model, load_torchscript, model_spec
+from stream_learner.learning.join import Examples
 from stream_learner.service import Service
-from stream_learner.snapshot import model_spec as snapshot_model_spec
-from stream_learner.snapshot import snapshot_state
-from stream_learner.synthetic import DriftingStream
+from stream_learner.checkpointing.cut import model_spec as snapshot_model_spec
+from stream_learner.checkpointing.cut import snapshot_state
+from stream_learner.tools.synthetic import DriftingStream
 
 from .test_cli import cli
 

@@ -9,9 +9,9 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import TopicAuthorizationFailedError
 
-from stream_learner import fetching
-from stream_learner.batch_reader import BatchProblem, RecordBatch
-from stream_learner.fetching import Fetcher
+from stream_learner.kafka import fetching
+from stream_learner.kafka.batch_reader import BatchProblem, RecordBatch
+from stream_learner.kafka.fetching import Fetcher
 from stream_learner.records import RawRecord
 
 EVENTS = [TopicPartition("events", p) for p in range(3)]

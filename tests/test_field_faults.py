@@ -23,9 +23,9 @@ from typing import Any, Callable
 
 import pytest
 
-from stream_learner.broker import EmbeddedBroker
-from stream_learner.checkpoint import CheckpointStore
-from stream_learner.synthetic import DriftingStream, SyntheticBatch
+from stream_learner.tools.broker import EmbeddedBroker
+from stream_learner.checkpointing.store import CheckpointStore
+from stream_learner.tools.synthetic import DriftingStream, SyntheticBatch
 
 from .conftest import INPUT_DIM, TOPIC_PARTITIONS, BrokerInfo, StartService, TestTopics
 from .librdkafka_io import (

@@ -25,8 +25,8 @@ from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from stream_learner.broker import ensure_topics
-from stream_learner.checkpoint import CheckpointStore
+from stream_learner.tools.broker import ensure_topics
+from stream_learner.checkpointing.store import CheckpointStore
 
 from .conftest import INPUT_DIM, TOPIC_PARTITIONS, BrokerInfo, StartService
 from .observe import read_to_end, wait_for_progress

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_learner.host_adam import HostAdam
+from stream_learner.kernels.host_adam import HostAdam
 
 SHAPES = [(16, 8), (16,), (3, 16), (3,)]
 

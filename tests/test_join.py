@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from stream_learner.join import MAX_EARLY_LABEL_BYTES, JoinBuffer, _keys, id_bytes
+from stream_learner.learning.join import MAX_EARLY_LABEL_BYTES, JoinBuffer, _keys, id_bytes
 
 DIM, OUT = 3, 2
 

@@ -29,12 +29,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from structlog.testing import capture_logs
 
-from stream_learner.broker import EmbeddedBroker, ensure_topics
+from stream_learner.tools.broker import EmbeddedBroker, ensure_topics
 from stream_learner.config import Settings
 from stream_learner.errors import ConfigError
-from stream_learner.metrics import BulkHistogram, MetricsServer, PrometheusTelemetry, ServiceCollector, TensorBoardLog
+from stream_learner.observability.prometheus import BulkHistogram, MetricsServer, PrometheusTelemetry, ServiceCollector, TensorBoardLog
 from stream_learner.service import Service
-from stream_learner.synthetic import DriftingStream
+from stream_learner.tools.synthetic import DriftingStream
 
 from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
 from .service_process import ServiceProcess

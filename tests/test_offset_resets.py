@@ -10,8 +10,8 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from stream_learner.kafka import watch_offset_resets
-from stream_learner.synthetic import DriftingStream
+from stream_learner.kafka.clients import watch_offset_resets
+from stream_learner.tools.synthetic import DriftingStream
 
 from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
 from .observe import progress_lines, wait_for_progress

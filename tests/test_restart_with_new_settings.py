@@ -15,12 +15,12 @@ import pytest
 import structlog
 import torch
 
-from stream_learner.checkpoint import CheckpointStore
+from stream_learner.checkpointing.store import CheckpointStore
 from stream_learner.config import Settings
-from stream_learner.join import Examples
+from stream_learner.learning.join import Examples
 from stream_learner.service import Service
-from stream_learner.snapshot import restore_state, snapshot_state
-from stream_learner.synthetic import DriftingStream
+from stream_learner.checkpointing.cut import restore_state, snapshot_state
+from stream_learner.tools.synthetic import DriftingStream
 
 from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
 from .observe import read_to_end, wait_for_progress

@@ -7,8 +7,8 @@ import random
 import numpy as np
 import torch
 
-from stream_learner.join import Examples
-from stream_learner.schedule import TrainingSchedule
+from stream_learner.learning.join import Examples
+from stream_learner.learning.schedule import TrainingSchedule
 
 B = 4
 

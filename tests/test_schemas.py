@@ -11,8 +11,8 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from stream_learner.client import EventProducer
-from stream_learner.codec import decode_events, decode_labels, encode_predictions
+from stream_learner.tools.client import EventProducer
+from stream_learner.intake.codec import decode_events, decode_labels, encode_predictions
 from stream_learner.records import EventBatch, Predictions, RawRecord
 
 from .test_client import FakeProducer

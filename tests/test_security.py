@@ -14,7 +14,7 @@ import pytest
 
 from stream_learner.config import Settings
 from stream_learner.errors import ConfigError
-from stream_learner.kafka import make_consumer, make_producer, security_kwargs, unused_security_settings
+from stream_learner.kafka.clients import make_consumer, make_producer, security_kwargs, unused_security_settings
 
 from .conftest import BrokerInfo, StartService
 

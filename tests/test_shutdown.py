@@ -14,8 +14,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from stream_learner.checkpoint import CheckpointStore
-from stream_learner.synthetic import DriftingStream
+from stream_learner.checkpointing.store import CheckpointStore
+from stream_learner.tools.synthetic import DriftingStream
 
 from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
 from .observe import progress_lines, read_to_end, wait_for_progress

@@ -13,11 +13,11 @@ from torch import nn
 
 from stream_learner.config import Settings
 from stream_learner.errors import ConfigError
-from stream_learner.evaluation import PrequentialMetrics
-from stream_learner.join import Examples
-from stream_learner.model import Standardizer, build_model
-from stream_learner.synthetic import DriftingStream
-from stream_learner.trainer import OptimizerChange, OptimizerSpec, Trainer
+from stream_learner.learning.prequential import PrequentialMetrics
+from stream_learner.learning.join import Examples
+from stream_learner.learning.model import Standardizer, build_model
+from stream_learner.tools.synthetic import DriftingStream
+from stream_learner.learning.trainer import OptimizerChange, OptimizerSpec, Trainer
 
 DIM = 8
 CPU = torch.device("cpu")

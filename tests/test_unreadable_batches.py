@@ -11,8 +11,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from stream_learner.record_batch import ClosedBatch
-from stream_learner.synthetic import DriftingStream
+from stream_learner.kernels.record_batch import ClosedBatch
+from stream_learner.tools.synthetic import DriftingStream
 
 from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
 from .observe import read_to_end, wait_for_progress

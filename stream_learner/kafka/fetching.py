@@ -27,9 +27,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 
-from .batch_reader import read_batch_at
-from .kafka import known_position
-from .records import RawRecord, Rejected
+from stream_learner.kafka.batch_reader import read_batch_at
+from stream_learner.kafka.clients import known_position
+from stream_learner.records import RawRecord, Rejected
 
 log = structlog.get_logger(__name__)
 

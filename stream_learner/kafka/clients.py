@@ -23,10 +23,10 @@ from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 from pydantic import SecretStr
 
-from .config import Settings
-from .errors import ConfigError
-from .record_batch import PackedRecordBatch, PackedRecords, packs_batches
-from .records import Rejected
+from stream_learner.config import Settings
+from stream_learner.errors import ConfigError
+from stream_learner.kernels.record_batch import PackedRecordBatch, PackedRecords, packs_batches
+from stream_learner.records import Rejected
 
 log = structlog.get_logger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
-from .records import EventBatch
+from stream_learner.records import EventBatch
 
 
 class MicroBatcher:

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .idtable import find_rows, insert_rows
+from stream_learner.kernels.id_table import find_rows, insert_rows
 
 UNLABELED_PARTITION = -1
 """Label partition of examples labelled by the missing-label policy (they have no label record)."""

@@ -27,10 +27,10 @@ import orjson
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointStore, fsync_path
-from .config import Settings
-from .errors import CheckpointError, CheckpointMismatchError, ConfigError
-from .model import StandardizedModel, Standardizer, build_model
+from stream_learner.checkpointing.store import CheckpointStore, fsync_path
+from stream_learner.config import Settings
+from stream_learner.errors import CheckpointError, CheckpointMismatchError, ConfigError
+from stream_learner.learning.model import StandardizedModel, Standardizer, build_model
 
 Format = Literal["torchscript", "onnx"]
 FORMATS: tuple[Format, ...] = ("torchscript", "onnx")

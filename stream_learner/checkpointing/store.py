@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import structlog
 import torch
 
-from .errors import CheckpointError, ConfigError
+from stream_learner.errors import CheckpointError, ConfigError
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^checkpoint-(\d{12})\.pt$")

@@ -39,14 +39,14 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .config import Settings
-from .errors import ConfigError
-from .telemetry import Telemetry
+from stream_learner.config import Settings
+from stream_learner.errors import ConfigError
+from stream_learner.observability.telemetry import Telemetry
 
 if TYPE_CHECKING:
     import torch
 
-    from .service import Service
+    from stream_learner.service import Service
 
 log = structlog.get_logger(__name__)
 
@@ -191,7 +191,7 @@ def _counter(name: str, doc: str, value: float | None) -> CounterMetricFamily:
 
 
 def _version() -> str:
-    from . import __version__
+    from stream_learner import __version__
 
     return __version__
 

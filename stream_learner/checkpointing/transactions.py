@@ -34,10 +34,10 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 
-from .checkpoint import LoadedCheckpoint
-from .config import Settings
-from .errors import BrokerCapabilityError, CheckpointError
-from .kafka import security_kwargs
+from stream_learner.checkpointing.store import LoadedCheckpoint
+from stream_learner.config import Settings
+from stream_learner.errors import BrokerCapabilityError, CheckpointError
+from stream_learner.kafka.clients import security_kwargs
 
 log = structlog.get_logger(__name__)
 

@@ -29,7 +29,7 @@ import numba
 import numpy as np
 import orjson
 
-from .compiled import compiled
+from stream_learner.kernels.compiled import compiled
 
 _BYTES = numba.types.Array(numba.types.uint8, 1, "C", readonly=True)
 _SIGNATURE = numba.types.void(

@@ -14,9 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 import orjson
 
-from .config import FLOAT32_LIMIT
-from .event_parser import parse_events
-from .records import EventBatch, LabelBatch, Predictions, RawRecord, Rejected
+from stream_learner.config import FLOAT32_LIMIT
+from stream_learner.intake.event_parser import parse_events
+from stream_learner.records import EventBatch, LabelBatch, Predictions, RawRecord, Rejected
 
 _NUMBER = (int, float)
 _EXACT_INT = 2**53

@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from .join import UNLABELED_PARTITION, Examples
+from stream_learner.learning.join import UNLABELED_PARTITION, Examples
 
 ReadToEnd = Callable[[int], bool]
 LowestWaiting = Callable[[int], "tuple[int, float] | None"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from .checkpoint import CheckpointStore
+from stream_learner.checkpointing.store import CheckpointStore
 
 
 def describe_latest(store: CheckpointStore) -> dict[str, Any] | None:

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiokafka import TopicPartition
 
-from .errors import CheckpointMismatchError
-from .trainer import OptimizerChange
+from stream_learner.errors import CheckpointMismatchError
+from stream_learner.learning.trainer import OptimizerChange
 
 if TYPE_CHECKING:
-    from .service import Service
+    from stream_learner.service import Service
 
 log = structlog.get_logger(__name__)
 

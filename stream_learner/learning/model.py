@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .compiled import compiled
-from .config import Settings
-from .errors import ConfigError
+from stream_learner.kernels.compiled import compiled
+from stream_learner.config import Settings
+from stream_learner.errors import ConfigError
 
 
 Moments = tuple[float, np.ndarray, np.ndarray]

@@ -13,10 +13,10 @@ from typing import Sequence
 import orjson
 from pydantic import ValidationError
 
-from .checkpoint import CheckpointStore
-from .config import Settings, load_settings, named_env_file
-from .errors import StreamLearnerError
-from .logs import configure_logging
+from stream_learner.checkpointing.store import CheckpointStore
+from stream_learner.config import Settings, load_settings, named_env_file
+from stream_learner.errors import StreamLearnerError
+from stream_learner.observability.logs import configure_logging
 
 EXIT_CONFIG = 2
 
@@ -42,9 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: list[str]) -> int:
     settings = load_settings(args, prog="stream-learner run")
     configure_logging(settings.log_level)
-    from .metrics import PrometheusTelemetry
-    from .process import freeze_startup_heap
-    from .service import Service
+    from stream_learner.observability.prometheus import PrometheusTelemetry
+    from stream_learner.tools.process import freeze_startup_heap
+    from stream_learner.service import Service
 
     telemetry = PrometheusTelemetry(settings)
     service = Service(settings, telemetry=telemetry)
@@ -60,7 +60,7 @@ async def _serve(service: "Service", telemetry: "PrometheusTelemetry | None" = N
     server = None
     if telemetry is not None and service.settings.metrics_port:
         # Before the service connects: /healthz answers at once, /readyz says 503 until the service is ready.
-        from .metrics import MetricsServer
+        from stream_learner.observability.prometheus import MetricsServer
 
         settings = service.settings
         server = await MetricsServer(telemetry.registry, service.health, settings.metrics_host, settings.metrics_port).start()
@@ -83,7 +83,7 @@ def _demo(args: list[str]) -> int:
     parser.add_argument("--checkpoint-dir", type=Path, default=None, help="keep checkpoints here (default: a temp dir)")
     options = parser.parse_args(args)
     configure_logging("warning")
-    from .demo import run_demo
+    from stream_learner.tools.demo import run_demo
 
     return asyncio.run(run_demo(options))
 
@@ -112,7 +112,7 @@ def _produce(args: list[str]) -> int:
     configure_logging("warning")
     names = ("bootstrap_servers", "events_topic", "labels_topic", "input_dim")
     settings = load_settings(**{n: getattr(options, n) for n in names if getattr(options, n) is not None})
-    from .demo import run_producer
+    from stream_learner.tools.demo import run_producer
 
     return asyncio.run(run_producer(options, settings))
 
@@ -133,7 +133,7 @@ def _export(args: list[str]) -> int:
     options, rest = parser.parse_known_args(args)
     settings = load_settings(rest, prog="stream-learner export")
     configure_logging("warning")
-    from .export import export_model
+    from stream_learner.tools.export import export_model
 
     info = export_model(settings, options.format, options.out)
     if options.json:
@@ -160,7 +160,7 @@ def _checkpoint(args: list[str]) -> int:
     options = parser.parse_args(args)
     configure_logging("warning")
     directory = options.checkpoint_dir or _checkpoint_dir_from_env(Settings.model_fields["checkpoint_dir"].default)
-    from .describe import describe_latest
+    from stream_learner.tools.describe import describe_latest
 
     summary = describe_latest(CheckpointStore(directory, keep=1))
     if summary is None:

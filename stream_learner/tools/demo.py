@@ -16,11 +16,11 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .broker import EmbeddedBroker, ensure_topics
-from .client import EventProducer
-from .config import Settings
-from .service import Service
-from .synthetic import DriftingStream
+from stream_learner.tools.broker import EmbeddedBroker, ensure_topics
+from stream_learner.tools.client import EventProducer
+from stream_learner.config import Settings
+from stream_learner.service import Service
+from stream_learner.tools.synthetic import DriftingStream
 
 TICK_S = 0.05
 

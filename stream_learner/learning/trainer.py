@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import Settings
-from .dense_net import DenseNet
-from .host_adam import HostAdam, is_plain_adam
-from .join import Examples
-from .model import StandardizedModel
+from stream_learner.config import Settings
+from stream_learner.kernels.dense_net import DenseNet
+from stream_learner.kernels.host_adam import HostAdam, is_plain_adam
+from stream_learner.learning.join import Examples
+from stream_learner.learning.model import StandardizedModel
 
 RECENT_LOSSES = 100
 MIN_LOSSES_FOR_SPIKES = 20

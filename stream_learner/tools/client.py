@@ -33,11 +33,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.structs import RecordMetadata
 
-from .errors import DeliveryError
-from .kafka import security_kwargs
+from stream_learner.errors import DeliveryError
+from stream_learner.kafka.clients import security_kwargs
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from stream_learner.config import Settings
 
 __all__ = ["EventProducer", "Prediction", "PredictionConsumer"]
 

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .compiled import compiled
-from .config import FLOAT32_LIMIT
-from .model import StandardizedModel, Standardizer
+from stream_learner.kernels.compiled import compiled
+from stream_learner.config import FLOAT32_LIMIT
+from stream_learner.learning.model import StandardizedModel, Standardizer
 
 
 @dataclass

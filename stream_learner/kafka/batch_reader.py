@@ -35,7 +35,7 @@ from aiokafka.errors import (
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.util import calc_crc32c
 
-from .records import RawRecord
+from stream_learner.records import RawRecord
 
 __all__ = [
     "DEFAULT_FETCH_BYTES",

@@ -27,7 +27,7 @@ import math
 import numpy as np
 import torch
 
-from .compiled import compiled
+from stream_learner.kernels.compiled import compiled
 
 _Views = list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 

@@ -26,7 +26,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka.record.util import calc_crc32c
 
-from .compiled import compiled
+from stream_learner.kernels.compiled import compiled
 
 _HEADER = struct.Struct(">qiibIhiqqqhii")
 """BaseOffset, Length, PartitionLeaderEpoch, Magic, CRC, Attributes, LastOffsetDelta,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .compiled import compiled
+from stream_learner.kernels.compiled import compiled
 
 _FIND = "int64[:](int32[:], uint64[:, :], uint16[:], uint64[:, :], uint16[:], uint64[:])"
 _INSERT = "int64(int32[:], uint16[:], uint64[:], int64[:])"
