@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -243,7 +244,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_topics_distinct(self) -> "Settings":
+    def _check_topics_distinct(self) -> Settings:
         # Kafka refuses a topic whose name equals another's with '.' and '_' swapped (their metric names collide).
         seen: dict[str, str] = {}
         for name in TOPIC_SETTINGS:
@@ -258,7 +259,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_delivery(self) -> "Settings":
+    def _check_delivery(self) -> Settings:
         if self.delivery == "exactly_once" and self.keep_checkpoints < 2:
             raise ValueError(
                 "delivery=exactly_once needs keep_checkpoints >= 2: after a crash between writing a "
@@ -283,7 +284,9 @@ class Settings(BaseSettings):
         return self.learning_rate or DEFAULT_LEARNING_RATE[family][self.optimizer]
 
 
-def load_settings(cli_args: Sequence[str] | None = None, prog: str = "stream-learner run", **overrides: object) -> Settings:
+def load_settings(
+    cli_args: Sequence[str] | None = None, prog: str = "stream-learner run", **overrides: object
+) -> Settings:
     """Build the settings from flags (when given), environment, the env file named by
     ``STREAM_LEARNER_ENV_FILE`` and defaults; raises :class:`ConfigError` when that file is not there."""
     env_file = named_env_file()

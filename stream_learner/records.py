@@ -6,8 +6,9 @@ Python object per record; only a rejected record becomes an object of its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class RawRecord:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
     @staticmethod
-    def of(record: "RawRecord | Any") -> "RawRecord":
+    def of(record: RawRecord | Any) -> RawRecord:
         """``record`` itself, or a copy of an aiokafka ``ConsumerRecord``-like one (same attribute names).
 
         The decoders take consumed records as they come and build a ``RawRecord`` only for a
@@ -87,12 +88,12 @@ class EventBatch:
         return len(self.ids)
 
     @staticmethod
-    def empty(input_dim: int) -> "EventBatch":
+    def empty(input_dim: int) -> EventBatch:
         """A batch of no events."""
         return EventBatch([], np.zeros((0, input_dim), np.float32), np.zeros(0), np.zeros(0))
 
     @staticmethod
-    def concat(batches: Sequence["EventBatch"]) -> "EventBatch":
+    def concat(batches: Sequence[EventBatch]) -> EventBatch:
         """One batch holding every row of ``batches`` in order."""
         if len(batches) == 1:
             return batches[0]
@@ -110,10 +111,13 @@ class EventBatch:
         """Epoch seconds of each event: its ``ts`` where given, else when the service read it."""
         return np.where(np.isnan(self.ts), self.received_at, self.ts)
 
-    def slice(self, start: int, stop: int) -> "EventBatch":
+    def slice(self, start: int, stop: int) -> EventBatch:
         """Rows ``start:stop`` as a batch of their own."""
         return EventBatch(
-            self.ids[start:stop], self.features[start:stop], self.ts[start:stop], self.received_at[start:stop],
+            self.ids[start:stop],
+            self.features[start:stop],
+            self.ts[start:stop],
+            self.received_at[start:stop],
             None if self.partitions is None else self.partitions[start:stop],
         )
 

@@ -16,7 +16,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Any, Callable, Iterable, NamedTuple, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import structlog
@@ -25,15 +26,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from threadpoolctl import threadpool_limits
 
-from stream_learner.intake.batcher import MicroBatcher
+from stream_learner.checkpointing.cut import restore_state, snapshot_state
 from stream_learner.checkpointing.store import CheckpointStore
-from stream_learner.intake.codec import decode_events, decode_labels, encode_predictions
+from stream_learner.checkpointing.transactions import Transactions, choose_checkpoint, committed_offsets
 from stream_learner.config import Settings
-from stream_learner.learning.device_thread import DeviceThread
 from stream_learner.errors import BrokerRefusedError, CheckpointError, DeliveryError
-from stream_learner.learning.prequential import PrequentialMetrics
-from stream_learner.kafka.fetching import Fetcher
-from stream_learner.learning.join import Examples, JoinBuffer
+from stream_learner.intake.batcher import MicroBatcher
+from stream_learner.intake.codec import decode_events, decode_labels, encode_predictions
 from stream_learner.kafka.clients import (
     RebalanceHooks,
     dead_letter_headers,
@@ -44,14 +43,16 @@ from stream_learner.kafka.clients import (
     send_partitioned,
     watch_offset_resets,
 )
-from stream_learner.learning.model import build_model, resolve_device
+from stream_learner.kafka.fetching import Fetcher
 from stream_learner.kernels.record_batch import PackedRecords
-from stream_learner.records import EventBatch, Predictions, Rejected
-from stream_learner.checkpointing.cut import restore_state, snapshot_state
-from stream_learner.observability.telemetry import Telemetry
+from stream_learner.learning.device_thread import DeviceThread
+from stream_learner.learning.join import Examples, JoinBuffer
+from stream_learner.learning.model import build_model, resolve_device
+from stream_learner.learning.prequential import PrequentialMetrics
 from stream_learner.learning.schedule import TrainingSchedule
 from stream_learner.learning.trainer import Trainer
-from stream_learner.checkpointing.transactions import Transactions, choose_checkpoint, committed_offsets
+from stream_learner.observability.telemetry import Telemetry
+from stream_learner.records import EventBatch, Predictions, Rejected
 
 log = structlog.get_logger(__name__)
 CHECKPOINT_RETRY_S = 5.0
@@ -172,7 +173,9 @@ class Service:
         try:
             if not await self._connect():
                 return
-            log.info("service_started", bootstrap_servers=self.settings.bootstrap_servers, device=str(self.trainer.device))
+            log.info(
+                "service_started", bootstrap_servers=self.settings.bootstrap_servers, device=str(self.trainer.device)
+            )
             probe = asyncio.create_task(self._probe_broker())
             try:
                 while not self._stop.is_set():
@@ -199,7 +202,9 @@ class Service:
                 await self._stop_clients()
                 refused = await refusal(self.settings)
                 if refused is not None:
-                    raise BrokerRefusedError(f"the brokers refuse this client: {type(refused).__name__}: {refused}") from refused
+                    raise BrokerRefusedError(
+                        f"the brokers refuse this client: {type(refused).__name__}: {refused}"
+                    ) from refused
                 log.warning("broker_unreachable", bootstrap_servers=self.settings.bootstrap_servers,
                             error=f"{type(exc).__name__}: {exc}", retry_in_s=delay)  # fmt: skip
                 await self._sleep_unless_stopped(delay)
@@ -221,7 +226,9 @@ class Service:
             await self._restore(committed=await committed_offsets(s))
         else:
             await self._producer.start()
-        self._consumer.subscribe([s.events_topic, s.labels_topic], listener=RebalanceHooks(self._on_revoked, self._on_assigned))
+        self._consumer.subscribe(
+            [s.events_topic, s.labels_topic], listener=RebalanceHooks(self._on_revoked, self._on_assigned)
+        )
         await self._consumer.start()
         self._fetcher = Fetcher(self._consumer, self._producer.client, s.fetch_max_records, read_committed=True)
         watch_offset_resets(self._offset_reset)
@@ -260,7 +267,7 @@ class Service:
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stop.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _offset_reset(self, tp: TopicPartition, offset: int) -> None:
@@ -321,7 +328,11 @@ class Service:
             decoded_labels, rejected_labels = decode_labels(labels, s.task, s.num_classes)
             self.counters["labels_consumed"] += len(labels)
             joined = self.join.add_labels(
-                decoded_labels.ids, decoded_labels.labels, time.time(), decoded_labels.partitions, decoded_labels.offsets
+                decoded_labels.ids,
+                decoded_labels.labels,
+                time.time(),
+                decoded_labels.partitions,
+                decoded_labels.offsets,
             )
             self._learn_from(joined)
             rejected += rejected_labels
@@ -336,7 +347,9 @@ class Service:
             self.telemetry.batch_predicted(len(events), time.perf_counter() - started, events.event_times())
             values = encode_predictions(Predictions(events, scores, version), self.settings.task)
             records = PackedRecords.of([event_id.encode() for event_id in events.ids], values)
-            source_partitions = self._consumer.partitions_for_topic(self.settings.events_topic) if self._consumer else None
+            source_partitions = (
+                self._consumer.partitions_for_topic(self.settings.events_topic) if self._consumer else None
+            )
             if self._transactions is not None:
                 await self._transactions.begin()
             self._deliveries += await send_partitioned(
@@ -370,7 +383,9 @@ class Service:
     def _predict_on_device(self, features: Any) -> tuple[Any, int]:
         started = time.perf_counter()
         scores = self.trainer.predict_many(features)
-        self._inline_inference = self.trainer.device.type == "cpu" and time.perf_counter() - started < INLINE_INFERENCE_MAX_S
+        self._inline_inference = (
+            self.trainer.device.type == "cpu" and time.perf_counter() - started < INLINE_INFERENCE_MAX_S
+        )
         return scores, self.trainer.model_version
 
     def _learn_from(self, examples: Examples) -> None:
@@ -411,10 +426,20 @@ class Service:
         assert self._consumer is not None
         labels = [tp for tp in self._consumer.assignment() if tp.topic == self.settings.labels_topic]
         paused = self._consumer.paused() & set(labels)
-        early, early_bytes, most_bytes = self.join.early_labels, self.join.early_label_bytes, self.settings.max_early_label_bytes
-        if not paused and (early > self._early_labels_high or early_bytes > most_bytes // 2) and not self._events_read():
+        early, early_bytes, most_bytes = (
+            self.join.early_labels,
+            self.join.early_label_bytes,
+            self.settings.max_early_label_bytes,
+        )
+        if (
+            not paused
+            and (early > self._early_labels_high or early_bytes > most_bytes // 2)
+            and not self._events_read()
+        ):
             self._consumer.pause(*labels)
-        elif paused and (early <= self._early_labels_high // 2 and early_bytes <= most_bytes // 4 or self._events_read()):
+        elif paused and (
+            early <= self._early_labels_high // 2 and early_bytes <= most_bytes // 4 or self._events_read()
+        ):
             self._consumer.resume(*paused)
 
     def _catching_up(self) -> bool:
@@ -504,7 +529,9 @@ class Service:
             self.trainer.rollback(good)  # type: ignore[arg-type]
         seconds, version = time.perf_counter() - started, self.trainer.model_version
         # CPU time, not wall: on the device thread a step's wall time includes waits for the GIL.
-        self._inline_training = self.trainer.device.type == "cpu" and time.thread_time() - cpu_started < INLINE_TRAINING_MAX_S
+        self._inline_training = (
+            self.trainer.device.type == "cpu" and time.thread_time() - cpu_started < INLINE_TRAINING_MAX_S
+        )
         dropped = self.trainer.counters.examples_skipped - skipped_before if loss == loss else 0
         return StepOutcome(len(examples), loss, seconds, version, poisoned, rolled_back, dropped, examples.features)
 
@@ -517,7 +544,12 @@ class Service:
             outcome = self._steps.pop(0).result()
             self.telemetry.step_trained(outcome.examples, outcome.seconds, outcome.loss, outcome.model_version)
             if debug:  # the sum of a step's features costs more than the rest of its report
-                log.debug("train_step", examples=outcome.examples, version=outcome.model_version, digest=float(outcome.features.sum()))
+                log.debug(
+                    "train_step",
+                    examples=outcome.examples,
+                    version=outcome.model_version,
+                    digest=float(outcome.features.sum()),
+                )
             if outcome.rolled_back:
                 log.warning("training_rolled_back", examples=outcome.examples, model_version=outcome.model_version)
             elif outcome.poisoned:
@@ -525,7 +557,9 @@ class Service:
             elif outcome.loss != outcome.loss:
                 log.warning("training_step_skipped", reason="non-finite loss or gradient", examples=outcome.examples)
             elif outcome.dropped:
-                log.warning("training_examples_dropped", reason="non-finite loss of their own", examples=outcome.dropped)
+                log.warning(
+                    "training_examples_dropped", reason="non-finite loss of their own", examples=outcome.dropped
+                )
 
     async def _expire(self) -> None:
         before = self.join.counters.events_expired + self.join.counters.labels_expired
@@ -608,9 +642,16 @@ class Service:
         """Steps 4 to 6 of a checkpoint of ``state``; False when it could not be written (retried soon)."""
         # Step 4. Write atomically; on failure keep serving and retry soon, committing nothing.
         try:
-            path = await asyncio.to_thread(self.store.write, state, before_rename=lambda: self._crash_point("written_temp"))
+            path = await asyncio.to_thread(
+                self.store.write, state, before_rename=lambda: self._crash_point("written_temp")
+            )
         except Exception as exc:  # noqa: BLE001 - whatever the disk did (ENOSPC surfaces from torch as a RuntimeError), retry
-            log.error("checkpoint_write_failed", reason=reason, error=f"{type(exc).__name__}: {exc}", retry_in_s=CHECKPOINT_RETRY_S)
+            log.error(
+                "checkpoint_write_failed",
+                reason=reason,
+                error=f"{type(exc).__name__}: {exc}",
+                retry_in_s=CHECKPOINT_RETRY_S,
+            )
             self._dirty = True
             self._next_checkpoint = time.monotonic() + CHECKPOINT_RETRY_S
             return False
@@ -718,7 +759,7 @@ class Service:
             if not self._failed and self._consumer is not None:
                 try:
                     await asyncio.wait_for(self._final_checkpoint(), self.settings.shutdown_timeout_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise CheckpointError(
                         f"the final checkpoint was not done within SHUTDOWN_TIMEOUT_S={self.settings.shutdown_timeout_s:g} s "
                         "(the broker did not acknowledge); the next start resumes from the last durable one"
@@ -742,7 +783,9 @@ class Service:
             await self._predict(self.batcher.take_all())
             await self._train(self.schedule.take_all())
             if not await self.checkpoint("shutdown"):
-                raise CheckpointError("the final checkpoint could not be written; the next start resumes from the last durable one")
+                raise CheckpointError(
+                    "the final checkpoint could not be written; the next start resumes from the last durable one"
+                )
 
     async def _abort_transaction(self) -> None:
         """Best effort: end the open transaction now rather than at the broker's transaction timeout."""
@@ -763,7 +806,10 @@ class Service:
             except Exception:  # noqa: BLE001 - any failure means "not reachable now"
                 reachable = False
             if reachable != self._broker_reachable:
-                log.warning("broker_reachable" if reachable else "broker_unreachable", bootstrap_servers=self.settings.bootstrap_servers)
+                log.warning(
+                    "broker_reachable" if reachable else "broker_unreachable",
+                    bootstrap_servers=self.settings.bootstrap_servers,
+                )
             self._broker_reachable = reachable
             await asyncio.sleep(every_s)
 
@@ -781,7 +827,12 @@ class Service:
             "model_loaded": True,
             "checkpoint_current": checkpoint_ok,
         }
-        return {"ready": all(checks.values()) and not self._failed, **checks, "checkpoint_age_s": age, "assigned_partitions": assigned}
+        return {
+            "ready": all(checks.values()) and not self._failed,
+            **checks,
+            "checkpoint_age_s": age,
+            "assigned_partitions": assigned,
+        }
 
     def lag_by_partition(self) -> dict[TopicPartition, int]:
         """Records not yet read per assigned partition (high watermark minus next offset)."""

@@ -24,13 +24,13 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-def model_spec(service: "Service") -> dict[str, Any]:
+def model_spec(service: Service) -> dict[str, Any]:
     """What a checkpoint's model must match to be loaded into this service."""
     s = service.settings
     return {"task": s.task, "input_dim": s.input_dim, "output_dim": s.output_dim, "model": s.model}
 
 
-def snapshot_state(service: "Service") -> dict[str, Any]:
+def snapshot_state(service: Service) -> dict[str, Any]:
     """One consistent cut: model, optimizer, join, queued examples, metrics, counters, offsets."""
     offsets: dict[str, dict[int, int]] = {}
     for tp, offset in sorted(service.offsets.items()):
@@ -47,7 +47,7 @@ def snapshot_state(service: "Service") -> dict[str, Any]:
     }
 
 
-def restore_state(service: "Service", state: dict[str, Any]) -> None:
+def restore_state(service: Service, state: dict[str, Any]) -> None:
     """Load a :func:`snapshot_state` into ``service``; a checkpoint for another model shape is an error,
     one made with other optimizer settings is loaded under this service's (each difference logged)."""
     saved, wanted = state["model_spec"], model_spec(service)

@@ -27,7 +27,7 @@ writer, and a new instance fences the previous one. In this mode run one instanc
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -39,7 +40,9 @@ def decode_events(records: Sequence[RawRecord], input_dim: int, now: float) -> t
     return _decode_events_one_by_one(records, input_dim, now)
 
 
-def _decode_events_one_by_one(records: Sequence[RawRecord], input_dim: int, now: float) -> tuple[EventBatch, list[Rejected]]:
+def _decode_events_one_by_one(
+    records: Sequence[RawRecord], input_dim: int, now: float
+) -> tuple[EventBatch, list[Rejected]]:
     ids: list[str] = []
     rows: list[list[Any]] = []
     ts: list[float] = []
@@ -63,7 +66,9 @@ def _decode_events_one_by_one(records: Sequence[RawRecord], input_dim: int, now:
                 and event_id
                 and type(features) is list
                 and len(features) == input_dim
-                and (t is None or type(t) is float and t - t == 0.0 or type(t) is int and -_EXACT_INT <= t <= _EXACT_INT)
+                and (
+                    t is None or type(t) is float and t - t == 0.0 or type(t) is int and -_EXACT_INT <= t <= _EXACT_INT
+                )
             ):
                 ids.append(event_id)
                 rows.append(features)
@@ -86,16 +91,19 @@ def _decode_events_one_by_one(records: Sequence[RawRecord], input_dim: int, now:
     if bad_rows:
         rejected.extend(Rejected(RawRecord.of(keep[i]), reason, detail) for i, (reason, detail) in bad_rows.items())
         good = [i for i in range(len(ids)) if i not in bad_rows]
-        ids, features, ts, partitions = [ids[i] for i in good], features[good], [ts[i] for i in good], [partitions[i] for i in good]
+        ids, features, ts, partitions = (
+            [ids[i] for i in good],
+            features[good],
+            [ts[i] for i in good],
+            [partitions[i] for i in good],
+        )
     batch = EventBatch(
         ids, features, np.asarray(ts, dtype=np.float64), np.full(len(ids), now), np.asarray(partitions, dtype=np.int64)
     )
     return batch, rejected
 
 
-def decode_labels(
-    records: Sequence[RawRecord], task: str, num_classes: int
-) -> tuple[LabelBatch, list[Rejected]]:
+def decode_labels(records: Sequence[RawRecord], task: str, num_classes: int) -> tuple[LabelBatch, list[Rejected]]:
     """Decode label records; ids and values are checked against the task (``records`` as for :func:`decode_events`).
 
     A class label is an integer in ``[0, num_classes)``; a regression label a number that is a
@@ -118,10 +126,14 @@ def decode_labels(
             obj = None
         if type(obj) is dict:
             event_id, label = obj.get("id"), obj.get("label")
-            if type(event_id) is str and event_id and (
-                (type(label) is int and 0 <= label < num_classes)
-                if classification
-                else (type(label) is float and -FLOAT32_LIMIT < label < FLOAT32_LIMIT)
+            if (
+                type(event_id) is str
+                and event_id
+                and (
+                    (type(label) is int and 0 <= label < num_classes)
+                    if classification
+                    else (type(label) is float and -FLOAT32_LIMIT < label < FLOAT32_LIMIT)
+                )
             ):
                 ids.append(event_id)
                 labels.append(float(label))
@@ -139,7 +151,10 @@ def decode_labels(
         partitions.append(record.partition)
         offsets.append(record.offset)
     batch = LabelBatch(
-        ids, np.asarray(labels, dtype=np.float64), np.asarray(offsets, dtype=np.int64), np.asarray(partitions, dtype=np.int64)
+        ids,
+        np.asarray(labels, dtype=np.float64),
+        np.asarray(offsets, dtype=np.int64),
+        np.asarray(partitions, dtype=np.int64),
     )
     return batch, rejected
 
@@ -153,7 +168,10 @@ def encode_predictions(predictions: Predictions, task: str) -> list[bytes]:
     if task == "classification":
         classes = predictions.scores.argmax(axis=1).tolist()
         scores = np.round(predictions.scores.astype(np.float64), 6).tolist()
-        out = [{"id": i, "prediction": c, "scores": s, "model_version": version} for i, c, s in zip(events.ids, classes, scores)]
+        out = [
+            {"id": i, "prediction": c, "scores": s, "model_version": version}
+            for i, c, s in zip(events.ids, classes, scores)
+        ]
     else:
         values = predictions.scores[:, 0].astype(np.float64).tolist()
         out = [{"id": i, "prediction": v, "model_version": version} for i, v in zip(events.ids, values)]

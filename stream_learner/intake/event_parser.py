@@ -23,7 +23,8 @@ Features are then rounded to float32 as numpy rounds a float64 array.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -33,7 +34,17 @@ from stream_learner.kernels.compiled import compiled
 
 _BYTES = numba.types.Array(numba.types.uint8, 1, "C", readonly=True)
 _SIGNATURE = numba.types.void(
-    _BYTES, numba.int64[:], numba.int64[:], numba.int64, numba.uint8[:], numba.float32[:, :], numba.float64[:], numba.int64[:], numba.int64[:], numba.int64[:, :], numba.uint8[:]
+    _BYTES,
+    numba.int64[:],
+    numba.int64[:],
+    numba.int64,
+    numba.uint8[:],
+    numba.float32[:, :],
+    numba.float64[:],
+    numba.int64[:],
+    numba.int64[:],
+    numba.int64[:, :],
+    numba.uint8[:],
 )
 _MAX_EXACT = 2**53
 _MAX_DIGITS = 18
@@ -59,7 +70,9 @@ def _skip_space(buf: np.ndarray, p: int, end: int) -> int:  # pragma: no cover -
 
 
 @compiled()
-def _number(buf: np.ndarray, p: int, end: int, powers: np.ndarray) -> tuple[float, int, int]:  # pragma: no cover - compiled
+def _number(
+    buf: np.ndarray, p: int, end: int, powers: np.ndarray
+) -> tuple[float, int, int]:  # pragma: no cover - compiled
     """``(value, next position, status)`` of the JSON number at ``p``: status ``_EXACT`` (the value
     is ``float(text)``), ``_TO_ORJSON`` (valid, a fraction or exponent beyond the fast path) or
     ``_INVALID`` (not a JSON number, or an integer beyond 2**53)."""
@@ -157,7 +170,15 @@ def _leave_to_orjson(
 
 @compiled()
 def _event(
-    buf: np.ndarray, p: int, end: int, dim: int, row: np.ndarray, powers: np.ndarray, notes: np.ndarray, texts: np.ndarray, row_index: int
+    buf: np.ndarray,
+    p: int,
+    end: int,
+    dim: int,
+    row: np.ndarray,
+    powers: np.ndarray,
+    notes: np.ndarray,
+    texts: np.ndarray,
+    row_index: int,
 ) -> tuple[bool, float, int, int]:  # pragma: no cover - compiled
     """``(ok, ts, id start, id end)`` of the event value ``buf[p:end]``; its features go into ``row``,
     except those left to orjson (see :func:`_leave_to_orjson`)."""
@@ -200,7 +221,11 @@ def _event(
             else:
                 start = p
                 ts, p, status = _number(buf, p, end, powers)
-                if status == _INVALID or status == _TO_ORJSON and not _leave_to_orjson(buf, start, p, row_index, _TS_COLUMN, notes, texts):
+                if (
+                    status == _INVALID
+                    or status == _TO_ORJSON
+                    and not _leave_to_orjson(buf, start, p, row_index, _TS_COLUMN, notes, texts)
+                ):
                     return False, ts, 0, 0
         else:
             if buf[p] != _OPEN_ARRAY:
@@ -210,7 +235,11 @@ def _event(
                 p = _skip_space(buf, p, end)
                 start = p
                 value, p, status = _number(buf, p, end, powers)
-                if status == _INVALID or status == _TO_ORJSON and not _leave_to_orjson(buf, start, p, row_index, j, notes, texts):
+                if (
+                    status == _INVALID
+                    or status == _TO_ORJSON
+                    and not _leave_to_orjson(buf, start, p, row_index, j, notes, texts)
+                ):
                     return False, ts, 0, 0
                 row[j] = value
                 p = _skip_space(buf, p, end)
@@ -282,7 +311,9 @@ def parse_events(values: Sequence[bytes | None], input_dim: int) -> ParsedEvents
     id_starts, id_ends = np.zeros(n, np.int64), np.zeros(n, np.int64)
     notes = np.zeros((1 + _TO_ORJSON_PER_EVENT * n, 2), np.int64)
     texts = np.empty(len(joined) + 1, np.uint8)
-    _parse(np.frombuffer(joined, np.uint8), starts, ends, input_dim, parsed, features, ts, id_starts, id_ends, notes, texts)
+    _parse(
+        np.frombuffer(joined, np.uint8), starts, ends, input_dim, parsed, features, ts, id_starts, id_ends, notes, texts
+    )
     parsed = parsed.view(bool)
     count, written = notes[0]
     if count:
@@ -292,7 +323,9 @@ def parse_events(values: Sequence[bytes | None], input_dim: int) -> ParsedEvents
     return ParsedEvents(parsed, features, ts, ids)
 
 
-def _read_with_orjson(notes: np.ndarray, texts: bytes, parsed: np.ndarray, features: np.ndarray, ts: np.ndarray) -> None:
+def _read_with_orjson(
+    notes: np.ndarray, texts: bytes, parsed: np.ndarray, features: np.ndarray, ts: np.ndarray
+) -> None:
     """Fill in the numbers the scanner left to orjson (the parser of the general decoder, so the
     values are the same); a row where one is not finite is not parsed (the general decoder names it)."""
     rows, columns = notes[:, 0], notes[:, 1]

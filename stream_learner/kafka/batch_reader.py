@@ -257,7 +257,9 @@ async def read_batch_at(
     """
     size = max_bytes
     while True:
-        fetched = await fetch_partition(client, tp, offset, read_committed=read_committed, max_bytes=size, max_wait_ms=max_wait_ms)
+        fetched = await fetch_partition(
+            client, tp, offset, read_committed=read_committed, max_bytes=size, max_wait_ms=max_wait_ms
+        )
         batches = parse_record_batches(fetched.records, tp.topic, tp.partition)
         index = _index_at(batches, offset)
         if index is not None:
@@ -268,7 +270,9 @@ async def read_batch_at(
         if needed > MAX_BATCH_BYTES:
             raise CorruptRecordException(f"{tp.topic}[{tp.partition}]@{offset}: a batch declares {needed} bytes")
         if needed <= size:
-            raise KafkaError(f"{tp.topic}[{tp.partition}]@{offset}: the broker sent {len(fetched.records)} of {needed} bytes")
+            raise KafkaError(
+                f"{tp.topic}[{tp.partition}]@{offset}: the broker sent {len(fetched.records)} of {needed} bytes"
+            )
         size = needed
     batch = batches[index]
     if read_committed and _aborted(batches, index, fetched.aborted_transactions):
@@ -370,7 +374,9 @@ def _unreadable(base_offset: int, problem: BatchProblem) -> RecordBatch:
 
 def _read_v2(raw: memoryview, topic: str, partition: int) -> RecordBatch:
     """A whole v2 batch (``raw`` is exactly its bytes); never raises."""
-    (base_offset, _, _, _, crc, attributes, last_delta, base_ts, max_ts, producer_id, _, _, count) = _HEADER.unpack_from(raw)
+    (base_offset, _, _, _, crc, attributes, last_delta, base_ts, max_ts, producer_id, _, _, count) = (
+        _HEADER.unpack_from(raw)
+    )
     codec_id = attributes & _CODEC_MASK
     codec, decode = _CODECS.get(codec_id, (f"codec-{codec_id}", None))
     batch = RecordBatch(

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
@@ -182,7 +183,7 @@ async def send_partitioned(
     if partitions is None or source_partition_count != len(known) or len(partitions) != len(records):
         all_partitions = sorted(known)
         available = list(producer.client.cluster.available_partitions_for_topic(topic)) or all_partitions
-        partitioner = producer._partitioner  # noqa: SLF001 - the default partitioner aiokafka's send() would use
+        partitioner = producer._partitioner
         keys = (records.key(i) for i in range(len(records)))
         partitions = np.fromiter((partitioner(k, all_partitions, available) for k in keys), np.int64, len(records))
     futures = []
@@ -207,7 +208,9 @@ async def send_partitioned(
     return futures
 
 
-async def _send_built(producer: AIOKafkaProducer, topic: str, records: PackedRecords, rows: list[int], partition: int) -> list[asyncio.Future[Any]]:
+async def _send_built(
+    producer: AIOKafkaProducer, topic: str, records: PackedRecords, rows: list[int], partition: int
+) -> list[asyncio.Future[Any]]:
     """``rows`` through aiokafka's batch builder (which writes the producer's compression and idempotence state)."""
     futures = []
     batch = producer.create_batch()
@@ -259,7 +262,7 @@ def known_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None
     which can stall the run loop; this reads the same state without waiting.
     """
     try:
-        assignment = consumer._subscription.subscription.assignment  # noqa: SLF001 - no public non-blocking API
+        assignment = consumer._subscription.subscription.assignment
         state = assignment.state_value(tp)
         return int(state.position) if state is not None and state.has_valid_position else None
     except AttributeError:
@@ -325,7 +328,7 @@ async def refusal(settings: Settings, timeout_s: float = 10.0) -> Exception | No
             if not exc.retriable:
                 return exc
             continue
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             continue
         conn.close()
     return None

@@ -51,7 +51,9 @@ class Fetched(NamedTuple):
 class Fetcher:
     """Reads the assigned, unpaused partitions of ``consumer``; ``client`` sends the raw fetches."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, client: AIOKafkaClient, max_records: int, *, read_committed: bool) -> None:
+    def __init__(
+        self, consumer: AIOKafkaConsumer, client: AIOKafkaClient, max_records: int, *, read_committed: bool
+    ) -> None:
         self.consumer, self.client = consumer, client
         self.max_records, self.read_committed = max_records, read_committed
         self._careful_until = 0.0
@@ -70,7 +72,11 @@ class Fetcher:
             if not _may_be_undecodable(exc) or self._unexplained >= MAX_UNEXPLAINED:
                 raise
             self._unexplained += 1
-            log.warning("fetch_failed", error=f"{type(exc).__name__}: {exc}", detail="reading partition by partition to find the batch")
+            log.warning(
+                "fetch_failed",
+                error=f"{type(exc).__name__}: {exc}",
+                detail="reading partition by partition to find the batch",
+            )
             await self._rewind(accounted)
             self._careful_until = time.monotonic() + CAREFUL_S
             return Fetched({}, [])
@@ -123,7 +129,12 @@ class Fetcher:
         self.consumer.seek(tp, batch.next_offset)
         where = f"{tp.topic}[{tp.partition}]@{batch.base_offset}..{batch.last_offset}"
         if batch.problem is None:
-            log.warning("batch_read_past_aiokafka", where=where, records=len(batch.records), error=f"{type(error).__name__}: {error}")
+            log.warning(
+                "batch_read_past_aiokafka",
+                where=where,
+                records=len(batch.records),
+                error=f"{type(error).__name__}: {error}",
+            )
             return list(batch.records), []
         problem = batch.problem
         log.error("batch_unreadable", where=where, reason=problem.reason, detail=problem.detail)

@@ -8,7 +8,8 @@ they compile at every start (about a second).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numba
 

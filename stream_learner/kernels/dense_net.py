@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from stream_learner.kernels.compiled import compiled
 from stream_learner.config import FLOAT32_LIMIT
+from stream_learner.kernels.compiled import compiled
 from stream_learner.learning.model import StandardizedModel, Standardizer
 
 
@@ -158,7 +158,9 @@ def _plain(model: nn.Module) -> bool:
     params = list(model.parameters())
     if len({p.data_ptr() for p in params}) != len(params):
         return False
-    if not all(p.device.type == "cpu" and p.dtype == torch.float32 and p.requires_grad and p.is_contiguous() for p in params):
+    if not all(
+        p.device.type == "cpu" and p.dtype == torch.float32 and p.requires_grad and p.is_contiguous() for p in params
+    ):
         return False
     hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
     modules = list(model.modules())
@@ -170,11 +172,18 @@ def _plain(model: nn.Module) -> bool:
 def _global_hooks() -> bool:
     from torch.nn.modules import module as torch_module
 
-    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks")
+    names = (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )
     return any(getattr(torch_module, name, None) for name in names)
 
 
 _NO_BIAS = np.zeros(0, np.float32)
+
+
 def _float32_overflow(value: float) -> float:
     """inf where ``value`` (a loss or a norm, not negative) is beyond float32's range, as autograd's would be."""
     return math.inf if value >= FLOAT32_LIMIT else value

@@ -76,7 +76,9 @@ class HostAdam:
             if not all(_host_float32(t) for t in tensors):
                 return None
             exp_avg, exp_avg_sq, step = tensors
-            views.append((flat, grad, exp_avg.numpy().reshape(-1), exp_avg_sq.numpy().reshape(-1), step.view(1).numpy()))
+            views.append(
+                (flat, grad, exp_avg.numpy().reshape(-1), exp_avg_sq.numpy().reshape(-1), step.view(1).numpy())
+            )
         self._state, self._views = state, views
         return views
 

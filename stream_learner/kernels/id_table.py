@@ -21,7 +21,12 @@ _INSERT = "int64(int32[:], uint16[:], uint64[:], int64[:])"
 
 @compiled(_FIND)
 def find_rows(
-    table: np.ndarray, stored_words: np.ndarray, stored_lengths: np.ndarray, words: np.ndarray, lengths: np.ndarray, hashes: np.ndarray
+    table: np.ndarray,
+    stored_words: np.ndarray,
+    stored_lengths: np.ndarray,
+    words: np.ndarray,
+    lengths: np.ndarray,
+    hashes: np.ndarray,
 ) -> np.ndarray:  # pragma: no cover - compiled
     """The ring row of each key (``words[i]``, ``lengths[i]``, ``hashes[i]``), -1 where it is not stored.
 
@@ -48,7 +53,9 @@ def find_rows(
 
 
 @compiled(_INSERT)
-def insert_rows(table: np.ndarray, stored_lengths: np.ndarray, hashes: np.ndarray, rows: np.ndarray) -> int:  # pragma: no cover - compiled
+def insert_rows(
+    table: np.ndarray, stored_lengths: np.ndarray, hashes: np.ndarray, rows: np.ndarray
+) -> int:  # pragma: no cover - compiled
     """Point the first free cell (empty or stale) on each key's probe sequence at its row, in order.
 
     The keys must be absent from the table and distinct. Returns how many empty cells were taken

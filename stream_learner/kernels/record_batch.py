@@ -141,7 +141,9 @@ class PackedRecordBatch(ClosedBatch):
         count = len(rows)
         body = np.empty(int(records.size_bounds(rows).sum()), np.uint8)
         keys, values = np.frombuffer(records.keys, np.uint8), np.frombuffer(records.values, np.uint8)
-        end = _write_records(keys, records.key_offsets, values, records.value_offsets, rows.astype(np.int64, copy=False), body)
+        end = _write_records(
+            keys, records.key_offsets, values, records.value_offsets, rows.astype(np.int64, copy=False), body
+        )
         self._timestamp_ms = int(time.time() * 1000)
         buffer = bytearray(_HEADER.size + end)
         buffer[_HEADER.size :] = body[:end].data
@@ -188,7 +190,16 @@ def _write_records(keys, key_offsets, values, value_offsets, rows, out):  # type
         i = rows[delta]
         key_length = key_offsets[i + 1] - key_offsets[i]
         value_length = value_offsets[i + 1] - value_offsets[i]
-        body = 1 + 1 + _varint_size(delta) + _varint_size(key_length) + key_length + _varint_size(value_length) + value_length + 1
+        body = (
+            1
+            + 1
+            + _varint_size(delta)
+            + _varint_size(key_length)
+            + key_length
+            + _varint_size(value_length)
+            + value_length
+            + 1
+        )
         at = _write_varint(out, at, body)
         out[at] = 0  # attributes
         out[at + 1] = 0  # timestamp delta

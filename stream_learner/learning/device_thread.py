@@ -21,7 +21,8 @@ import functools
 import itertools
 import queue
 import threading
-from typing import Any, Callable, ParamSpec, TypeVar
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -57,7 +58,9 @@ class DeviceThread:
         """Queue ``fn(*args, **kwargs)`` after everything queued before it; the caller goes on at once."""
         return self._queue(_IN_ORDER, functools.partial(fn, *args, **kwargs))
 
-    def submit_here_if_idle(self, here: bool, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+    def submit_here_if_idle(
+        self, here: bool, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> asyncio.Future[T]:
         """As :meth:`submit`; but with ``here`` and the thread :meth:`idle`, run ``fn`` now in the
         caller's thread (where the next job would run) and return its settled future."""
         if not (here and self.idle()):

@@ -184,12 +184,21 @@ class JoinBuffer:
         self.counters.labels_joined += len(matched)
         found = np.asarray(early_rows, np.float64).reshape(-1, 4)
         return Examples(
-            features[matched], found[:, 0], scores[matched], found[:, 2].astype(np.int64), found[:, 3].astype(np.int64),
+            features[matched],
+            found[:, 0],
+            scores[matched],
+            found[:, 2].astype(np.int64),
+            found[:, 3].astype(np.int64),
             np.full(len(matched), now),  # the event arrives now, its label was already in: no delay
         )
 
     def add_labels(
-        self, ids: list[str], labels: np.ndarray, now: float, partition: int | np.ndarray = 0, offsets: np.ndarray | None = None
+        self,
+        ids: list[str],
+        labels: np.ndarray,
+        now: float,
+        partition: int | np.ndarray = 0,
+        offsets: np.ndarray | None = None,
     ) -> Examples:
         """Join labels (read at ``offsets`` of ``partition``, one or one per label) to waiting events; the rest wait or are duplicates."""
         offsets = np.arange(len(ids), dtype=np.int64) if offsets is None else offsets
@@ -304,7 +313,9 @@ class JoinBuffer:
                 continue
             k = kept_by_hash[int(hashes[r])]
             if lengths[r] != lengths[k] or (words[r] != words[k]).any():
-                later = [q for q in range(r + 1, len(hashes)) if lengths[q] == lengths[r] and (words[q] == words[r]).all()]
+                later = [
+                    q for q in range(r + 1, len(hashes)) if lengths[q] == lengths[r] and (words[q] == words[r]).all()
+                ]
                 if not later:
                     keep.add(r)
         return np.asarray(sorted(keep), np.int64)
@@ -312,9 +323,7 @@ class JoinBuffer:
     def _drop_events(self, positions: np.ndarray) -> None:
         pending = self._pending
         if self.default_label is not None:
-            self._unlabeled.append(
-                (pending.features[positions], pending.scores[positions], pending.arrived[positions])
-            )
+            self._unlabeled.append((pending.features[positions], pending.scores[positions], pending.arrived[positions]))
         pending.remove(positions)
 
     def _store_early(self, event_id: str, label: float, now: float, partition: int, offset: int) -> None:
@@ -414,7 +423,8 @@ class JoinBuffer:
         early = state["early"].tolist()  # type: ignore[attr-defined]
         tickets = self._tickets
         self._early = OrderedDict(
-            (k, (v[0], v[1], int(v[2]), int(v[3]), id_bytes(k), next(tickets))) for k, v in zip(state["early_ids"], early)  # type: ignore[call-overload]
+            (k, (v[0], v[1], int(v[2]), int(v[3]), id_bytes(k), next(tickets)))
+            for k, v in zip(state["early_ids"], early)  # type: ignore[call-overload]
         )
         self._early_bytes = sum(e[_SIZE] for e in self._early.values())
         self._waiting_tickets = {e[_TICKET] for e in self._early.values()}
@@ -468,7 +478,7 @@ class _Keys(NamedTuple):
     wide: bool
     """Whether some key needs more than 8 bytes (a store of 8-byte keys widens for it)."""
 
-    def take(self, rows: np.ndarray) -> "_Keys":
+    def take(self, rows: np.ndarray) -> _Keys:
         return _Keys(self.words[rows], self.lengths[rows], self.hashes[rows], self.wide)
 
 
@@ -495,7 +505,11 @@ def _words(keys: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Keys (uint8 ``[n, width]``, as :func:`_encode_ids` or a state dict has them) as uint64 words, 8 bytes wide where they fit."""
     n = len(lengths)
     width = _MAX_WIDTH if _needs_wide(keys, lengths) else 8
-    return np.ascontiguousarray(keys.reshape(n, keys.shape[-1] if keys.ndim == 2 else 0)[:, :width]).view(np.uint64).reshape(n, width // 8)
+    return (
+        np.ascontiguousarray(keys.reshape(n, keys.shape[-1] if keys.ndim == 2 else 0)[:, :width])
+        .view(np.uint64)
+        .reshape(n, width // 8)
+    )
 
 
 def _keys_from_state(state: dict[str, object], name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -514,7 +528,7 @@ def _stacked(parts: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
 
 
-def _key_tensors(store: "_PendingEvents", order: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _key_tensors(store: _PendingEvents, order: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """The keys at ring positions ``order`` of ``store``: uint8 ``[n, width]`` and their int32 lengths."""
     keys = np.ascontiguousarray(store.words[order]).view(np.uint8).reshape(len(order), store.width).copy()
     return torch.from_numpy(keys), torch.from_numpy(store.lengths[order].astype(np.int32))
@@ -699,7 +713,9 @@ class _PendingEvents:
             start += len(chunk)
         return np.concatenate(taken) if taken else np.zeros(0, np.int64)
 
-    def load(self, words: np.ndarray, lengths: np.ndarray, features: np.ndarray, scores: np.ndarray, arrived: np.ndarray) -> None:
+    def load(
+        self, words: np.ndarray, lengths: np.ndarray, features: np.ndarray, scores: np.ndarray, arrived: np.ndarray
+    ) -> None:
         n = len(lengths)
         if words.shape[1] * 8 > self.width:
             self.width = words.shape[1] * 8

@@ -9,16 +9,15 @@ named ``package.module:factory``; the factory gets the settings and returns an
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from stream_learner.kernels.compiled import compiled
 from stream_learner.config import Settings
 from stream_learner.errors import ConfigError
-
+from stream_learner.kernels.compiled import compiled
 
 Moments = tuple[float, np.ndarray, np.ndarray]
 """``(count, mean, m2)`` of a :class:`Standardizer`, float64 on the host."""
@@ -61,7 +60,11 @@ class Standardizer(nn.Module):
     def moments(self) -> Moments:
         """The current ``(count, mean, m2)``; never changed in place, so it doubles as a saved copy."""
         if self._host is None:
-            self._host = (float(self.count), self.mean.detach().cpu().numpy().copy(), self.m2.detach().cpu().numpy().copy())
+            self._host = (
+                float(self.count),
+                self.mean.detach().cpu().numpy().copy(),
+                self.m2.detach().cpu().numpy().copy(),
+            )
         return self._host
 
     def restore_moments(self, moments: Moments) -> None:
@@ -133,7 +136,9 @@ class Standardizer(nn.Module):
     ],
     error_model="numpy",
 )
-def _merged_moments(rows: np.ndarray, count: float, mean: np.ndarray, m2: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+def _merged_moments(
+    rows: np.ndarray, count: float, mean: np.ndarray, m2: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
     """Chan's merge of the moments of ``rows`` into ``(count, mean, m2)``, in float64: the new
     count, mean and m2. NaN and inf propagate into the moments.
 
@@ -160,7 +165,9 @@ def _merged_moments(rows: np.ndarray, count: float, mean: np.ndarray, m2: np.nda
 
 
 @compiled("(float64, float64[:], float64[:], float64)", error_model="numpy")
-def _float32_mean_std(count: float, mean: np.ndarray, m2: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+def _float32_mean_std(
+    count: float, mean: np.ndarray, m2: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
     """The float32 mean and std (at least ``eps``; 1 before two rows) that the forward pass uses."""
     dim = len(mean)
     mean32, std32 = np.empty(dim, np.float32), np.empty(dim, np.float32)

@@ -65,7 +65,12 @@ class PrequentialMetrics:
 
     def state_dict(self) -> dict[str, object]:
         """Counts and sums as tensors (loadable with ``weights_only=True``)."""
-        return {"count": self.count, "recent_n": self._recent_n, "sums": torch.from_numpy(self._sums.copy()), "recent": torch.from_numpy(self._recent.copy())}
+        return {
+            "count": self.count,
+            "recent_n": self._recent_n,
+            "sums": torch.from_numpy(self._sums.copy()),
+            "recent": torch.from_numpy(self._recent.copy()),
+        }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore a :meth:`state_dict`; a different window size starts the window afresh."""

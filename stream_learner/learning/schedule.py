@@ -22,8 +22,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ class _Chunk:
     def __len__(self) -> int:
         return len(self.offsets)
 
-    def rows(self, start: int, stop: int | None = None) -> "_Chunk":
+    def rows(self, start: int, stop: int | None = None) -> _Chunk:
         """Rows ``start:stop`` (views, no copy)."""
         return _Chunk(
             self.offsets[start:stop], self.joined_at[start:stop], self.features[start:stop],
@@ -55,12 +55,12 @@ class _Chunk:
         )  # fmt: skip
 
     @staticmethod
-    def concat(chunks: list["_Chunk"]) -> "_Chunk":
+    def concat(chunks: list[_Chunk]) -> _Chunk:
         if len(chunks) == 1:
             return chunks[0]
         return _Chunk(*(np.concatenate([getattr(c, f) for c in chunks]) for f in _FIELDS))
 
-    def take(self, order: np.ndarray) -> "_Chunk":
+    def take(self, order: np.ndarray) -> _Chunk:
         return _Chunk(*(getattr(self, f)[order] for f in _FIELDS))
 
 
@@ -203,7 +203,9 @@ class TrainingSchedule:
             return steps + self._remainders(now)
         return self._in_turns(now, read_to_end, lowest_waiting, events_unread)
 
-    def _in_turns(self, now: float, read_to_end: ReadToEnd, lowest_waiting: LowestWaiting, events_unread: bool) -> list[Examples]:
+    def _in_turns(
+        self, now: float, read_to_end: ReadToEnd, lowest_waiting: LowestWaiting, events_unread: bool
+    ) -> list[Examples]:
         """Full steps, partitions taking turns; stops at a partition that may still complete its next step."""
         steps: list[Examples] = []
         order = sorted(self._queues)
@@ -308,8 +310,11 @@ class TrainingSchedule:
             if n == 0:
                 continue
             examples = Examples(
-                q["features"].numpy().reshape(n, -1), q["labels"].numpy(), q["scores"].numpy().reshape(n, -1),
-                np.full(n, int(p), np.int64), q["offsets"].numpy(),
+                q["features"].numpy().reshape(n, -1),
+                q["labels"].numpy(),
+                q["scores"].numpy().reshape(n, -1),
+                np.full(n, int(p), np.int64),
+                q["offsets"].numpy(),
             )
             self.add(examples, -math.inf)
 

@@ -200,7 +200,9 @@ class Trainer:
         if self.model.training:  # a second forward pass in training mode would move batch-norm statistics again
             self._set_training(False)
         with torch.no_grad():
-            losses = self._loss(self.model(self._to_device(features)), torch.from_numpy(labels).to(self.device), reduction="none")
+            losses = self._loss(
+                self.model(self._to_device(features)), torch.from_numpy(labels).to(self.device), reduction="none"
+            )
             return torch.isfinite(losses).cpu().numpy()
 
     def _step(self, grad_norm: float) -> None:

@@ -31,7 +31,13 @@ import numpy as np
 import orjson
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -69,48 +75,185 @@ DEAD_LETTER_REASONS = (
 )
 
 MODEL_TIME_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-EVENT_TO_PREDICTION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
-LABEL_DELAY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
+EVENT_TO_PREDICTION_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
+LABEL_DELAY_BUCKETS = (
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    21600.0,
+    86400.0,
+)
 CHECKPOINT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 # Totals the service keeps (checkpoints restore them), read at scrape time:
 # name (exported with _total), help, getter.
 _Getter = Callable[["Service"], float]
 SERVICE_COUNTERS: tuple[tuple[str, str, _Getter], ...] = (
-    ("stream_learner_events_consumed", "Event records read from the events topic, bad ones included.", lambda s: s.counters["events_consumed"]),
-    ("stream_learner_labels_consumed", "Label records read from the labels topic, bad ones included.", lambda s: s.counters["labels_consumed"]),
-    ("stream_learner_predictions_published", "Predictions handed to the producer (one per good event).", lambda s: s.counters["events_predicted"]),
-    ("stream_learner_labels_joined", "Labels joined to their predicted events.", lambda s: s.join.counters.labels_joined),
-    ("stream_learner_labels_duplicate", "Labels dropped as a second label for the same event id.", lambda s: s.join.counters.labels_duplicate),
-    ("stream_learner_labels_expired", "Early labels whose event did not come within LABEL_TTL_S.", lambda s: s.join.counters.labels_expired),
-    ("stream_learner_labels_evicted", "Early labels evicted (oldest first) beyond MAX_PENDING, or beyond the byte bound of their ids.", lambda s: s.join.counters.labels_evicted),
-    ("stream_learner_events_expired", "Predicted events whose label did not come within LABEL_TTL_S.", lambda s: s.join.counters.events_expired),
-    ("stream_learner_events_evicted", "Predicted events evicted (oldest first) beyond MAX_PENDING.", lambda s: s.join.counters.events_evicted),
-    ("stream_learner_events_duplicate", "Events whose id was already waiting for a label.", lambda s: s.join.counters.events_duplicate),
-    ("stream_learner_events_defaulted", "Expired events trained with DEFAULT_LABEL (MISSING_LABEL_POLICY=default).", lambda s: s.join.counters.events_defaulted),
-    ("stream_learner_examples_trained", "Examples in applied optimizer steps.", lambda s: s.trainer.counters.examples_trained),
-    ("stream_learner_examples_skipped", "Examples in skipped optimizer steps.", lambda s: s.trainer.counters.examples_skipped),
-    ("stream_learner_optimizer_steps", "Optimizer steps applied (the model version counts these).", lambda s: s.trainer.counters.optimizer_steps),
-    ("stream_learner_skipped_steps", "Optimizer steps skipped: non-finite loss or gradient, or a loss spike.", lambda s: s.trainer.counters.skipped_steps),
-    ("stream_learner_poisoned_steps", "Skipped steps whose loss was a spike (the training guardrail).", lambda s: s.trainer.counters.poisoned_steps),
-    ("stream_learner_rollbacks", "Rollbacks to the last good checkpoint's weights (GUARDRAIL_ACTION=rollback).", lambda s: s.trainer.counters.rollbacks),
-    ("stream_learner_prequential_examples", "Examples scored by the prequential metrics (predicted before their label was known).", lambda s: s.metrics.count),
+    (
+        "stream_learner_events_consumed",
+        "Event records read from the events topic, bad ones included.",
+        lambda s: s.counters["events_consumed"],
+    ),
+    (
+        "stream_learner_labels_consumed",
+        "Label records read from the labels topic, bad ones included.",
+        lambda s: s.counters["labels_consumed"],
+    ),
+    (
+        "stream_learner_predictions_published",
+        "Predictions handed to the producer (one per good event).",
+        lambda s: s.counters["events_predicted"],
+    ),
+    (
+        "stream_learner_labels_joined",
+        "Labels joined to their predicted events.",
+        lambda s: s.join.counters.labels_joined,
+    ),
+    (
+        "stream_learner_labels_duplicate",
+        "Labels dropped as a second label for the same event id.",
+        lambda s: s.join.counters.labels_duplicate,
+    ),
+    (
+        "stream_learner_labels_expired",
+        "Early labels whose event did not come within LABEL_TTL_S.",
+        lambda s: s.join.counters.labels_expired,
+    ),
+    (
+        "stream_learner_labels_evicted",
+        "Early labels evicted (oldest first) beyond MAX_PENDING, or beyond the byte bound of their ids.",
+        lambda s: s.join.counters.labels_evicted,
+    ),
+    (
+        "stream_learner_events_expired",
+        "Predicted events whose label did not come within LABEL_TTL_S.",
+        lambda s: s.join.counters.events_expired,
+    ),
+    (
+        "stream_learner_events_evicted",
+        "Predicted events evicted (oldest first) beyond MAX_PENDING.",
+        lambda s: s.join.counters.events_evicted,
+    ),
+    (
+        "stream_learner_events_duplicate",
+        "Events whose id was already waiting for a label.",
+        lambda s: s.join.counters.events_duplicate,
+    ),
+    (
+        "stream_learner_events_defaulted",
+        "Expired events trained with DEFAULT_LABEL (MISSING_LABEL_POLICY=default).",
+        lambda s: s.join.counters.events_defaulted,
+    ),
+    (
+        "stream_learner_examples_trained",
+        "Examples in applied optimizer steps.",
+        lambda s: s.trainer.counters.examples_trained,
+    ),
+    (
+        "stream_learner_examples_skipped",
+        "Examples in skipped optimizer steps.",
+        lambda s: s.trainer.counters.examples_skipped,
+    ),
+    (
+        "stream_learner_optimizer_steps",
+        "Optimizer steps applied (the model version counts these).",
+        lambda s: s.trainer.counters.optimizer_steps,
+    ),
+    (
+        "stream_learner_skipped_steps",
+        "Optimizer steps skipped: non-finite loss or gradient, or a loss spike.",
+        lambda s: s.trainer.counters.skipped_steps,
+    ),
+    (
+        "stream_learner_poisoned_steps",
+        "Skipped steps whose loss was a spike (the training guardrail).",
+        lambda s: s.trainer.counters.poisoned_steps,
+    ),
+    (
+        "stream_learner_rollbacks",
+        "Rollbacks to the last good checkpoint's weights (GUARDRAIL_ACTION=rollback).",
+        lambda s: s.trainer.counters.rollbacks,
+    ),
+    (
+        "stream_learner_prequential_examples",
+        "Examples scored by the prequential metrics (predicted before their label was known).",
+        lambda s: s.metrics.count,
+    ),
 )
 SERVICE_GAUGES: tuple[tuple[str, str, _Getter], ...] = (
-    ("stream_learner_pending_events", "Predicted events waiting in the join buffer for their labels.", lambda s: s.join.pending_events),
-    ("stream_learner_early_labels", "Labels waiting in the join buffer for their events.", lambda s: s.join.early_labels),
+    (
+        "stream_learner_pending_events",
+        "Predicted events waiting in the join buffer for their labels.",
+        lambda s: s.join.pending_events,
+    ),
+    (
+        "stream_learner_early_labels",
+        "Labels waiting in the join buffer for their events.",
+        lambda s: s.join.early_labels,
+    ),
     ("stream_learner_queued_examples", "Joined examples waiting for an optimizer step.", lambda s: len(s.schedule)),
-    ("stream_learner_model_version", "Optimizer steps applied to the current weights (the predictions' model_version).", lambda s: s.trainer.model_version),
+    (
+        "stream_learner_model_version",
+        "Optimizer steps applied to the current weights (the predictions' model_version).",
+        lambda s: s.trainer.model_version,
+    ),
 )
 # Prequential metrics over the last METRICS_WINDOW examples: name, help, key of PrequentialMetrics.summary().
 PREQUENTIAL: dict[str, tuple[tuple[str, str, str], ...]] = {
     "classification": (
-        ("stream_learner_prequential_accuracy", "Prequential accuracy over the last METRICS_WINDOW labelled events.", "recent_accuracy"),
-        ("stream_learner_prequential_log_loss", "Prequential log-loss over the last METRICS_WINDOW labelled events.", "recent_log_loss"),
+        (
+            "stream_learner_prequential_accuracy",
+            "Prequential accuracy over the last METRICS_WINDOW labelled events.",
+            "recent_accuracy",
+        ),
+        (
+            "stream_learner_prequential_log_loss",
+            "Prequential log-loss over the last METRICS_WINDOW labelled events.",
+            "recent_log_loss",
+        ),
     ),
     "regression": (
-        ("stream_learner_prequential_mae", "Prequential mean absolute error over the last METRICS_WINDOW labelled events.", "recent_mae"),
-        ("stream_learner_prequential_rmse", "Prequential root mean squared error over the last METRICS_WINDOW labelled events.", "recent_rmse"),
+        (
+            "stream_learner_prequential_mae",
+            "Prequential mean absolute error over the last METRICS_WINDOW labelled events.",
+            "recent_mae",
+        ),
+        (
+            "stream_learner_prequential_rmse",
+            "Prequential root mean squared error over the last METRICS_WINDOW labelled events.",
+            "recent_rmse",
+        ),
     ),
 }
 
@@ -118,7 +261,7 @@ PREQUENTIAL: dict[str, tuple[tuple[str, str, str], ...]] = {
 class ServiceCollector(Collector):
     """Reads the service's counters, gauges, health and lag at scrape time (on the event loop)."""
 
-    def __init__(self, service: "Service") -> None:
+    def __init__(self, service: Service) -> None:
         self.service = service
 
     def collect(self) -> Iterator[Metric]:
@@ -129,7 +272,9 @@ class ServiceCollector(Collector):
         restored = _restored(s)
         for name, doc, get in SERVICE_COUNTERS:
             yield _counter(name, doc, get(s) if restored else None)
-        dead = CounterMetricFamily("stream_learner_dead_lettered", "Records sent to the dead-letter topic, by reason.", labels=["reason"])
+        dead = CounterMetricFamily(
+            "stream_learner_dead_lettered", "Records sent to the dead-letter topic, by reason.", labels=["reason"]
+        )
         if restored:
             by_reason = dict.fromkeys(DEAD_LETTER_REASONS, 0)
             by_reason.update({k.split(".", 1)[1]: v for k, v in s.counters.items() if k.startswith("dead_lettered.")})
@@ -139,12 +284,18 @@ class ServiceCollector(Collector):
         for name, doc, get in SERVICE_GAUGES:
             yield _gauge(name, doc, get(s) if restored else None)
         loss = s.trainer.counters.last_loss
-        yield _gauge("stream_learner_train_loss", "Loss of the last applied optimizer step.", loss if restored and not math.isnan(loss) else None)
+        yield _gauge(
+            "stream_learner_train_loss",
+            "Loss of the last applied optimizer step.",
+            loss if restored and not math.isnan(loss) else None,
+        )
         summary = s.metrics.summary() if restored else {}
         for name, doc, key in PREQUENTIAL[s.settings.task]:
             yield _gauge(name, doc, summary.get(key))
         lag = GaugeMetricFamily(
-            "stream_learner_consumer_lag", "Records not yet read per assigned partition: high watermark minus next offset.", labels=["topic", "partition"]
+            "stream_learner_consumer_lag",
+            "Records not yet read per assigned partition: high watermark minus next offset.",
+            labels=["topic", "partition"],
         )
         for tp, records in sorted(s.lag_by_partition().items()):
             lag.add_metric([tp.topic, str(tp.partition)], records)
@@ -155,17 +306,32 @@ class ServiceCollector(Collector):
             "Seconds since the last checkpoint was written (since the start, before the first).",
             value=health["checkpoint_age_s"],
         )
-        yield GaugeMetricFamily("stream_learner_ready", "1 when /readyz answers 200, else 0.", value=int(health["ready"]))
-        yield GaugeMetricFamily("stream_learner_broker_reachable", "1 when the last metadata request to the brokers succeeded.", value=int(health["broker_reachable"]))
-        yield GaugeMetricFamily("stream_learner_assigned_partitions", "Partitions of the events and labels topics assigned to this instance.", value=health["assigned_partitions"])
+        yield GaugeMetricFamily(
+            "stream_learner_ready", "1 when /readyz answers 200, else 0.", value=int(health["ready"])
+        )
+        yield GaugeMetricFamily(
+            "stream_learner_broker_reachable",
+            "1 when the last metadata request to the brokers succeeded.",
+            value=int(health["broker_reachable"]),
+        )
+        yield GaugeMetricFamily(
+            "stream_learner_assigned_partitions",
+            "Partitions of the events and labels topics assigned to this instance.",
+            value=health["assigned_partitions"],
+        )
         yield InfoMetricFamily(
             "stream_learner",
             "The service: package version, task, model and device.",
-            value={"version": _version(), "task": s.settings.task, "model": s.settings.model, "device": str(s.trainer.device)},
+            value={
+                "version": _version(),
+                "task": s.settings.task,
+                "model": s.settings.model,
+                "device": str(s.trainer.device),
+            },
         )
 
 
-def _restored(service: "Service") -> bool:
+def _restored(service: Service) -> bool:
     """Whether the service has restored its checkpoint (or found none) and so holds its real totals.
 
     Not "its Kafka clients exist": they are made before the restore (an exactly-once start needs
@@ -230,7 +396,9 @@ class BulkHistogram(Collector):
         with self._lock:
             cumulative = np.cumsum(self._counts).tolist()
             total = self._sum
-        yield HistogramMetricFamily(self.name, self.documentation, buckets=list(zip(self._names, cumulative)), sum_value=total)
+        yield HistogramMetricFamily(
+            self.name, self.documentation, buckets=list(zip(self._names, cumulative)), sum_value=total
+        )
 
     def describe(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(self.name, self.documentation)
@@ -249,7 +417,7 @@ class PrometheusTelemetry(Telemetry):
     telemetry; the hooks and scrapes run on the service's event loop.
     """
 
-    def __init__(self, settings: Settings, *, tensorboard: "TensorBoardLog | None" = None) -> None:
+    def __init__(self, settings: Settings, *, tensorboard: TensorBoardLog | None = None) -> None:
         self.settings = settings
         self.registry = CollectorRegistry()
         r = self.registry
@@ -257,16 +425,28 @@ class PrometheusTelemetry(Telemetry):
         PlatformCollector(registry=r)
         GCCollector(registry=r)
         self.batch_size = Histogram(
-            "stream_learner_batch_size", "Events per inference micro-batch.", buckets=_size_buckets(settings.max_batch_size), registry=r
+            "stream_learner_batch_size",
+            "Events per inference micro-batch.",
+            buckets=_size_buckets(settings.max_batch_size),
+            registry=r,
         )
         self.inference_seconds = Histogram(
-            "stream_learner_inference_seconds", "Model time of one inference micro-batch (device thread).", buckets=MODEL_TIME_BUCKETS, registry=r
+            "stream_learner_inference_seconds",
+            "Model time of one inference micro-batch (device thread).",
+            buckets=MODEL_TIME_BUCKETS,
+            registry=r,
         )
         self.train_step_examples = Histogram(
-            "stream_learner_train_step_examples", "Examples per optimizer step.", buckets=_size_buckets(settings.train_batch_size), registry=r
+            "stream_learner_train_step_examples",
+            "Examples per optimizer step.",
+            buckets=_size_buckets(settings.train_batch_size),
+            registry=r,
         )
         self.train_step_seconds = Histogram(
-            "stream_learner_train_step_seconds", "Time of one optimizer step, skipped ones included (device thread).", buckets=MODEL_TIME_BUCKETS, registry=r
+            "stream_learner_train_step_seconds",
+            "Time of one optimizer step, skipped ones included (device thread).",
+            buckets=MODEL_TIME_BUCKETS,
+            registry=r,
         )
         self.event_to_prediction = BulkHistogram(
             "stream_learner_event_to_prediction_seconds",
@@ -275,10 +455,16 @@ class PrometheusTelemetry(Telemetry):
             r,
         )
         self.label_delay = BulkHistogram(
-            "stream_learner_label_delay_seconds", "From each event's arrival to the arrival of its label (joined labels).", LABEL_DELAY_BUCKETS, r
+            "stream_learner_label_delay_seconds",
+            "From each event's arrival to the arrival of its label (joined labels).",
+            LABEL_DELAY_BUCKETS,
+            r,
         )
         self.checkpoint_duration = Histogram(
-            "stream_learner_checkpoint_duration_seconds", "Time of one checkpoint, drain to commit.", buckets=CHECKPOINT_BUCKETS, registry=r
+            "stream_learner_checkpoint_duration_seconds",
+            "Time of one checkpoint, drain to commit.",
+            buckets=CHECKPOINT_BUCKETS,
+            registry=r,
         )
         self.checkpoint_pause = Histogram(
             "stream_learner_checkpoint_pause_seconds",
@@ -286,15 +472,17 @@ class PrometheusTelemetry(Telemetry):
             buckets=CHECKPOINT_BUCKETS,
             registry=r,
         )
-        self.checkpoints = Counter("stream_learner_checkpoints", "Checkpoints written by this process, by reason.", ["reason"], registry=r)
+        self.checkpoints = Counter(
+            "stream_learner_checkpoints", "Checkpoints written by this process, by reason.", ["reason"], registry=r
+        )
         for reason in ("interval", "revoked", "shutdown"):
             self.checkpoints.labels(reason)
         if tensorboard is None and settings.tensorboard_dir is not None:
             tensorboard = TensorBoardLog(settings.tensorboard_dir)
         self.tensorboard = tensorboard
-        self.service: "Service | None" = None
+        self.service: Service | None = None
 
-    def attach(self, service: "Service") -> None:
+    def attach(self, service: Service) -> None:
         """Export ``service``'s figures from now on (and feed TensorBoard its metrics and weights)."""
         self.service = service
         self.registry.register(ServiceCollector(service))
@@ -336,7 +524,9 @@ class TensorBoardLog:
     every ``histograms_every_s``; both at the first step. The writer's own thread does the file I/O.
     """
 
-    def __init__(self, directory: Path, *, scalars_every_s: float = 1.0, histograms_every_s: float = 30.0, flush_secs: int = 10) -> None:
+    def __init__(
+        self, directory: Path, *, scalars_every_s: float = 1.0, histograms_every_s: float = 30.0, flush_secs: int = 10
+    ) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
@@ -354,9 +544,11 @@ class TensorBoardLog:
         self._loss_n = 0
         self._skipped = 0
         self._prequential: Callable[[], dict[str, Any]] = dict
-        self._weights: Callable[[], Iterable[tuple[str, "torch.Tensor"]]] = list
+        self._weights: Callable[[], Iterable[tuple[str, torch.Tensor]]] = list
 
-    def bind(self, prequential: Callable[[], dict[str, Any]], weights: Callable[[], Iterable[tuple[str, "torch.Tensor"]]]) -> None:
+    def bind(
+        self, prequential: Callable[[], dict[str, Any]], weights: Callable[[], Iterable[tuple[str, torch.Tensor]]]
+    ) -> None:
         """Where the prequential summary and the named parameters are read at write time."""
         self._prequential = prequential
         self._weights = weights
@@ -452,7 +644,7 @@ class MetricsServer:
         """Connections being served now (at most ``max_connections``)."""
         return len(self._connections)
 
-    async def start(self) -> "MetricsServer":
+    async def start(self) -> MetricsServer:
         """Listen; ``port`` 0 picks a free one (read it back from :attr:`port`)."""
         try:
             self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=16 * 1024)
@@ -509,7 +701,12 @@ class MetricsServer:
         self.refused_connections += 1
         writer.transport.abort()
         if self.refused_connections & (self.refused_connections - 1) == 0:
-            log.warning("metrics_connection_refused", open=len(self._connections), max_connections=self.max_connections, refused=self.refused_connections)
+            log.warning(
+                "metrics_connection_refused",
+                open=len(self._connections),
+                max_connections=self.max_connections,
+                refused=self.refused_connections,
+            )
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Read one request head and answer it (the caller bounds the time)."""
@@ -526,7 +723,7 @@ class MetricsServer:
         headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
         try:
             status, content_type, body = self._respond(method, target.split("?", 1)[0], headers)
-        except Exception:  # noqa: BLE001 - a failing collector or health check must not take the endpoint down
+        except Exception:
             log.exception("metrics_request_failed", path=target[:200])
             status, content_type, body = 500, "text/plain; charset=utf-8", self.INTERNAL_ERROR_BODY
         await self._send(writer, status, content_type, body, head_only=method == "HEAD")
@@ -548,13 +745,22 @@ class MetricsServer:
         return 404, text, b"not found\n"
 
     @staticmethod
-    async def _send(writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes, *, head_only: bool) -> None:
+    async def _send(
+        writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes, *, head_only: bool
+    ) -> None:
         extra = "Allow: GET, HEAD\r\n" if status == 405 else ""
         writer.write(_head(status, content_type, len(body), extra) + (b"" if head_only else body))
         await writer.drain()
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def _head(status: int, content_type: str, length: int, extra: str = "") -> bytes:

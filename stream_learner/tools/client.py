@@ -87,7 +87,7 @@ class EventProducer:
         self._failures = 0
 
     @classmethod
-    def from_settings(cls, settings: "Settings", **overrides: Any) -> "EventProducer":
+    def from_settings(cls, settings: Settings, **overrides: Any) -> EventProducer:
         """A producer for the service configured by ``settings``: its brokers, security, topics and shapes."""
         options: dict[str, Any] = {
             "events_topic": settings.events_topic,
@@ -131,7 +131,10 @@ class EventProducer:
         return await self._send(self.events_topic, id, value)
 
     async def send_events(
-        self, ids: Sequence[str], features: Sequence[Sequence[float]] | np.ndarray, ts: float | Sequence[float] | None = None
+        self,
+        ids: Sequence[str],
+        features: Sequence[Sequence[float]] | np.ndarray,
+        ts: float | Sequence[float] | None = None,
     ) -> asyncio.Future[list[RecordMetadata]]:
         """Send many events (row ``i`` of ``features`` is ``ids[i]``'s); ``ts`` one time for all, or one each.
 
@@ -161,7 +164,9 @@ class EventProducer:
         _check_id(id)
         return await self._send(self.labels_topic, id, {"id": id, "label": self._check_label(label)})
 
-    async def send_labels(self, ids: Sequence[str], labels: Sequence[float] | np.ndarray) -> asyncio.Future[list[RecordMetadata]]:
+    async def send_labels(
+        self, ids: Sequence[str], labels: Sequence[float] | np.ndarray
+    ) -> asyncio.Future[list[RecordMetadata]]:
         """Send many labels (``labels[i]`` is ``ids[i]``'s); all are checked first; one future for all deliveries."""
         ids = list(ids)
         values = [self._check_label(label) for label in (labels.tolist() if isinstance(labels, np.ndarray) else labels)]
@@ -263,7 +268,7 @@ class Prediction:
     """The event's ``ts``, when it had one."""
 
     @classmethod
-    def from_json(cls, value: bytes | str) -> "Prediction":
+    def from_json(cls, value: bytes | str) -> Prediction:
         """Parse a prediction value; ``ValueError`` when it does not follow the contract."""
         try:
             obj = orjson.loads(value)
@@ -322,9 +327,12 @@ class PredictionConsumer:
         self._buffer: list[Prediction] = []
 
     @classmethod
-    def from_settings(cls, settings: "Settings", **overrides: Any) -> "PredictionConsumer":
+    def from_settings(cls, settings: Settings, **overrides: Any) -> PredictionConsumer:
         """A reader of the predictions of the service configured by ``settings`` (its brokers and security)."""
-        return cls(settings.bootstrap_servers, **{"topic": settings.predictions_topic, **security_kwargs(settings), **overrides})
+        return cls(
+            settings.bootstrap_servers,
+            **{"topic": settings.predictions_topic, **security_kwargs(settings), **overrides},
+        )
 
     async def start(self) -> None:
         """Connect; without a group, assign every partition of the topic from the beginning."""

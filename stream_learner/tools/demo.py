@@ -16,10 +16,10 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream_learner.tools.broker import EmbeddedBroker, ensure_topics
-from stream_learner.tools.client import EventProducer
 from stream_learner.config import Settings
 from stream_learner.service import Service
+from stream_learner.tools.broker import EmbeddedBroker, ensure_topics
+from stream_learner.tools.client import EventProducer
 from stream_learner.tools.synthetic import DriftingStream
 
 TICK_S = 0.05
@@ -33,7 +33,9 @@ async def run_demo(options: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     with tempfile.TemporaryDirectory(prefix="stream-learner-demo-") as tmp, EmbeddedBroker() as broker:
         print(f"embedded Kafka-protocol broker (Tansu) on {broker.bootstrap_servers}")
-        await ensure_topics(broker.bootstrap_servers, {"events": 4, "labels": 4, "predictions": 4, "stream-learner-dlq": 1})
+        await ensure_topics(
+            broker.bootstrap_servers, {"events": 4, "labels": 4, "predictions": 4, "stream-learner-dlq": 1}
+        )
         settings = Settings(
             bootstrap_servers=broker.bootstrap_servers,
             input_dim=options.input_dim,
@@ -46,8 +48,12 @@ async def run_demo(options: argparse.Namespace) -> int:
         stream = DriftingStream(options.input_dim, drift_at=total // 2)
         service = Service(settings)
         serving = asyncio.create_task(service.run())
-        producing = asyncio.create_task(_produce(broker.bootstrap_servers, stream, options.rate, options.label_delay, stop))
-        print(f"streaming {options.rate:.0f} events/s, labels {options.label_delay:.0f} s later, concept drift at event {total // 2}")
+        producing = asyncio.create_task(
+            _produce(broker.bootstrap_servers, stream, options.rate, options.label_delay, stop)
+        )
+        print(
+            f"streaming {options.rate:.0f} events/s, labels {options.label_delay:.0f} s later, concept drift at event {total // 2}"
+        )
         await _report(service, options, stop, serving)
         stop.set()
         await producing
@@ -96,7 +102,9 @@ async def produce_stream(
     return progress
 
 
-async def _produce(bootstrap: str, stream: DriftingStream, rate: float, label_delay: float, stop: asyncio.Event) -> None:
+async def _produce(
+    bootstrap: str, stream: DriftingStream, rate: float, label_delay: float, stop: asyncio.Event
+) -> None:
     async with EventProducer(bootstrap, input_dim=stream.input_dim, num_classes=2) as producer:
         await produce_stream(producer, stream, rate, label_delay, stop)
 
@@ -117,7 +125,9 @@ async def run_producer(options: argparse.Namespace, settings: Settings) -> int:
         flush=True,
     )
     async with EventProducer.from_settings(settings) as producer:
-        producing = asyncio.create_task(produce_stream(producer, stream, options.rate, options.label_delay, stop, progress))
+        producing = asyncio.create_task(
+            produce_stream(producer, stream, options.rate, options.label_delay, stop, progress)
+        )
         started = time.monotonic()
         deadline = started + options.duration if options.duration > 0 else float("inf")
         while not producing.done():
@@ -126,13 +136,18 @@ async def run_producer(options: argparse.Namespace, settings: Settings) -> int:
                 stop.set()
                 break
             if not producing.done():
-                print(f"{time.monotonic() - started:6.0f}s  events {progress.events}  labels {progress.labels}", flush=True)
+                print(
+                    f"{time.monotonic() - started:6.0f}s  events {progress.events}  labels {progress.labels}",
+                    flush=True,
+                )
         await producing
     print(f"done: {progress.events} events, {progress.labels} labels sent and acknowledged", flush=True)
     return 0
 
 
-async def _report(service: Service, options: argparse.Namespace, stop: asyncio.Event, serving: asyncio.Task[None]) -> None:
+async def _report(
+    service: Service, options: argparse.Namespace, stop: asyncio.Event, serving: asyncio.Task[None]
+) -> None:
     started = last_time = time.monotonic()
     last_predicted = 0
     print(f"{'time':>6} {'events/s':>9} {'predicted':>10} {'joined':>8} {'accuracy':>9} {'version':>8} {'lag':>6}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from stream_learner.checkpointing.store import CheckpointStore
@@ -18,7 +18,7 @@ def describe_latest(store: CheckpointStore) -> dict[str, Any] | None:
     return {
         "checkpoint_id": loaded.checkpoint_id,
         "path": str(loaded.path),
-        "created_at": datetime.fromtimestamp(state["created_at"], timezone.utc).isoformat(),
+        "created_at": datetime.fromtimestamp(state["created_at"], UTC).isoformat(),
         "model": state["model_spec"],
         "model_version": summary.pop("model_version"),
         "events_predicted": summary.pop("events_predicted"),

@@ -120,7 +120,12 @@ def load_latest_model(settings: Settings) -> tuple[nn.Module, dict[str, Any], Pa
 
 def model_spec(settings: Settings) -> dict[str, Any]:
     """What a checkpoint's model must match (the keys of :func:`stream_learner.snapshot.model_spec`)."""
-    return {"task": settings.task, "input_dim": settings.input_dim, "output_dim": settings.output_dim, "model": settings.model}
+    return {
+        "task": settings.task,
+        "input_dim": settings.input_dim,
+        "output_dim": settings.output_dim,
+        "model": settings.model,
+    }
 
 
 def export_model(settings: Settings, fmt: Format, out: Path) -> ExportInfo:
@@ -187,7 +192,9 @@ def _export_onnx(module: ScoringModule, example: torch.Tensor, out: Path, info: 
     try:
         import onnx
     except ImportError as exc:
-        raise ConfigError("ONNX export needs the onnx and onnxscript packages: pip install 'stream-learner[export]'") from exc
+        raise ConfigError(
+            "ONNX export needs the onnx and onnxscript packages: pip install 'stream-learner[export]'"
+        ) from exc
     onnx_logger = logging.getLogger("torch.onnx")
     level = onnx_logger.level
     onnx_logger.setLevel(logging.ERROR)  # "torchvision is not installed" notes and the like

@@ -39,7 +39,11 @@ class DriftingStream:
         """Events ``start`` to ``start + n - 1``, with their true labels (the same however the stream is cut)."""
         first, last = start // BLOCK, (start + n - 1) // BLOCK if n else start // BLOCK - 1
         blocks = [self._block(b) for b in range(first, last + 1)]
-        z = np.concatenate([b[0] for b in blocks])[start - first * BLOCK :][:n] if blocks else np.zeros((0, self.input_dim))
+        z = (
+            np.concatenate([b[0] for b in blocks])[start - first * BLOCK :][:n]
+            if blocks
+            else np.zeros((0, self.input_dim))
+        )
         noise = np.concatenate([b[1] for b in blocks])[start - first * BLOCK :][:n] if blocks else np.zeros(0)
         index = np.arange(start, start + n)
         after_drift = index >= self.drift_at if self.drift_at is not None else np.zeros(n, bool)
