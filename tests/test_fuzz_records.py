@@ -25,8 +25,8 @@ from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from stream_learner.tools.broker import ensure_topics
 from stream_learner.checkpointing.store import CheckpointStore
+from stream_learner.tools.broker import ensure_topics
 
 from .conftest import INPUT_DIM, TOPIC_PARTITIONS, BrokerInfo, StartService
 from .observe import read_to_end, wait_for_progress
@@ -93,6 +93,7 @@ def _five_mb_event(event_id: str) -> bytes:
 
 def _is_json(value: bytes) -> bool:
     """An oracle independent of the service's decoder: strict UTF-8, stdlib json, no NaN/Infinity."""
+
     def reject(name: str) -> None:
         raise ValueError(name)
 
@@ -105,12 +106,13 @@ def _is_json(value: bytes) -> bool:
 
 # --- strategies ----------------------------------------------------------------------------
 
-ID_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
-"""Fuzzed id tails: any Unicode but lone surrogates (ids travel as UTF-8 keys); long ones take the join's digest path."""
+ID_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
+"""Fuzzed id tails: any Unicode but lone surrogates (ids travel as UTF-8 keys); long ones take the join's digest
+path."""
 GOOD_NUMBER = st.one_of(st.floats(-1e3, 1e3, allow_nan=False), st.integers(-1000, 1000))
 GOOD_FEATURES = st.lists(GOOD_NUMBER, min_size=INPUT_DIM, max_size=INPUT_DIM)
 GOOD_TS = st.one_of(st.none(), st.floats(0, 2e9), st.integers(0, 2_000_000_000), st.just("null"))
-NOT_A_NUMBER = st.sampled_from(["1.5", "a", True, False, None, [], {}, [1.0]])
+NOT_A_NUMBER: st.SearchStrategy[Any] = st.sampled_from(["1.5", "a", True, False, None, [], {}, [1.0]])
 NOT_AN_OBJECT = st.sampled_from([b"[]", b"[1, 2]", b'"e-1"', b"42", b"-0.5", b"null", b"true", b"false"])
 HEADERS = st.lists(st.tuples(st.text(min_size=1, max_size=8), st.binary(max_size=12)), max_size=2).map(tuple)
 LABEL = st.sampled_from([0, 1, 0.0, 1.0, -0.0])
@@ -124,7 +126,9 @@ def _event_obj(event_id: Any, features: Any, ts: Any, extra: dict[str, Any]) -> 
     return obj
 
 
-EXTRA = st.dictionaries(st.sampled_from(["source", "note", "v"]), st.one_of(st.integers(), ID_TEXT, st.none()), max_size=2)
+EXTRA = st.dictionaries(
+    st.sampled_from(["source", "note", "v"]), st.one_of(st.integers(), ID_TEXT, st.none()), max_size=2
+)
 
 
 @st.composite
@@ -135,7 +139,8 @@ def good_event(draw: st.DrawFn, event_id: str) -> bytes:
 @st.composite
 def bad_event(draw: st.DrawFn, kind: str, event_id: str) -> tuple[bytes | None, str]:
     """A bad event of ``kind`` with exactly one defect, and the contract's reason for it."""
-    features, ts = draw(GOOD_FEATURES), draw(st.one_of(st.none(), st.floats(0, 2e9)))
+    features: list[Any] = draw(GOOD_FEATURES)
+    ts = draw(st.one_of(st.none(), st.floats(0, 2e9)))
     if kind == "arbitrary_bytes":
         value = draw(st.binary(max_size=60).filter(lambda b: not _is_json(b)))
         return value, "invalid_json"
@@ -152,16 +157,38 @@ def bad_event(draw: st.DrawFn, kind: str, event_id: str) -> tuple[bytes | None, 
         return _dumps({"id": draw(st.sampled_from([0, 7.5, None, "", [], {}, True])), "features": features}), "bad_id"
     if kind == "missing_features":
         return _dumps({"id": event_id, **draw(st.sampled_from([{}, {"features": None}]))}), "missing_features"
+    if kind in FEATURE_DEFECTS:
+        return _bad_features(draw, kind, event_id, features, ts)
+    if kind == "bad_ts":
+        return _dumps(
+            {"id": event_id, "features": features, "ts": draw(st.sampled_from(["1700000000", True, [], {"s": 1}]))}
+        ), "bad_ts"
+    raise AssertionError(kind)
+
+
+FEATURE_DEFECTS = ("bad_features", "wrong_feature_length", "non_finite", "nan_literal")
+
+
+def _bad_features(
+    draw: st.DrawFn, kind: str, event_id: str, features: list[Any], ts: float | None
+) -> tuple[bytes | None, str]:
+    """A bad event of ``kind`` (one of FEATURE_DEFECTS), whose one defect is in its features."""
     if kind == "bad_features":
         if draw(st.booleans()):
-            return _dumps({"id": event_id, "features": draw(st.sampled_from(["1,2,3", 5, {"a": 1}, True]))}), "bad_features"
+            return _dumps(
+                {"id": event_id, "features": draw(st.sampled_from(["1,2,3", 5, {"a": 1}, True]))}
+            ), "bad_features"
         features[draw(st.integers(0, INPUT_DIM - 1))] = draw(NOT_A_NUMBER)
         return _dumps(_event_obj(event_id, features, ts, {})), "bad_features"
     if kind == "wrong_feature_length":
-        length = draw(st.one_of(st.integers(0, INPUT_DIM - 1), st.integers(INPUT_DIM + 1, 3 * INPUT_DIM), st.just(HUGE)))
+        length = draw(
+            st.one_of(st.integers(0, INPUT_DIM - 1), st.integers(INPUT_DIM + 1, 3 * INPUT_DIM), st.just(HUGE))
+        )
         if length == HUGE:
             return b'{"id":' + _dumps(event_id) + b',"features":\0HUGE\0}', "wrong_feature_length"
-        return _dumps({"id": event_id, "features": draw(st.lists(GOOD_NUMBER, min_size=length, max_size=length))}), "wrong_feature_length"
+        return _dumps(
+            {"id": event_id, "features": draw(st.lists(GOOD_NUMBER, min_size=length, max_size=length))}
+        ), "wrong_feature_length"
     if kind == "non_finite":
         # Finite JSON numbers beyond float32 (a 10**39 int too: the decoder reads it as a double).
         features[draw(st.integers(0, INPUT_DIM - 1))] = draw(st.sampled_from([1e39, -3.5e38, 1.7e308, 10**39]))
@@ -171,8 +198,6 @@ def bad_event(draw: st.DrawFn, kind: str, event_id: str) -> tuple[bytes | None, 
         literal = draw(st.sampled_from([b"NaN", b"Infinity", b"-Infinity"]))
         first = text.index(b"[") + 1
         return text[:first] + literal + b"," + text[first:].split(b",", 1)[1], "invalid_json"
-    if kind == "bad_ts":
-        return _dumps({"id": event_id, "features": features, "ts": draw(st.sampled_from(["1700000000", True, [], {"s": 1}]))}), "bad_ts"
     raise AssertionError(kind)
 
 
@@ -199,19 +224,41 @@ def bad_label(draw: st.DrawFn, kind: str, event_id: str) -> tuple[bytes | None, 
             return b'{"id":' + _dumps(event_id) + b',"label":\0HUGE\0}', "bad_label"
         return _dumps({"id": event_id, "label": label}), "bad_label"
     if kind == "label_out_of_range":
-        return _dumps({"id": event_id, "label": draw(st.sampled_from([-1, 2, 7, -1.0, 3.0, 10**30]))}), "label_out_of_range"
+        return _dumps(
+            {"id": event_id, "label": draw(st.sampled_from([-1, 2, 7, -1.0, 3.0, 10**30]))}
+        ), "label_out_of_range"
     if kind == "nan_literal":
-        return b'{"id": ' + _dumps(event_id) + b', "label": ' + draw(st.sampled_from([b"NaN", b"-Infinity"])) + b"}", "invalid_json"
+        return b'{"id": ' + _dumps(event_id) + b', "label": ' + draw(
+            st.sampled_from([b"NaN", b"-Infinity"])
+        ) + b"}", "invalid_json"
     raise AssertionError(kind)
 
 
 BAD_EVENT_KINDS = [
-    "arbitrary_bytes", "truncated", "tombstone", "not_an_object", "missing_id", "bad_id", "missing_features",
-    "bad_features", "wrong_feature_length", "non_finite", "nan_literal", "bad_ts",
+    "arbitrary_bytes",
+    "truncated",
+    "tombstone",
+    "not_an_object",
+    "missing_id",
+    "bad_id",
+    "missing_features",
+    "bad_features",
+    "wrong_feature_length",
+    "non_finite",
+    "nan_literal",
+    "bad_ts",
 ]
 BAD_LABEL_KINDS = [
-    "arbitrary_bytes", "truncated", "tombstone", "not_an_object", "missing_id", "bad_id", "missing_label",
-    "bad_label", "label_out_of_range", "nan_literal",
+    "arbitrary_bytes",
+    "truncated",
+    "tombstone",
+    "not_an_object",
+    "missing_id",
+    "bad_id",
+    "missing_label",
+    "bad_label",
+    "label_out_of_range",
+    "nan_literal",
 ]
 
 
@@ -226,17 +273,22 @@ def streams(draw: st.DrawFn) -> list[Rec]:
     events += [Rec("events", draw(good_event(i)), None, i, draw(partition)) for i in good_ids]
     kinds = BAD_EVENT_KINDS + draw(st.lists(st.sampled_from(BAD_EVENT_KINDS), max_size=15))
     bad_ids = [f"b{n}-{draw(ID_TEXT)}" for n in range(len(kinds))]
-    for kind, event_id in zip(kinds, bad_ids):
+    for kind, event_id in zip(kinds, bad_ids, strict=True):
         value, reason = draw(bad_event(kind, event_id))
         events.append(Rec("events", value, reason, None, draw(partition), draw(HEADERS)))
-    events.append(Rec("events", b'{"id":"huge","features":\0HUGE\0,"ts":1.5}', "wrong_feature_length", None, draw(partition)))
+    events.append(
+        Rec("events", b'{"id":"huge","features":\0HUGE\0,"ts":1.5}', "wrong_feature_length", None, draw(partition))
+    )
     events.append(Rec("events", b"\0FIVE_MB\0", "wrong_feature_length", None, draw(partition)))
 
     labels: list[Rec] = []
     labelled = draw(st.lists(st.sampled_from(good_ids), unique=True, min_size=len(good_ids) // 2))
     labels += [Rec("labels", _dumps({"id": i, "label": draw(LABEL)}), None, i, draw(partition)) for i in labelled]
     duplicated = draw(st.lists(st.sampled_from(labelled), min_size=1, max_size=10))
-    labels += [Rec("labels", _dumps({"id": i, "label": draw(LABEL), "again": True}), None, i, draw(partition)) for i in duplicated]
+    labels += [
+        Rec("labels", _dumps({"id": i, "label": draw(LABEL), "again": True}), None, i, draw(partition))
+        for i in duplicated
+    ]
     unknown = [f"u{n}-{draw(ID_TEXT)}" for n in range(draw(st.integers(1, 10)))]
     unknown += draw(st.lists(st.sampled_from(bad_ids), min_size=1, max_size=3))
     labels += [Rec("labels", _dumps({"id": i, "label": draw(LABEL)}), None, i, draw(partition)) for i in unknown]
@@ -244,7 +296,9 @@ def streams(draw: st.DrawFn) -> list[Rec]:
     for kind in kinds:
         value, reason = draw(bad_label(kind, draw(st.sampled_from(good_ids))))
         labels.append(Rec("labels", value, reason, None, draw(partition), draw(HEADERS)))
-    labels.append(Rec("labels", b'{"id":' + _dumps(good_ids[0]) + b',"label":\0HUGE\0}', "bad_label", None, draw(partition)))
+    labels.append(
+        Rec("labels", b'{"id":' + _dumps(good_ids[0]) + b',"label":\0HUGE\0}', "bad_label", None, draw(partition))
+    )
     return draw(st.permutations(events)) + draw(st.permutations(labels))
 
 
@@ -283,7 +337,7 @@ async def produce(bootstrap: str, names: dict[str, str], records: list[Rec]) -> 
         done = await asyncio.gather(*sends)
     finally:
         await producer.stop()
-    return {(m.topic, m.partition, m.offset): r for m, r in zip(done, records)}
+    return {(m.topic, m.partition, m.offset): r for m, r in zip(done, records, strict=True)}
 
 
 FUZZ = settings(
@@ -328,23 +382,45 @@ async def test_fuzzed_records_are_dead_lettered_or_predicted_and_trained_exactly
     assert service.stop() == 0, service.log_tail()
 
     # Dead letters: exactly the bad records, unchanged, each with its reason and source.
-    dead = await read_to_end(bootstrap, names["dlq"])
+    check_dead_letters(await read_to_end(bootstrap, names["dlq"]), sent, want)
+
+    # Predictions: every good event exactly once (no crash), keyed by its id.
+    check_predictions(await read_to_end(bootstrap, names["predictions"]), records)
+
+    # The final checkpoint: counts exactly as the contract says.
+    check_final_checkpoint(checkpoints, records, want)
+
+
+def check_dead_letters(dead: list[Any], sent: dict[tuple[str, int, int], Rec], want: dict[str, Any]) -> None:
+    """Exactly the bad records, unchanged, each with its reason and source."""
     assert len(dead) == want["dead_lettered"], Counter(dict(r.headers)["dlq.reason"] for r in dead)
     for record in dead:
         headers = dict(record.headers)
-        source = (headers["dlq.source.topic"].decode(), int(headers["dlq.source.partition"]), int(headers["dlq.source.offset"]))
+        source = (
+            headers["dlq.source.topic"].decode(),
+            int(headers["dlq.source.partition"]),
+            int(headers["dlq.source.offset"]),
+        )
         original = sent[source]
         assert original.reason is not None, f"a good record was dead-lettered: {source} {headers['dlq.reason']!r}"
-        assert headers["dlq.reason"].decode() == original.reason, (source, original.value[:200] if original.value else None)
+        assert headers["dlq.reason"].decode() == original.reason, (
+            source,
+            original.value[:200] if original.value else None,
+        )
         assert record.value == original.value and record.key == original.key and headers["dlq.detail"]
         assert list(record.headers)[: len(original.headers)] == list(original.headers)
 
-    # Predictions: every good event exactly once (no crash), keyed by its id.
-    predictions = await read_to_end(bootstrap, names["predictions"])
-    assert all(orjson.loads(p.value)["id"].encode() == p.key for p in predictions)
-    assert Counter(p.key.decode() for p in predictions) == Counter(r.id for r in records if r.topic == "events" and r.reason is None)
 
-    # The final checkpoint: counts exactly as the contract says.
+def check_predictions(predictions: list[Any], records: list[Rec]) -> None:
+    """Every good event exactly once (no crash), keyed by its id."""
+    assert all(orjson.loads(p.value)["id"].encode() == p.key for p in predictions)
+    assert Counter(p.key.decode() for p in predictions) == Counter(
+        r.id for r in records if r.topic == "events" and r.reason is None
+    )
+
+
+def check_final_checkpoint(checkpoints: Path, records: list[Rec], want: dict[str, Any]) -> None:
+    """The final checkpoint's counts are exactly what the contract says of ``records``."""
     shown = checkpoint_show(checkpoints)
     loaded = CheckpointStore(checkpoints, keep=1).load_latest()
     assert loaded is not None
@@ -353,5 +429,7 @@ async def test_fuzzed_records_are_dead_lettered_or_predicted_and_trained_exactly
     reasons = Counter(r.reason for r in records if r.reason is not None)
     print(f"fuzz example: {len(records)} records, {dict(sorted(reasons.items()))}, {want}")
     assert got == want
-    assert {k.split(".", 1)[1]: v for k, v in loaded.state["counters"].items() if k.startswith("dead_lettered.")} == reasons
+    assert {
+        k.split(".", 1)[1]: v for k, v in loaded.state["counters"].items() if k.startswith("dead_lettered.")
+    } == reasons
     assert shown["skipped_steps"] == 0 and join_counters["labels_expired"] == join_counters["events_expired"] == 0

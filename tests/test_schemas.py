@@ -12,7 +12,9 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from stream_learner.tools.client import EventProducer
-from stream_learner.intake.codec import decode_events, decode_labels, encode_predictions
+from stream_learner.intake.events import decode_events
+from stream_learner.intake.labels import decode_labels
+from stream_learner.kafka.predictions import encode_predictions
 from stream_learner.records import EventBatch, Predictions, RawRecord
 
 from .test_client import FakeProducer
@@ -117,7 +119,7 @@ def test_predictions_are_closed_and_classification_predictions_are_class_indices
 
 
 def readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "contract.md").read_text()
     start = text.index(f"\n## {title}\n")
     end = text.find("\n## ", start + 1)
     return text[start : end if end != -1 else len(text)]

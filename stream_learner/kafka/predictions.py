@@ -1,0 +1,30 @@
+"""Predictions to the JSON values of the predictions topic (docs/contract.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+
+from stream_learner.records import Predictions
+
+
+def encode_predictions(predictions: Predictions, task: str) -> list[bytes]:
+    """One JSON value per event: id, prediction, scores (classification), model_version, ts."""
+    events = predictions.events
+    version = predictions.model_version
+    has_ts = ~np.isnan(events.ts)
+    ts = events.ts.tolist()
+    if task == "classification":
+        classes = predictions.scores.argmax(axis=1).tolist()
+        scores = np.round(predictions.scores.astype(np.float64), 6).tolist()
+        out = [
+            {"id": i, "prediction": c, "scores": s, "model_version": version}
+            for i, c, s in zip(events.ids, classes, scores, strict=False)
+        ]
+    else:
+        values = predictions.scores[:, 0].astype(np.float64).tolist()
+        out = [{"id": i, "prediction": v, "model_version": version} for i, v in zip(events.ids, values, strict=False)]
+    for row, given, t in zip(out, has_ts.tolist(), ts, strict=False):
+        if given:
+            row["ts"] = t
+    return [orjson.dumps(row) for row in out]
