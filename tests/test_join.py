@@ -12,13 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from stream_learner.learning.join import MAX_EARLY_LABEL_BYTES, JoinBuffer, _keys, id_bytes
+from stream_learner.learning.event_keys import event_keys
+from stream_learner.learning.join import MAX_EARLY_LABEL_BYTES, JoinBuffer, id_bytes
 
 DIM, OUT = 3, 2
 
 
-def buffer(max_pending: int = 100, ttl_s: float = 60.0, default_label: float | None = None) -> JoinBuffer:
-    return JoinBuffer(DIM, OUT, max_pending, ttl_s, default_label=default_label)
+def buffer(
+    max_pending: int = 100, ttl_s: float = 60.0, default_label: float | None = None, compiled: bool = True
+) -> JoinBuffer:
+    return JoinBuffer(DIM, OUT, max_pending, ttl_s, default_label=default_label, compiled=compiled)
 
 
 def features_of(n: int) -> np.ndarray:
@@ -32,7 +35,9 @@ def scores_of(n: int) -> np.ndarray:
 
 def predict(buf: JoinBuffer, numbers: list[int], now: float):
     ids = [f"e-{n}" for n in numbers]
-    return buf.add_predictions(ids, np.stack([features_of(n) for n in numbers]), np.stack([scores_of(n) for n in numbers]), now)
+    return buf.add_predictions(
+        ids, np.stack([features_of(n) for n in numbers]), np.stack([scores_of(n) for n in numbers]), now
+    )
 
 
 def label(buf: JoinBuffer, numbers: list[int], labels: list[float], now: float):
@@ -203,7 +208,7 @@ def restored_from(buf: JoinBuffer) -> JoinBuffer:
     blob = io.BytesIO()
     torch.save(buf.state_dict(), blob)
     blob.seek(0)
-    restored = buffer(buf.max_pending, buf.ttl_s, buf.default_label)
+    restored = buffer(buf.max_pending, buf.ttl_s, buf.default_label, buf.compiled)
     restored.load_state_dict(torch.load(blob, weights_only=True))
     return restored
 
@@ -278,6 +283,17 @@ def test_long_and_wide_joined_ids_are_told_apart() -> None:
     assert restored.counters.labels_duplicate == 3 + 4
 
 
+def test_the_first_wide_id_still_finds_the_narrow_ids_waiting_beside_it() -> None:
+    """The store widens its keys for the first id past 8 bytes; a lookup in that same batch reads the widened keys."""
+    buf = buffer()
+    predict(buf, [1, 2, 3], now=0.0)  # "e-1".."e-3": 8-byte keys
+    ids = ["a wide-key-id", "e-2"]
+    buf.add_predictions(ids, np.zeros((2, DIM), np.float32), np.zeros((2, OUT), np.float32), 1.0)
+    assert (buf.pending_events, buf.counters.events_duplicate) == (4, 1), "e-2 replaced its waiting event"
+    assert len(label(buf, [2], [1.0], now=2.0)) == 1
+    assert len(label(buf, [2], [1.0], now=2.0)) == 0 and buf.counters.labels_duplicate == 1
+
+
 def test_a_state_dict_with_joined_ids_as_strings_still_loads() -> None:
     state = busy_buffer().state_dict()
     for key in ("joined_keys", "joined_key_lengths"):
@@ -289,11 +305,12 @@ def test_a_state_dict_with_joined_ids_as_strings_still_loads() -> None:
     assert restored.counters.labels_duplicate == busy_buffer().counters.labels_duplicate + 1
 
 
-def test_random_batches_join_as_a_dict_model_does() -> None:
+@pytest.mark.parametrize("compiled", [True, False])
+def test_random_batches_join_as_a_dict_model_does(compiled: bool) -> None:
     """Many predictions and labels over a small id space: repeats, stale table cells, rebuilds,
     batches big against the ring, and restores (a restored ring has no room to spare)."""
     rng = np.random.default_rng(7)
-    buf = JoinBuffer(1, OUT, max_pending=10**6, ttl_s=1e9)
+    buf = JoinBuffer(1, OUT, max_pending=10**6, ttl_s=1e9, compiled=compiled)
     pending: set[int] = set()
     joined: set[int] = set()
     early: set[int] = set()
@@ -326,9 +343,10 @@ def test_random_batches_join_as_a_dict_model_does() -> None:
         assert (buf.pending_events, buf.early_labels) == (len(pending), len(early))
 
 
-def test_a_batch_bigger_than_the_room_left_among_holes_overwrites_no_waiting_event() -> None:
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_batch_bigger_than_the_room_left_among_holes_overwrites_no_waiting_event(compiled: bool) -> None:
     """The ring grew by live + batch while the batch lands after the holes: it wrapped onto the oldest."""
-    buf = buffer(max_pending=10**6)
+    buf = buffer(max_pending=10**6, compiled=compiled)
     predict(buf, list(range(1024)), now=0.0)  # the ring is exactly full
     label(buf, list(range(500, 600)), [1.0] * 100, now=1.0)  # holes in the middle
     predict(buf, list(range(2000, 2300)), now=2.0)
@@ -341,20 +359,21 @@ def test_a_batch_bigger_than_the_room_left_among_holes_overwrites_no_waiting_eve
 def test_events_homed_at_the_end_of_a_rebuilt_table_wrap_around_and_still_join() -> None:
     """A restore fills the table in one pass: keys whose probe runs past the last cell go to the front."""
     table_size = 1024  # what 500 pending events get
-    end_homed = [n for n in range(20_000) if int(_keys([f"e-{n}"]).hashes[0]) % table_size >= table_size - 4][:40]
+    end_homed = [n for n in range(20_000) if int(event_keys([f"e-{n}"]).hashes[0]) % table_size >= table_size - 4][:40]
     numbers = end_homed + [n for n in range(20_000, 20_460)]
     buf = buffer(max_pending=10**6)
     predict(buf, numbers, now=0.0)
     restored = buffer(max_pending=10**6)
     restored.load_state_dict(buf.state_dict())
-    assert len(restored._pending._table) == table_size
+    assert len(restored._pending.index.table) == table_size
     joined = label(restored, numbers, [1.0] * len(numbers), now=1.0)
     np.testing.assert_array_equal(joined.features, np.stack([features_of(n) for n in numbers]))
     assert (restored.pending_events, restored.early_labels) == (0, 0)
 
 
-def test_a_ring_that_wraps_grows_and_every_waiting_event_still_joins_with_its_own_features() -> None:
-    buf = buffer(max_pending=10_000)
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_ring_that_wraps_grows_and_every_waiting_event_still_joins_with_its_own_features(compiled: bool) -> None:
+    buf = buffer(max_pending=10_000, compiled=compiled)
     predict(buf, list(range(1000)), 0.0)  # rows 0..999 of 1024
     label(buf, list(range(500)), [1.0] * 500, 1.0)  # the oldest half leaves holes
     predict(buf, list(range(1000, 1400)), 2.0)  # wraps: rows 1000..1023, then 0..375
@@ -383,7 +402,11 @@ def predict_long(buf: JoinBuffer, numbers: Iterable[int], now: float) -> int:
     """Predict events with long ids; how many joined a waiting label."""
     numbers = list(numbers)
     ids = [long_id(n) for n in numbers]
-    return len(buf.add_predictions(ids, np.stack([features_of(n) for n in numbers]), np.stack([scores_of(n) for n in numbers]), now))
+    return len(
+        buf.add_predictions(
+            ids, np.stack([features_of(n) for n in numbers]), np.stack([scores_of(n) for n in numbers]), now
+        )
+    )
 
 
 def label_long(buf: JoinBuffer, numbers: Iterable[int], now: float) -> np.ndarray:
@@ -442,7 +465,9 @@ def test_early_labels_are_bounded_by_the_bytes_of_their_ids_and_the_oldest_go_fi
     assert predict_long(buf, range(50), now=50.0) == fits
     assert (buf.early_labels, buf.early_label_bytes, buf.pending_events) == (0, 0, 50 - fits)
     assert buf.lowest_waiting_label(0) is None
-    assert retained(lambda: label_long(buf, range(50 - fits, 50), now=51.0)) < 64 * 1024, "joined again: duplicates, not kept"
+    assert retained(lambda: label_long(buf, range(50 - fits, 50), now=51.0)) < 64 * 1024, (
+        "joined again: duplicates, not kept"
+    )
     assert buf.counters.labels_duplicate == fits
 
 

@@ -16,7 +16,13 @@ B = 4
 def examples(partition: int, offsets: list[int]) -> Examples:
     n = len(offsets)
     features = np.array([[partition, o] for o in offsets], np.float32).reshape(n, 2)
-    return Examples(features, np.array(offsets, np.float64), np.zeros((n, 2), np.float32), np.full(n, partition, np.int64), np.array(offsets, np.int64))
+    return Examples(
+        features,
+        np.array(offsets, np.float64),
+        np.zeros((n, 2), np.float32),
+        np.full(n, partition, np.int64),
+        np.array(offsets, np.int64),
+    )
 
 
 def steps_as_positions(steps: list[Examples]) -> list[list[tuple[int, int]]]:
@@ -78,10 +84,14 @@ def test_while_events_are_left_to_read_a_waiting_label_holds_however_long_it_tak
     schedule.add(examples(0, [0, 1, 3, 4]), now=0.0)
     waiting = lambda p: (2, -100.0)  # noqa: E731
     for now in (0.0, 60.0, 3600.0):
-        assert schedule.take_due(now, False, read_to_end=lambda p: True, lowest_waiting=waiting, events_unread=True) == []
+        assert (
+            schedule.take_due(now, False, read_to_end=lambda p: True, lowest_waiting=waiting, events_unread=True) == []
+        )
     schedule.add(examples(0, [5, 6, 7, 8]), now=3600.0)  # 8 queued behind the waiting label: the cap
     # From the cap on (as once every event is read), the clock of hold_s runs.
-    assert schedule.take_due(3600.0, False, read_to_end=lambda p: False, lowest_waiting=waiting, events_unread=True) == []
+    assert (
+        schedule.take_due(3600.0, False, read_to_end=lambda p: False, lowest_waiting=waiting, events_unread=True) == []
+    )
     steps = schedule.take_due(3606.0, False, read_to_end=lambda p: False, lowest_waiting=waiting, events_unread=True)
     assert steps_as_positions(steps)[0] == [(0, 0), (0, 1), (0, 3), (0, 4)]
 

@@ -74,17 +74,17 @@ class PrequentialMetrics:
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Restore a :meth:`state_dict`; a different window size starts the window afresh."""
-        self.count = int(state["count"])  # type: ignore[call-overload]
-        self._sums = state["sums"].numpy().copy()  # type: ignore[attr-defined]
-        recent = state["recent"].numpy()  # type: ignore[attr-defined]
+        self.count = int(state["count"])  # type: ignore[call-overload]  # an int in a state dict
+        self._sums = state["sums"].numpy().copy()  # type: ignore[attr-defined]  # a tensor in a state dict
+        recent = state["recent"].numpy()  # type: ignore[attr-defined]  # a tensor in a state dict
         if len(recent) == self.window:
-            self._recent, self._recent_n = recent.copy(), int(state["recent_n"])  # type: ignore[call-overload]
+            self._recent, self._recent_n = recent.copy(), int(state["recent_n"])  # type: ignore[call-overload]  # an int
         else:
             self._recent, self._recent_n = np.zeros((self.window, 2)), 0
 
 
 def _named(names: tuple[str, str], values: np.ndarray, prefix: str) -> dict[str, float | None]:
-    return {prefix + name: _value(v) for name, v in zip(names, values)}
+    return {prefix + name: _value(v) for name, v in zip(names, values, strict=True)}
 
 
 def _value(x: float) -> float | None:

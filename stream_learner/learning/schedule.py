@@ -21,123 +21,17 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 
-from stream_learner.learning.join import UNLABELED_PARTITION, Examples
+from stream_learner.learning.examples import UNLABELED_PARTITION, Examples
+from stream_learner.learning.partition_queue import Chunk, PartitionQueue
 
 ReadToEnd = Callable[[int], bool]
 LowestWaiting = Callable[[int], "tuple[int, float] | None"]
-
-
-@dataclass
-class _Chunk:
-    """Queued examples of one partition, sorted by label offset (ties: in the order they were queued)."""
-
-    offsets: np.ndarray
-    joined_at: np.ndarray
-    features: np.ndarray
-    labels: np.ndarray
-    scores: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def rows(self, start: int, stop: int | None = None) -> _Chunk:
-        """Rows ``start:stop`` (views, no copy)."""
-        return _Chunk(
-            self.offsets[start:stop], self.joined_at[start:stop], self.features[start:stop],
-            self.labels[start:stop], self.scores[start:stop],
-        )  # fmt: skip
-
-    @staticmethod
-    def concat(chunks: list[_Chunk]) -> _Chunk:
-        if len(chunks) == 1:
-            return chunks[0]
-        return _Chunk(*(np.concatenate([getattr(c, f) for c in chunks]) for f in _FIELDS))
-
-    def take(self, order: np.ndarray) -> _Chunk:
-        return _Chunk(*(getattr(self, f)[order] for f in _FIELDS))
-
-
-_FIELDS = ("offsets", "joined_at", "features", "labels", "scores")
-
-
-class _Queue:
-    """One partition's examples: a deque of sorted chunks, each chunk's offsets at or above the previous chunk's.
-
-    Labels of a partition are read in offset order, so joined examples mostly arrive sorted and
-    are appended as they come; examples joined out of order (early labels whose events came
-    later) are merged with the tail they overlap, one stable sort.
-    """
-
-    def __init__(self) -> None:
-        self.chunks: deque[_Chunk] = deque()
-        self.size = 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def add(self, chunk: _Chunk) -> None:
-        if len(chunk) > 1 and (np.diff(chunk.offsets) < 0).any():
-            chunk = chunk.take(np.argsort(chunk.offsets, kind="stable"))
-        self.size += len(chunk)
-        first = chunk.offsets[0]
-        if not self.chunks or self.chunks[-1].offsets[-1] <= first:
-            self.chunks.append(chunk)
-            return
-        # Out of order: merge with the queued chunks it overlaps (queued ones first on equal offsets).
-        tail: list[_Chunk] = []
-        while self.chunks and self.chunks[-1].offsets[-1] > first:
-            tail.append(self.chunks.pop())
-        merged = _Chunk.concat([*reversed(tail), chunk])
-        self.chunks.append(merged.take(np.argsort(merged.offsets, kind="stable")))
-
-    def count_below(self, limit: float, most: int) -> int:
-        """How many of the lowest offsets, at most ``most``, are below ``limit``."""
-        n = 0
-        for chunk in self.chunks:
-            if n >= most:
-                break
-            below = len(chunk) if limit == math.inf else int(np.searchsorted(chunk.offsets, limit, side="left"))
-            n += below
-            if below < len(chunk):
-                break
-        return min(n, most)
-
-    def oldest_joined(self, count: int) -> float:
-        """The earliest join time among the ``count`` lowest offsets."""
-        oldest, need = math.inf, count
-        for chunk in self.chunks:
-            if need <= 0:
-                break
-            oldest = min(oldest, float(chunk.joined_at[:need].min()))
-            need -= len(chunk)
-        return oldest
-
-    def pop(self, count: int) -> _Chunk:
-        """Remove and return the ``count`` lowest offsets (views of queued arrays where they lie in one
-        chunk: nothing writes to a queued array, :meth:`add` makes new ones)."""
-        parts: list[_Chunk] = []
-        need = count
-        while need:
-            chunk = self.chunks[0]
-            if len(chunk) <= need:
-                parts.append(self.chunks.popleft())
-                need -= len(chunk)
-            else:
-                parts.append(chunk.rows(0, need))
-                self.chunks[0] = chunk.rows(need)
-                need = 0
-        self.size -= count
-        return _Chunk.concat(parts)
-
-    def everything(self) -> _Chunk | None:
-        return _Chunk.concat(list(self.chunks)) if self.chunks else None
 
 
 class TrainingSchedule:
@@ -145,7 +39,7 @@ class TrainingSchedule:
 
     def __init__(self, batch_size: int, max_wait_s: float, hold_s: float = 5.0, max_held: int = 1_000_000) -> None:
         self.batch_size, self.max_wait_s, self.hold_s, self.max_held = batch_size, max_wait_s, hold_s, max_held
-        self._queues: dict[int, _Queue] = {UNLABELED_PARTITION: _Queue()}
+        self._queues: dict[int, PartitionQueue] = {UNLABELED_PARTITION: PartitionQueue()}
         self._turn = UNLABELED_PARTITION
         self._blocked_since: dict[int, tuple[int, float]] = {}
 
@@ -155,7 +49,7 @@ class TrainingSchedule:
     def set_partitions(self, partitions: Iterable[int]) -> None:
         """The labels partitions that take turns (the assigned ones); queued examples are kept."""
         for p in partitions:
-            self._queues.setdefault(p, _Queue())
+            self._queues.setdefault(p, PartitionQueue())
 
     def add(self, examples: Examples, now: float) -> None:
         """Queue joined examples; ``examples.partitions``/``offsets`` give their label positions."""
@@ -164,7 +58,7 @@ class TrainingSchedule:
             return
         assert examples.partitions is not None and examples.offsets is not None
         partitions = np.asarray(examples.partitions, np.int64)
-        chunk = _Chunk(
+        chunk = Chunk(
             np.asarray(examples.offsets, np.int64),
             np.full(n, now, np.float64),
             examples.features,
@@ -173,10 +67,10 @@ class TrainingSchedule:
         )
         first = int(partitions[0])
         if (partitions == first).all():
-            self._queues.setdefault(first, _Queue()).add(chunk)
+            self._queues.setdefault(first, PartitionQueue()).add(chunk)
             return
         for p in np.unique(partitions).tolist():
-            self._queues.setdefault(p, _Queue()).add(chunk.take(np.flatnonzero(partitions == p)))
+            self._queues.setdefault(p, PartitionQueue()).add(chunk.take(np.flatnonzero(partitions == p)))
 
     def take_due(
         self,
@@ -263,7 +157,7 @@ class TrainingSchedule:
                 steps.append(step)
         return steps
 
-    def _live_step(self, queue: _Queue, now: float) -> tuple[Examples | None, bool]:
+    def _live_step(self, queue: PartitionQueue, now: float) -> tuple[Examples | None, bool]:
         """A full step, or the remainder once it has waited ``max_wait_s`` (the turn waits for it)."""
         count = min(len(queue), self.batch_size)
         if count == 0:
@@ -289,24 +183,25 @@ class TrainingSchedule:
 
     def state_dict(self) -> dict[str, object]:
         """Queued examples per partition, in offset order, and whose turn it is."""
-        state: dict[str, object] = {"turn": self._turn, "queues": {}}
+        queues: dict[int, dict[str, torch.Tensor]] = {}
         for p, queue in self._queues.items():
             items = queue.everything()
-            state["queues"][p] = {  # type: ignore[index]
+            queues[p] = {
                 "offsets": torch.from_numpy(items.offsets.copy()) if items else torch.zeros(0, dtype=torch.int64),
                 "features": torch.from_numpy(items.features.copy()) if items else torch.zeros(0),
                 "labels": torch.from_numpy(items.labels.copy()) if items else torch.zeros(0, dtype=torch.float64),
                 "scores": torch.from_numpy(items.scores.copy()) if items else torch.zeros(0),
             }
-        return state
+        return {"turn": self._turn, "queues": queues}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         """Replace the queues with a :meth:`state_dict`; restored examples count as just joined."""
-        self._turn = int(state["turn"])  # type: ignore[call-overload]
-        self._queues = {UNLABELED_PARTITION: _Queue()}
-        for p, q in state["queues"].items():  # type: ignore[attr-defined]
+        self._turn = int(state["turn"])  # type: ignore[call-overload]  # an int in a state dict
+        self._queues = {UNLABELED_PARTITION: PartitionQueue()}
+        queues = cast(dict[int, dict[str, torch.Tensor]], state["queues"])
+        for p, q in queues.items():
             n = len(q["offsets"])
-            self._queues.setdefault(int(p), _Queue())
+            self._queues.setdefault(int(p), PartitionQueue())
             if n == 0:
                 continue
             examples = Examples(
@@ -319,5 +214,6 @@ class TrainingSchedule:
             self.add(examples, -math.inf)
 
 
-def _examples(chunk: _Chunk) -> Examples:
+def _examples(chunk: Chunk) -> Examples:
+    """A step of the queued rows ``chunk``."""
     return Examples(features=chunk.features, labels=chunk.labels, scores=chunk.scores)
