@@ -1,14 +1,11 @@
 """Settings: one frozen object, built once at start-up.
 
-Sources, highest priority first: command-line flags (``--input-dim 8``),
-environment variables with prefix ``STREAM_LEARNER_``, the env file named by
-``STREAM_LEARNER_ENV_FILE`` (if any: no ``.env`` is read from the working directory,
-which in the image is the writable volume), defaults.
-Nothing else in the package reads ``os.environ``.
+Sources, highest priority first: flags (``--input-dim 8``), ``STREAM_LEARNER_*`` environment variables, the env
+file named by ``STREAM_LEARNER_ENV_FILE`` (if any: no ``.env`` is read from the working directory, in the image the
+writable volume), defaults. Nothing else in the package reads ``os.environ``.
 
-Guarantees: every value that cannot work fails here, at start, as a pydantic
-``ValidationError`` naming the setting (the command line exits 2 on it): floats are
-finite, topics are legal Kafka names and distinct, and so on (see each field's checks).
+Guarantees: every value that cannot work fails here, at start, as a pydantic ``ValidationError`` naming the setting
+(the command line exits 2 on it): floats are finite, topics are legal Kafka names and distinct, and so on.
 """
 
 from __future__ import annotations
@@ -31,6 +28,7 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 GuardrailAction = Literal["skip", "rollback"]
 Delivery = Literal["at_least_once", "exactly_once"]
 MissingLabelPolicy = Literal["drop", "default"]
+CpuKernels = Literal["auto", "off"]
 
 ENV_FILE_VARIABLE = "STREAM_LEARNER_ENV_FILE"
 """Names the env file to read; without it none is read."""
@@ -41,6 +39,8 @@ _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 _HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Za-z:.%]+\]")
 _INT32_MAX = 2**31 - 1
+_NOT_BLANK = ("group_id", "client_id", "metrics_host")
+_PATHS = ("checkpoint_dir", "tensorboard_dir", "ssl_cafile", "ssl_certfile", "ssl_keyfile")
 
 # Tuned on the synthetic stream for accuracy after a few hundred labels and recovery after drift.
 DEFAULT_LEARNING_RATE: dict[str, dict[str, float]] = {
@@ -169,9 +169,15 @@ class Settings(BaseSettings):
     tensorboard_dir: Path | None = None
     """When set, loss, prequential metrics and weight histograms are written here for TensorBoard."""
     torch_threads: int = Field(default=1, ge=0)
-    """CPU threads for torch's kernels and numpy's BLAS (0: their defaults). One keeps small steps from stalling on busy cores."""
+    """CPU threads for torch's kernels and numpy's BLAS (0: their defaults). One keeps small steps from stalling on
+    busy cores."""
     device: str = "auto"
     """auto (cuda when available, else cpu), cpu, cuda or cuda:N."""
+    cpu_kernels: CpuKernels = "auto"
+    """auto: the measured fast paths where they apply (kernels/): for built-in models on the CPU, the compiled
+    dense net and host Adam; the standardizer's moments in compiled loops; Adam's fused kernel called directly;
+    the record-batch writer; the join's compiled id table. off: the library paths only (torch autograd and
+    torch.optim; aiokafka's own batches; a dict id table). Both give the same results up to float32 rounding."""
     metrics_window: int = Field(default=1000, gt=0)
     """Size of the recent window of the prequential metrics."""
     log_interval_s: float = Field(default=10.0, gt=0)
@@ -195,26 +201,13 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a legal Kafka topic name: 1 to 249 of [A-Za-z0-9._-], not '.' or '..'")
         return value
 
-    @field_validator("group_id", "client_id", "metrics_host")
+    @field_validator(*_NOT_BLANK, "transactional_id", "sasl_username", *_PATHS, mode="before")
     @classmethod
-    def _check_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value
-
-    @field_validator("transactional_id", "sasl_username")
-    @classmethod
-    def _check_not_blank_when_set(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must not be empty (leave it unset instead)")
-        return value
-
-    @field_validator("checkpoint_dir", "tensorboard_dir", "ssl_cafile", "ssl_certfile", "ssl_keyfile", mode="before")
-    @classmethod
-    def _check_path_not_empty(cls, value: Any) -> Any:
-        # An empty string would become Path("."), the working directory.
+    def _check_not_blank(cls, value: Any, info: ValidationInfo) -> Any:
+        # Before validation: an empty path would become Path("."), the working directory.
         if isinstance(value, str) and not value.strip():
-            raise ValueError("must not be empty (leave it unset instead)")
+            unset = "" if info.field_name in _NOT_BLANK else " (leave it unset instead)"
+            raise ValueError(f"must not be empty{unset}")
         return value
 
     @field_validator("device")
@@ -285,14 +278,14 @@ class Settings(BaseSettings):
 
 
 def load_settings(
-    cli_args: Sequence[str] | None = None, prog: str = "stream-learner run", **overrides: object
+    cli_args: Sequence[str] | None = None, prog: str = "stream-learner run", **overrides: Any
 ) -> Settings:
     """Build the settings from flags (when given), environment, the env file named by
     ``STREAM_LEARNER_ENV_FILE`` and defaults; raises :class:`ConfigError` when that file is not there."""
     env_file = named_env_file()
     if cli_args is None:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[arg-type, call-arg]
-    return Settings(_env_file=env_file, _cli_parse_args=list(cli_args), _cli_prog_name=prog, **overrides)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file, **overrides)
+    return Settings(_env_file=env_file, _cli_parse_args=list(cli_args), _cli_prog_name=prog, **overrides)
 
 
 def named_env_file() -> Path | None:

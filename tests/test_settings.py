@@ -58,7 +58,7 @@ IMPOSSIBLE: list[tuple[str, str, dict[str, str]]] = [
     *[("metrics_port", v, {}) for v in ("-1", "65536")],
     ("torch_threads", "-1", {}),
     *[(name, "nonsense", {}) for name in ("task", "optimizer", "security_protocol", "sasl_mechanism", "delivery")],
-    *[(name, "nonsense", {}) for name in ("guardrail_action", "missing_label_policy", "log_level")],
+    *[(name, "nonsense", {}) for name in ("guardrail_action", "missing_label_policy", "log_level", "cpu_kernels")],
 ]
 
 
@@ -105,6 +105,7 @@ POSSIBLE: list[dict[str, str]] = [
     {"session_timeout_ms": str(2**31 - 1), "delivery_timeout_s": "2147", "shutdown_timeout_s": "0.5"},
     {"metrics_port": "0", "torch_threads": "0", "metrics_host": "::"},
     {"delivery": "exactly_once", "transactional_id": "my-app.1"},
+    *[{"cpu_kernels": v} for v in ("auto", "off")],
 ]
 
 
@@ -165,3 +166,8 @@ def test_the_image_does_not_start_in_its_writable_volume() -> None:
     assert checkpoints is not None and Path(checkpoints.group(1)).is_relative_to(volume)
     assert re.search(rf"--home-dir {volume}\b", final_stage), "the volume is the user's home"
     assert not Path(workdir).is_relative_to(volume), workdir
+
+
+def test_cpu_kernels_has_a_flag_and_is_auto_by_default() -> None:
+    assert load_settings(["--input-dim", "3"]).cpu_kernels == "auto"
+    assert load_settings(["--input-dim", "3", "--cpu-kernels", "off"]).cpu_kernels == "off"

@@ -14,10 +14,13 @@ from torch import nn
 from stream_learner.config import Settings
 from stream_learner.errors import ConfigError
 from stream_learner.learning.prequential import PrequentialMetrics
-from stream_learner.learning.join import Examples
-from stream_learner.learning.model import Standardizer, build_model
+from stream_learner.kernels.dense_net import DenseNet
+from stream_learner.learning.examples import Examples
+from stream_learner.learning.model import StandardizedModel, build_model
+from stream_learner.learning.optimizer import OptimizerChange, OptimizerSpec
+from stream_learner.learning.standardizer import Standardizer
+from stream_learner.learning.trainer import Trainer
 from stream_learner.tools.synthetic import DriftingStream
-from stream_learner.learning.trainer import OptimizerChange, OptimizerSpec, Trainer
 
 DIM = 8
 CPU = torch.device("cpu")
@@ -25,9 +28,14 @@ pytestmark = pytest.mark.usefixtures("clean_settings_sources")
 
 
 def trainer(autograd: bool = False, **overrides: object) -> Trainer:
-    """A trainer on the CPU: its dense net (the built-in models' path there), or with ``autograd`` torch's."""
-    settings = Settings(input_dim=DIM, **overrides)  # type: ignore[arg-type]
-    return Trainer(build_model(settings), settings, CPU, host_kernels=not autograd)
+    """A trainer on the CPU: its dense net (the built-in models' path there), or with ``autograd`` torch's
+    (``CPU_KERNELS=off``)."""
+    settings = Settings(input_dim=DIM, cpu_kernels="off" if autograd else "auto", **overrides)  # type: ignore[arg-type]
+    return Trainer(build_model(settings), settings, CPU)
+
+
+def on_dense_net(model: Trainer) -> bool:
+    return isinstance(model._net, DenseNet)
 
 
 both_paths = pytest.mark.parametrize("autograd", [False, True], ids=["dense", "autograd"])
@@ -76,7 +84,7 @@ def parameters(model: Trainer) -> dict[str, torch.Tensor]:
 @both_paths
 def test_step_with_non_finite_loss_is_skipped_and_weights_stay(autograd: bool) -> None:
     model = trainer(autograd, task="regression")
-    assert (model._dense is None) == autograd
+    assert on_dense_net(model) != autograd
     stream = DriftingStream(DIM, drift_at=None)
     good = stream.batch(0, 16)
     model.learn_many(examples(good.features, good.labels, output_dim=1))
@@ -92,7 +100,7 @@ def test_step_with_non_finite_loss_is_skipped_and_weights_stay(autograd: bool) -
 @both_paths
 def test_step_on_inf_features_is_skipped_and_leaves_the_model_usable(autograd: bool) -> None:
     model = trainer(autograd)
-    assert (model._dense is None) == autograd
+    assert on_dense_net(model) != autograd
     stream = DriftingStream(DIM, drift_at=None)
     model.learn_many(stream_examples(stream, 0, 32))
     probe = stream.batch(500, 8).features
@@ -127,12 +135,21 @@ def test_state_dict_survives_weights_only_load_and_restores_identical_behaviour(
     np.testing.assert_array_equal(restored.predict_many(probe), original.predict_many(probe))
 
 
-@pytest.mark.parametrize("model", ["linear", "mlp"])
+def tanh_mlp_factory(settings: Settings) -> nn.Module:
+    """A standardized mlp that the dense net does not take: autograd computes its gradients under either setting."""
+    h = settings.hidden_dim
+    net = nn.Sequential(nn.Linear(settings.input_dim, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, settings.output_dim))
+    return StandardizedModel(Standardizer(settings.input_dim), net)
+
+
+@pytest.mark.parametrize("model", ["factory", "tanh_mlp_factory"])
 def test_the_direct_fused_adam_step_lands_on_the_weights_and_state_of_optimizer_step(model: str) -> None:
+    """The direct step (CPU_KERNELS=auto) against ``optimizer.step()`` (off), on models autograd steps either way."""
     stream = DriftingStream(DIM, drift_at=None)
-    direct, reference = trainer(model=model, weight_decay=0.01), trainer(model=model, weight_decay=0.01)
-    assert direct._direct_adam, "the default optimizer should take the direct path"
-    reference._direct_adam = False
+    name = f"{__name__}:{model}"
+    direct, reference = trainer(model=name, weight_decay=0.01), trainer(True, model=name, weight_decay=0.01)
+    assert direct._fused_adam is not None, "the default optimizer should take the direct path"
+    assert reference._fused_adam is None and not on_dense_net(direct) and not on_dense_net(reference)
     for start in range(0, 40 * 32, 32):
         step = stream_examples(stream, start, 32)
         assert direct.learn_many(step) == reference.learn_many(step)
@@ -216,8 +233,8 @@ def test_window_keeps_only_the_last_n_across_updates() -> None:
 
 
 def regression_trainer(autograd: bool = False, **overrides: object) -> Trainer:
-    settings = Settings(input_dim=2, task="regression", **overrides)  # type: ignore[arg-type]
-    return Trainer(build_model(settings), settings, torch.device("cpu"), host_kernels=not autograd)
+    settings = Settings(input_dim=2, task="regression", cpu_kernels="off" if autograd else "auto", **overrides)  # type: ignore[arg-type]
+    return Trainer(build_model(settings), settings, torch.device("cpu"))
 
 
 def regression_batch(rng: np.random.Generator, scale: float = 1.0, n: int = 32) -> Examples:
@@ -229,7 +246,7 @@ def regression_batch(rng: np.random.Generator, scale: float = 1.0, n: int = 32) 
 @both_paths
 def test_a_poisoned_burst_is_skipped_and_counted_and_the_weights_stay(autograd: bool) -> None:
     trainer, rng = regression_trainer(autograd), np.random.default_rng(0)
-    assert (trainer._dense is None) == autograd
+    assert on_dense_net(trainer) != autograd
     for _ in range(40):
         trainer.learn_many(regression_batch(rng))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -244,7 +261,7 @@ def test_a_poisoned_burst_is_skipped_and_counted_and_the_weights_stay(autograd: 
 @both_paths
 def test_a_lasting_change_of_loss_level_is_accepted_as_drift(autograd: bool) -> None:
     trainer, rng = regression_trainer(autograd), np.random.default_rng(1)
-    assert (trainer._dense is None) == autograd
+    assert on_dense_net(trainer) != autograd
     for _ in range(40):
         trainer.learn_many(regression_batch(rng))
     losses = [trainer.learn_many(regression_batch(rng, scale=-50.0)) for _ in range(30)]
@@ -261,7 +278,7 @@ def test_rollback_restores_the_last_good_weights_and_version() -> None:
         trainer.learn_many(regression_batch(rng))
     trainer.rollback(good)
     assert trainer.model_version == 5 and trainer.counters.rollbacks == 1 and trainer.counters.examples_trained == 320
-    assert all(torch.equal(good["model"][k], v) for k, v in trainer.model.state_dict().items())  # type: ignore[index]
+    assert all(torch.equal(good["model"][k], v) for k, v in trainer.model.state_dict().items())
 
 
 @both_paths
@@ -277,9 +294,9 @@ def test_steps_after_a_restore_leave_the_restored_state_as_it_was(autograd: bool
     getattr(trainer, restore)(good)
     for _ in range(3):
         trainer.learn_many(regression_batch(rng))
-    for index, state in kept["optimizer"]["state"].items():  # type: ignore[index]
+    for index, state in kept["optimizer"]["state"].items():
         for name, value in state.items():
-            assert torch.equal(good["optimizer"]["state"][index][name], value), name  # type: ignore[index]
+            assert torch.equal(good["optimizer"]["state"][index][name], value), name
 
 
 class _RecordsModes(nn.Module):
@@ -295,7 +312,8 @@ class _RecordsModes(nn.Module):
         return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out: torch.Tensor = self.net(x)
+        return out
 
 
 def dropout_factory(settings: Settings) -> nn.Module:
@@ -319,7 +337,7 @@ def test_predictions_run_in_eval_mode_and_steps_in_train_mode(factory: str) -> N
         assert not any(m.training for m in t.model.modules())
         np.testing.assert_array_equal(first, t.predict_many(x))  # dropout off
     if factory == "modes_factory":
-        assert t.model.modes[-2:] == [True, False]
+        assert isinstance(t.model, _RecordsModes) and t.model.modes[-2:] == [True, False]
 
 
 # --- restoring under changed optimizer settings --------------------------------------------------
@@ -377,7 +395,7 @@ def test_a_restore_of_another_optimizer_keeps_the_weights_and_starts_the_optimiz
         loss = restored.learn_many(step)
         assert math.isfinite(loss) and loss == fresh.learn_many(step)
     assert all(torch.equal(v, fresh.model.state_dict()[k]) for k, v in restored.model.state_dict().items())
-    assert restored.state_dict()["optimizer_spec"]["kind"] == new  # type: ignore[index]
+    assert restored.state_dict()["optimizer_spec"]["kind"] == new
 
 
 @pytest.mark.parametrize("kind", ["adam", "sgd", "adagrad"])

@@ -1,9 +1,8 @@
 """Adam's update of a dense net's parameters in a compiled loop, on the optimizer's own state tensors.
 
-On the CPU, torch's fused Adam took about 65 µs a step for the built-in ``mlp`` (the step
-counters' ``_foreach_add_`` alone 27 µs), nearly all of it dispatch, for ten thousand
-multiply-adds. Where the trainer computes gradients with :class:`~.dense_net.DenseNet`,
-:class:`HostAdam` makes the same update through numpy views of the same tensors.
+On the CPU, torch's fused Adam spends a small model's step on dispatch rather than arithmetic.
+Where the trainer computes gradients with :class:`~.dense_net.DenseNet`, :class:`HostAdam` makes
+the same update through numpy views of the same tensors (under ``CPU_KERNELS=auto``).
 
 Guarantees:
 - The arithmetic of torch's fused CPU kernel for float32 (``FusedAdamKernel.cpp``, Adam's
@@ -35,7 +34,7 @@ _Views = list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 class HostAdam:
     """Steps a single-group, fused-style ``torch.optim.Adam`` over CPU float32 parameters and given gradient buffers."""
 
-    def __init__(self, optimizer: torch.optim.Adam, grads: list[np.ndarray]) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, grads: list[np.ndarray]) -> None:
         """``grads``: numpy views of the gradient buffers, in the order of the group's parameters.
 
         Raises ValueError for an optimizer whose update this is not: more than one parameter
@@ -71,7 +70,7 @@ class HostAdam:
             return self._views
         params = self.optimizer.param_groups[0]["params"]
         views: _Views = []
-        for param, flat, grad in zip(params, self._params, self._grads):
+        for param, flat, grad in zip(params, self._params, self._grads, strict=True):
             tensors = [state.get(param, {}).get(name) for name in ("exp_avg", "exp_avg_sq", "step")]
             if not all(_host_float32(t) for t in tensors):
                 return None

@@ -63,7 +63,8 @@ class PackedRecords:
 
     def size_bounds(self, rows: np.ndarray) -> np.ndarray:
         """Bytes that each of ``rows`` takes in a record batch, at most."""
-        return np.diff(self.key_offsets)[rows] + np.diff(self.value_offsets)[rows] + _RECORD_OVERHEAD
+        sizes: np.ndarray = np.diff(self.key_offsets)[rows] + np.diff(self.value_offsets)[rows] + _RECORD_OVERHEAD
+        return sizes
 
     def key(self, i: int) -> bytes:
         return self.keys[self.key_offsets[i] : self.key_offsets[i + 1]]
@@ -183,7 +184,10 @@ _INDEX = numba.types.int64[::1]
 
 
 @compiled(numba.types.int64(_BYTES, _INDEX, _BYTES, _INDEX, _INDEX, numba.types.uint8[::1]))
-def _write_records(keys, key_offsets, values, value_offsets, rows, out):  # type: ignore[no-untyped-def]  # pragma: no cover - compiled
+def _write_records(
+    keys: np.ndarray, key_offsets: np.ndarray, values: np.ndarray, value_offsets: np.ndarray, rows: np.ndarray,
+    out: np.ndarray,
+) -> int:  # pragma: no cover - compiled  # fmt: skip
     """Records ``rows`` (offset deltas from 0, timestamp deltas 0, no headers) into ``out``; returns their length."""
     at = 0
     for delta in range(len(rows)):
