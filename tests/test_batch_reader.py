@@ -9,14 +9,13 @@ key bytes put in) and sent whole with ``AIOKafkaProducer.send_batch``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import confluent_kafka
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.client import AIOKafkaClient
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.codec import gzip_encode, lz4_encode, snappy_encode, zstd_encode
 from aiokafka.errors import (
     CorruptRecordException,
@@ -28,16 +27,13 @@ from aiokafka.errors import (
 from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 from aiokafka.record.legacy_records import LegacyRecordBatchBuilder
 from aiokafka.record.util import calc_crc32c
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from stream_learner.kafka import batch_reader
-from stream_learner.kafka.batch_reader import (
-    RecordBatch,
-    bytes_needed,
-    fetch_partition,
-    parse_record_batches,
-    read_batch_at,
-)
+from stream_learner.kafka import batch_format, batch_reader, fetch_request
+from stream_learner.kafka.batch_format import RecordBatch, bytes_needed, parse_record_batches
+from stream_learner.kafka.batch_reader import read_batch_at
+from stream_learner.kafka.fetch_request import fetch_partition
 from stream_learner.kernels.record_batch import ClosedBatch
 from stream_learner.records import RawRecord
 
@@ -62,10 +58,12 @@ Row = tuple[bytes | None, bytes | None, list[Header], int]
 
 def aiokafka_batch(rows: list[Row], codec: int = 0, *, base_offset: int = 0, transactional: bool = False) -> bytearray:
     """``rows`` as aiokafka's builder writes them, the base offset set as a broker would."""
-    builder = DefaultRecordBatchBuilder(2, codec, int(transactional), 7 if transactional else -1, 0 if transactional else -1, 0, 1 << 30)
+    builder = DefaultRecordBatchBuilder(
+        2, codec, int(transactional), 7 if transactional else -1, 0 if transactional else -1, 0, 1 << 30
+    )
     for delta, (key, value, headers, ts_delta) in enumerate(rows):
         assert builder.append(delta, TS + ts_delta, key=key, value=value, headers=headers) is not None
-    batch = builder.build()
+    batch: bytearray = builder.build()
     struct.pack_into(">q", batch, 0, base_offset)  # outside the CRC
     return batch
 
@@ -109,10 +107,7 @@ def expected_records(batch: bytes | bytearray, topic: str = "t", partition: int 
     """What aiokafka's own reader makes of ``batch``."""
     parsed = DefaultRecordBatch(bytes(batch))
     assert parsed.validate_crc()
-    return [
-        RawRecord(topic, partition, r.offset, r.key, r.value, tuple(r.headers), r.timestamp)
-        for r in parsed  # type: ignore[attr-defined]
-    ]
+    return [RawRecord(topic, partition, r.offset, r.key, r.value, tuple(r.headers), r.timestamp) for r in parsed]
 
 
 def one(data: bytes | bytearray) -> RecordBatch:
@@ -133,7 +128,9 @@ row_strategy = st.tuples(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(row_strategy, min_size=1, max_size=12), st.sampled_from(sorted(CODECS.values())), st.integers(0, 1 << 50))
+@given(
+    st.lists(row_strategy, min_size=1, max_size=12), st.sampled_from(sorted(CODECS.values())), st.integers(0, 1 << 50)
+)
 def test_aiokafka_batches_parse_back_to_the_same_records(rows: list[Row], codec: int, base_offset: int) -> None:
     batch = aiokafka_batch(rows, codec, base_offset=base_offset)
     parsed = one(batch)
@@ -157,7 +154,7 @@ def test_a_binary_header_key_survives_backslash_escaped_where_aiokafka_raises(co
     ]
     assert [(r.key, r.value) for r in parsed.records] == [(b"k-a", b"a"), (b"k-b", b"b")]
     with pytest.raises(UnicodeDecodeError):
-        list(DefaultRecordBatch(bytes(batch)))  # type: ignore[call-overload]
+        list(DefaultRecordBatch(bytes(batch)))
 
 
 def test_log_append_time_gives_every_record_the_batch_max_timestamp() -> None:
@@ -191,7 +188,7 @@ def test_a_codec_whose_library_is_missing_is_unsupported_codec(monkeypatch: pyte
     def missing(data: bytes) -> bytes:
         raise NotImplementedError("Zstd codec is not available")  # as aiokafka.codec says without cramjam
 
-    monkeypatch.setitem(batch_reader._CODECS, 4, ("zstd", missing))
+    monkeypatch.setitem(batch_format._CODECS, 4, ("zstd", missing))
     parsed = one(aiokafka_batch([(b"k", b"v", [], 0)], 4))
     assert parsed.problem is not None and parsed.problem.reason == "unsupported_codec" and parsed.codec == "zstd"
 
@@ -200,7 +197,11 @@ def test_data_that_does_not_decompress_is_a_corrupt_batch() -> None:
     batch = aiokafka_batch([(b"k", b"v", [], 0)])
     struct.pack_into(">h", batch, ATTRIBUTES_AT, 1)  # gzip, over records that are not gzip
     parsed = one(with_crc(batch))
-    assert parsed.problem is not None and parsed.problem.reason == "corrupt_batch" and "decompress" in parsed.problem.detail
+    assert (
+        parsed.problem is not None
+        and parsed.problem.reason == "corrupt_batch"
+        and "decompress" in parsed.problem.detail
+    )
 
 
 @pytest.mark.parametrize(
@@ -216,7 +217,11 @@ def test_records_that_do_not_parse_under_a_good_crc_are_a_corrupt_batch(change: 
     batch = aiokafka_batch([(b"k", b"v", [("h", b"x")], 0), (b"k2", b"v2", [], 1)])
     change(batch)
     parsed = one(with_crc(batch))
-    assert parsed.problem is not None and parsed.problem.reason == "corrupt_batch" and "does not parse" in parsed.problem.detail
+    assert (
+        parsed.problem is not None
+        and parsed.problem.reason == "corrupt_batch"
+        and "does not parse" in parsed.problem.detail
+    )
 
 
 def test_message_format_v0_and_v1_are_unsupported_format_and_what_follows_still_reads() -> None:
@@ -283,7 +288,10 @@ def test_random_bytes_never_raise(data: bytes) -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.sampled_from(sorted(CODECS.values())), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6))
+@given(
+    st.sampled_from(sorted(CODECS.values())),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
+)
 def test_damaged_batches_never_raise(codec: int, damage: list[tuple[int, int]]) -> None:
     """Damage anywhere in a batch; then also its CRC made to match (so its records get parsed) and a batch after it."""
     batch = aiokafka_batch([(b"key", b"value" * 10, [("h", b"x"), ("k2", None)], 3)] * 4, codec)
@@ -299,7 +307,7 @@ def test_damaged_batches_never_raise(codec: int, damage: list[tuple[int, int]]) 
 
 
 class ScriptedBroker:
-    """One partition's log, answered as Fetch v11 through the two parts of AIOKafkaClient that batch_reader uses.
+    """One partition's log, answered as Fetch v11 through the two parts of AIOKafkaClient that fetch_request uses.
 
     Like a broker before Fetch v3 (unless ``whole_first_batch``), it cuts its answer at the
     request's max bytes even inside the first batch; ``cap`` cuts every answer shorter still.
@@ -331,7 +339,16 @@ class ScriptedBroker:
         if self.cap is not None:
             end = min(end, start + self.cap)
         aborted = [(producer_id, first) for producer_id, first, marker in self.aborted if marker >= offset]
-        part = (partition, self.error_code, self.high_watermark, self.high_watermark, 0, aborted, -1, self.log[start:end])
+        part = (
+            partition,
+            self.error_code,
+            self.high_watermark,
+            self.high_watermark,
+            0,
+            aborted,
+            -1,
+            self.log[start:end],
+        )
         response = type("FetchResponse", (), {"API_VERSION": self.API_VERSION})()
         response.topics = [(topic, [part] if self.answer else [])]
         return response
@@ -349,7 +366,9 @@ class ScriptedBroker:
 
 def control_batch(marker: int, base_offset: int, producer_id: int = 7) -> bytearray:
     """A transaction marker as a broker writes it: key version 0 and type (0 abort, 1 commit)."""
-    batch = aiokafka_batch([(struct.pack(">hh", 0, marker), struct.pack(">hi", 0, 0), [], 0)], base_offset=base_offset, transactional=True)
+    batch = aiokafka_batch(
+        [(struct.pack(">hh", 0, marker), struct.pack(">hi", 0, 0), [], 0)], base_offset=base_offset, transactional=True
+    )
     struct.pack_into(">q", batch, 43, producer_id)  # ProducerId
     attributes = struct.unpack_from(">h", batch, ATTRIBUTES_AT)[0]
     struct.pack_into(">h", batch, ATTRIBUTES_AT, attributes | 0x20)
@@ -362,7 +381,7 @@ TP = TopicPartition("t", 0)
 async def test_a_batch_cut_short_by_max_bytes_is_fetched_again_whole() -> None:
     big = aiokafka_batch([(b"k", bytes(3000), [], 0)] * 3, base_offset=10)
     broker = ScriptedBroker(bytes(aiokafka_batch([(b"k", b"v", [], 0)] * 10) + big), high_watermark=13)
-    batch = await read_batch_at(broker, TP, 11, read_committed=False, max_bytes=100)  # type: ignore[arg-type]
+    batch = await read_batch_at(broker, TP, 11, read_committed=False, max_bytes=100)
     assert batch is not None and [r.offset for r in batch.records] == [11, 12]
     assert broker.asked == [100, len(big)]
 
@@ -370,14 +389,14 @@ async def test_a_batch_cut_short_by_max_bytes_is_fetched_again_whole() -> None:
 async def test_a_broker_that_will_not_send_a_whole_batch_raises() -> None:
     broker = ScriptedBroker(bytes(aiokafka_batch([(b"k", bytes(3000), [], 0)])), high_watermark=1, cap=1000)
     with pytest.raises(KafkaError, match="sent 1000 of"):
-        await read_batch_at(broker, TP, 0, read_committed=False, max_bytes=100)  # type: ignore[arg-type]
+        await read_batch_at(broker, TP, 0, read_committed=False, max_bytes=100)
 
 
 async def test_a_batch_declaring_more_than_the_largest_batch_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(batch_reader, "MAX_BATCH_BYTES", 1000)
     broker = ScriptedBroker(bytes(aiokafka_batch([(b"k", bytes(3000), [], 0)])), high_watermark=1)
     with pytest.raises(CorruptRecordException):
-        await read_batch_at(broker, TP, 0, read_committed=False, max_bytes=100)  # type: ignore[arg-type]
+        await read_batch_at(broker, TP, 0, read_committed=False, max_bytes=100)
 
 
 async def test_the_brokers_aborted_transactions_mark_a_batch_aborted_under_read_committed_only() -> None:
@@ -386,7 +405,7 @@ async def test_the_brokers_aborted_transactions_mark_a_batch_aborted_under_read_
     log += aiokafka_batch([(b"k", b"w", [], 0)], base_offset=3, transactional=True) + control_batch(1, 4)
     for read_committed in (False, True):
         broker = ScriptedBroker(bytes(log), high_watermark=5, aborted=[(7, 0, 2)], whole_first_batch=True)
-        batches = [await read_batch_at(broker, TP, o, read_committed=read_committed, max_bytes=1) for o in range(5)]  # type: ignore[arg-type]
+        batches = [await read_batch_at(broker, TP, o, read_committed=read_committed, max_bytes=1) for o in range(5)]
         assert [(b.aborted, b.is_control, b.control_marker, len(b.records)) for b in batches if b is not None] == [
             (read_committed, False, None, 0 if read_committed else 2),
             (read_committed, False, None, 0 if read_committed else 1),
@@ -400,20 +419,20 @@ async def test_an_unreadable_batch_is_bounded_by_the_offset_asked_and_the_high_w
     corrupt = aiokafka_batch([(b"k", b"v", [], 0)] * 3, base_offset=20)
     struct.pack_into(">i", corrupt, LAST_DELTA_AT, 1 << 20)  # CRC no longer matches
     broker = ScriptedBroker(bytes(corrupt), high_watermark=23)
-    batch = await read_batch_at(broker, TP, 21, read_committed=True)  # type: ignore[arg-type]
+    batch = await read_batch_at(broker, TP, 21, read_committed=True)
     assert batch is not None and batch.problem is not None and (batch.base_offset, batch.next_offset) == (20, 23)
     struct.pack_into(">i", corrupt, LAST_DELTA_AT, -5)
     broker = ScriptedBroker(bytes(corrupt), high_watermark=23)
     broker._start_of_batch_holding = lambda offset: 0  # type: ignore[method-assign]  # as the broker read the header before it broke
-    batch = await read_batch_at(broker, TP, 21, read_committed=True)  # type: ignore[arg-type]
+    batch = await read_batch_at(broker, TP, 21, read_committed=True)
     assert batch is not None and batch.problem is not None and (batch.base_offset, batch.next_offset) == (20, 22)
 
 
 async def test_a_partition_error_raises_aiokafkas_error_and_a_missing_partition_reads_as_nothing() -> None:
     log = bytes(aiokafka_batch([(b"k", b"v", [], 0)]))
     with pytest.raises(NotLeaderForPartitionError):
-        await read_batch_at(ScriptedBroker(log, high_watermark=1, error_code=6), TP, 0, read_committed=False)  # type: ignore[arg-type]
-    assert await read_batch_at(ScriptedBroker(log, high_watermark=1, answer=False), TP, 0, read_committed=False) is None  # type: ignore[arg-type]
+        await read_batch_at(ScriptedBroker(log, high_watermark=1, error_code=6), TP, 0, read_committed=False)
+    assert await read_batch_at(ScriptedBroker(log, high_watermark=1, answer=False), TP, 0, read_committed=False) is None
 
 
 # Integration: a real broker, fed by librdkafka ---------------------------------------------
@@ -434,7 +453,9 @@ def librdkafka_producer(bootstrap: str, **config: Any) -> confluent_kafka.Produc
     return confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 50, **config})
 
 
-def produce_and_collect(producer: confluent_kafka.Producer, topic: str, partition: int, rows: list[Row]) -> dict[int, RawRecord]:
+def produce_and_collect(
+    producer: confluent_kafka.Producer, topic: str, partition: int, rows: list[Row]
+) -> dict[int, RawRecord]:
     """Every row produced and acknowledged: offset (as the broker assigned) -> the record as it should read back."""
     delivered: dict[int, RawRecord] = {}
 
@@ -442,13 +463,18 @@ def produce_and_collect(producer: confluent_kafka.Producer, topic: str, partitio
         def delivery(error: confluent_kafka.KafkaError | None, message: confluent_kafka.Message) -> None:
             assert error is None, error
             offset, timestamp_ms = message.offset(), message.timestamp()[1]
-            delivered[offset] = RawRecord(topic, partition, offset, key, value, tuple(headers), timestamp_ms)
+            assert offset is not None
+            delivered[offset] = RawRecord(
+                topic, partition, offset, key, value,
+                tuple(headers),  # type: ignore[arg-type]  # Kafka allows null header values; RawRecord.headers types bytes only
+                timestamp_ms,
+            )  # fmt: skip
 
         return delivery  # a delivery report's message carries no headers
 
     for key, value, headers, ts_delta in rows:
         producer.produce(
-            topic, value=value, key=key, partition=partition, headers=headers, timestamp=TS + ts_delta,
+            topic, value=value, key=key, partition=partition, headers=[*headers], timestamp=TS + ts_delta,
             on_delivery=on_delivery(key, value, headers),
         )  # fmt: skip
     assert producer.flush(30) == 0
@@ -474,7 +500,9 @@ def rows_for(codec: str, count: int) -> Iterator[Row]:
 
 
 @pytest.mark.integration
-async def test_every_codec_from_librdkafka_reads_back_batch_by_batch(kafka_broker: BrokerInfo, topics: TestTopics) -> None:
+async def test_every_codec_from_librdkafka_reads_back_batch_by_batch(
+    kafka_broker: BrokerInfo, topics: TestTopics
+) -> None:
     bootstrap = kafka_broker.bootstrap_servers
     produced: dict[int, RawRecord] = {}
     for codec in CODECS:
@@ -509,13 +537,17 @@ async def test_a_batch_larger_than_max_bytes_comes_whole(kafka_broker: BrokerInf
 async def test_aiokafka_is_stuck_on_a_binary_header_key_and_read_batch_at_moves_on(
     kafka_broker: BrokerInfo, topics: TestTopics
 ) -> None:
-    """Why the fallback exists: getmany raises on the batch at every try; read_batch_at reads it, then getmany goes on."""
+    """Why the fallback exists: getmany raises on the batch at every try; read_batch_at reads it, getmany goes on."""
     bootstrap = kafka_broker.bootstrap_servers
     tp = TopicPartition(topics.events, 3)
     async with kafka_client(bootstrap) as producer:
         for codec in CODECS.values():
             values = [f"{codec}-{i}".encode() for i in range(4)]
-            await (await producer.send_batch(ClosedBatch(binary_key_batch(values, codec), 4), tp.topic, partition=tp.partition))
+            await (
+                await producer.send_batch(
+                    ClosedBatch(binary_key_batch(values, codec), 4), tp.topic, partition=tp.partition
+                )
+            )
         await (await producer.send(tp.topic, b"after", partition=tp.partition))
 
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
@@ -529,7 +561,7 @@ async def test_aiokafka_is_stuck_on_a_binary_header_key_and_read_batch_at_moves_
             while (position := await consumer.position(tp)) < 5 * 4:
                 batch = await read_batch_at(producer.client, tp, position, read_committed=False)
                 assert batch is not None and batch.problem is None and len(batch.records) == 4
-                assert all(r.headers[0] == ("\\xff\\xfe-binary", b"h-" + r.value) for r in batch.records)  # type: ignore[operator]
+                assert all(r.headers[0] == ("\\xff\\xfe-binary", b"h-" + r.value) for r in batch.records)  # type: ignore[operator]  # value may be None by type; these are not
                 consumer.seek(tp, batch.next_offset)
             fetched = await consumer.getmany(tp, timeout_ms=5000)
             assert [r.value for r in fetched[tp]] == [b"after"]
@@ -538,7 +570,7 @@ async def test_aiokafka_is_stuck_on_a_binary_header_key_and_read_batch_at_moves_
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("max_bytes", [batch_reader.DEFAULT_FETCH_BYTES, 1], ids=["one-fetch", "batch-by-batch"])
+@pytest.mark.parametrize("max_bytes", [fetch_request.DEFAULT_FETCH_BYTES, 1], ids=["one-fetch", "batch-by-batch"])
 async def test_transaction_markers_are_skipped_and_read_committed_skips_the_aborted_batch(
     kafka_broker: BrokerInfo, topics: TestTopics, max_bytes: int
 ) -> None:
@@ -567,11 +599,15 @@ async def test_transaction_markers_are_skipped_and_read_committed_skips_the_abor
     assert not any(b.aborted for b in uncommitted)
     assert [r for b in committed for r in b.records] == records["first"] + records["third"]
     aborted = [b for b in committed if b.aborted]
-    assert [(b.base_offset, b.last_offset, b.skip) for b in aborted] == [(min(produced["second"]), max(produced["second"]), True)]
+    assert [(b.base_offset, b.last_offset, b.skip) for b in aborted] == [
+        (min(produced["second"]), max(produced["second"]), True)
+    ]
 
 
 @pytest.mark.integration
-async def test_fetch_reports_the_partition_and_raises_kafka_errors(kafka_broker: BrokerInfo, topics: TestTopics) -> None:
+async def test_fetch_reports_the_partition_and_raises_kafka_errors(
+    kafka_broker: BrokerInfo, topics: TestTopics
+) -> None:
     bootstrap = kafka_broker.bootstrap_servers
     produce_and_collect(librdkafka_producer(bootstrap), topics.labels, 1, list(rows_for("none", 5)))
     async with kafka_client(bootstrap) as producer:

@@ -31,7 +31,9 @@ class FakeConsumer:
     def paused(self) -> set[TopicPartition]:
         return set()
 
-    async def getmany(self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, Any]:
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[Any, Any]:
         if not partitions:
             # Like aiokafka: partition 0's records were drained (its position moved), then partition 2 raised.
             self.positions[EVENTS[0]] = 15
@@ -63,8 +65,10 @@ def batch_at_10(records: tuple[RawRecord, ...] = (), problem: BatchProblem | Non
     return RecordBatch(10, 14, -1, False, False, "none", records, problem)
 
 
-async def test_a_failed_fetch_rewinds_every_partition_to_what_was_taken_in(consumer: FakeConsumer, monkeypatch: pytest.MonkeyPatch) -> None:
-    fetcher = Fetcher(consumer, client=None, max_records=30, read_committed=True)  # type: ignore[arg-type]
+async def test_a_failed_fetch_rewinds_every_partition_to_what_was_taken_in(
+    consumer: FakeConsumer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fetcher = Fetcher(consumer, client=None, max_records=30, read_committed=True)
     fetched = await fetcher.fetch(0.0, {EVENTS[0]: 10, EVENTS[1]: 10})
     assert fetched == ({}, [])
     # Partition 0's drained records come again; partition 2, never taken in, restarts where the group would.
@@ -82,7 +86,7 @@ async def test_the_partition_at_fault_is_read_past_aiokafka_and_the_consumer_goe
         return batch_at_10((record,))
 
     monkeypatch.setattr(fetching, "read_batch_at", read_batch_at)
-    fetcher = Fetcher(consumer, client=None, max_records=30, read_committed=True)  # type: ignore[arg-type]
+    fetcher = Fetcher(consumer, client=None, max_records=30, read_committed=True)
     await fetcher.fetch(0.0, {tp: 10 for tp in EVENTS})
     consumer.seeks.clear()
     records, unreadable = await fetcher.fetch(0.0, {tp: 10 for tp in EVENTS})
@@ -97,12 +101,16 @@ async def test_a_batch_no_client_can_read_is_one_rejected_record_with_its_offset
         return batch_at_10(problem=BatchProblem("unsupported_codec", "codec 5 is not a Kafka codec", b"raw"))
 
     monkeypatch.setattr(fetching, "read_batch_at", read_batch_at)
-    fetcher = Fetcher(consumer, client=None, max_records=30, read_committed=True)  # type: ignore[arg-type]
+    fetcher = Fetcher(consumer, client=None, max_records=30, read_committed=True)
     await fetcher.fetch(0.0, {tp: 10 for tp in EVENTS})
     records, unreadable = await fetcher.fetch(0.0, {tp: 10 for tp in EVENTS})
     assert not any(records.values())
     (rejected,) = unreadable
-    assert (rejected.reason, rejected.record.where, rejected.record.value) == ("unsupported_codec", "events[2]@10", b"raw")
+    assert (rejected.reason, rejected.record.where, rejected.record.value) == (
+        "unsupported_codec",
+        "events[2]@10",
+        b"raw",
+    )
     assert "offsets 10..14 of events[2]" in rejected.detail
     assert consumer.positions[EVENTS[2]] == 15
 
@@ -111,7 +119,7 @@ async def test_an_error_that_is_no_decoding_error_propagates(consumer: FakeConsu
     async def refused(*partitions: TopicPartition, **kwargs: Any) -> dict[Any, Any]:
         raise TopicAuthorizationFailedError("events")
 
-    consumer.getmany = refused  # type: ignore[method-assign]
-    fetcher = Fetcher(consumer, client=None, max_records=30, read_committed=True)  # type: ignore[arg-type]
+    consumer.getmany = refused  # type: ignore[method-assign]  # one consumer refuses every fetch
+    fetcher = Fetcher(consumer, client=None, max_records=30, read_committed=True)
     with pytest.raises(TopicAuthorizationFailedError):
         await fetcher.fetch(0.0, {})

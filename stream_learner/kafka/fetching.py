@@ -23,12 +23,11 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import structlog
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.client import AIOKafkaClient
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 
 from stream_learner.kafka.batch_reader import read_batch_at
-from stream_learner.kafka.clients import known_position
+from stream_learner.kafka.positions import known_position
 from stream_learner.records import RawRecord, Rejected
 
 log = structlog.get_logger(__name__)
@@ -87,9 +86,9 @@ class Fetcher:
         """``fetched``, then every assigned partition that got none gets a share of its own.
 
         aiokafka drains its buffered fetch results in order, each up to a partition's fetch size,
-        so in catch-up a few partitions filled every ``getmany`` for many turns: the labels waited
-        until ~65 % of the events were predicted, and the schedule (partitions take turns) waited
-        for the starved labels partitions, so nothing trained meanwhile.
+        so in catch-up a few partitions could fill every ``getmany`` for many turns: the labels
+        waited behind most of the events, and the schedule (partitions take turns) waited for the
+        starved labels partitions, so nothing trained meanwhile. A share each prevents that.
         """
         assigned = self.consumer.assignment()
         starved = assigned - self.consumer.paused() - {tp for tp, records in fetched.items() if records}
@@ -139,7 +138,8 @@ class Fetcher:
         problem = batch.problem
         log.error("batch_unreadable", where=where, reason=problem.reason, detail=problem.detail)
         record = RawRecord(tp.topic, tp.partition, batch.base_offset, None, problem.raw)
-        detail = f"offsets {batch.base_offset}..{batch.last_offset} of {tp.topic}[{tp.partition}] cannot be read: {problem.detail}"
+        offsets = f"offsets {batch.base_offset}..{batch.last_offset} of {tp.topic}[{tp.partition}]"
+        detail = f"{offsets} cannot be read: {problem.detail}"
         return [], [Rejected(record, problem.reason, detail)]
 
     async def _rewind(self, accounted: Mapping[TopicPartition, int]) -> None:
