@@ -11,8 +11,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from stream_learner.tools.broker import EmbeddedBroker
+from stream_learner.tools.topics import ensure_topics
+
 from .conftest import TOPIC_PARTITIONS, BrokerInfo, TestTopics
-from stream_learner.tools.broker import EmbeddedBroker, ensure_topics
 
 pytestmark = pytest.mark.integration
 

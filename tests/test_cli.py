@@ -14,7 +14,8 @@ import stream_learner
 from stream_learner.checkpointing.store import CheckpointStore
 from stream_learner.config import Settings
 from stream_learner.service import Service
-from stream_learner.checkpointing.cut import snapshot_state
+
+from .cuts import snapshot_state
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -14,11 +14,14 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from stream_learner.tools.client import EventProducer, Prediction, PredictionConsumer, _parse
-from stream_learner.intake.codec import decode_events, decode_labels, encode_predictions
 from stream_learner.config import Settings
 from stream_learner.errors import DeliveryError
+from stream_learner.intake.events import decode_events
+from stream_learner.intake.labels import decode_labels
+from stream_learner.kafka.predictions import encode_predictions
 from stream_learner.records import EventBatch, Predictions, RawRecord
+from stream_learner.tools.client import EventProducer, Prediction, PredictionConsumer
+from stream_learner.tools.predictions import _parse
 from stream_learner.tools.synthetic import DriftingStream
 
 from .conftest import BrokerInfo, TestTopics

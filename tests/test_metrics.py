@@ -15,26 +15,38 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+import torch
+from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from structlog.testing import capture_logs
 
-from stream_learner.tools.broker import EmbeddedBroker, ensure_topics
+import stream_learner
 from stream_learner.config import Settings
 from stream_learner.errors import ConfigError
-from stream_learner.observability.prometheus import BulkHistogram, MetricsServer, PrometheusTelemetry, ServiceCollector, TensorBoardLog
-from stream_learner.service import Service
+from stream_learner.observability.histograms import BulkHistogram
+from stream_learner.observability.metrics_server import MetricsServer
+from stream_learner.observability.prometheus import PrometheusTelemetry, prequential_summary
+from stream_learner.observability.service_metrics import (
+    DEAD_LETTER_REASONS,
+    SERVICE_COUNTERS,
+    SERVICE_GAUGES,
+    ServiceCollector,
+)
+from stream_learner.observability.status import ServiceStatus
+from stream_learner.observability.tensorboard import TensorBoardLog
+from stream_learner.tools.broker import EmbeddedBroker
 from stream_learner.tools.synthetic import DriftingStream
+from stream_learner.tools.topics import ensure_topics
 
 from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
 from .service_process import ServiceProcess
@@ -83,6 +95,55 @@ def with_name(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], f
     return {labels: v for (n, labels), v in samples.items() if n == name}
 
 
+class FakeStatus:
+    """A :class:`ServiceStatus` of fixed figures: every key the collector reads, distinct values."""
+
+    def __init__(self, task: str = "classification", *, restored: bool = True) -> None:
+        self.restored = restored
+        self.model = torch.nn.Linear(3, 2)
+        prequential = (
+            {"accuracy": 0.5, "log_loss": 0.7, "recent_accuracy": 0.75, "recent_log_loss": 0.6}
+            if task == "classification"
+            else {"mae": 1.5, "rmse": 2.5, "recent_mae": 1.25, "recent_rmse": 2.25}
+        )
+        self.figures: dict[str, Any] = {
+            "events_consumed": 101, "events_predicted": 99, "labels_consumed": 80, "labels_joined": 70,
+            "labels_duplicate": 3, "labels_expired": 4, "labels_evicted": 5, "events_expired": 6, "events_evicted": 7,
+            "events_duplicate": 8, "events_defaulted": 9, "examples_trained": 64, "examples_skipped": 2,
+            "optimizer_steps": 11, "skipped_steps": 1, "poisoned_steps": 1, "rollbacks": 0, "scored_examples": 69,
+            "pending_events": 12, "early_labels": 13, "queued_examples": 14, "model_version": 11, "dead_lettered": 4,
+            "dead_lettered_by_reason": {"invalid_json": 3, "some_new_reason": 1}, "last_loss": 0.42, "lag": 3,
+            "device": "cpu", "prequential_examples": 69, **{f"prequential_{k}": v for k, v in prequential.items()},
+        }  # fmt: skip
+        self.health_figures: dict[str, Any] = {
+            "ready": True, "broker_reachable": False, "partitions_assigned": True, "model_loaded": True,
+            "checkpoint_current": True, "checkpoint_age_s": 1.5, "assigned_partitions": 2,
+        }  # fmt: skip
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.figures)
+
+    def health(self) -> dict[str, Any]:
+        return dict(self.health_figures)
+
+    def lag_by_partition(self) -> dict[TopicPartition, int]:
+        return {TopicPartition("events", 1): 3, TopicPartition("events", 0): 0}
+
+    def named_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
+        return self.model.named_parameters()
+
+
+def _typed(status: FakeStatus) -> ServiceStatus:
+    return status  # mypy checks that the fake implements the Protocol
+
+
+def fake_telemetry(tmp_path: Path, task: str = "classification", *, restored: bool = True) -> PrometheusTelemetry:
+    settings = Settings(input_dim=4, task=task, checkpoint_dir=tmp_path, metrics_port=0)  # type: ignore[arg-type]
+    telemetry = PrometheusTelemetry(settings)
+    telemetry.attach(_typed(FakeStatus(task, restored=restored)))
+    return telemetry
+
+
 # --- unit ----------------------------------------------------------------------------------------
 
 
@@ -113,12 +174,9 @@ def _scrape(registry: CollectorRegistry) -> str:
 def test_every_exported_name_is_in_the_readme_table_and_the_dashboard_names_are_exported(tmp_path: Path) -> None:
     exported: dict[str, str] = {}
     for task in ("classification", "regression"):
-        settings = Settings(input_dim=4, task=task, checkpoint_dir=tmp_path, metrics_port=0)  # type: ignore[arg-type]
-        telemetry = PrometheusTelemetry(settings)
-        telemetry.attach(Service(settings, telemetry=telemetry))
-        _, types = parse(_scrape(telemetry.registry))
+        _, types = parse(_scrape(fake_telemetry(tmp_path, task).registry))
         exported.update({n: kind for n, kind in types.items() if n.startswith("stream_learner") and not n.endswith("_created")})
-    readme = (ROOT / "README.md").read_text().split("## Metrics and health", 1)[1].split("\n## ", 1)[0]
+    readme = (ROOT / "docs" / "operations.md").read_text().split("## Metrics and health", 1)[1].split("\n## ", 1)[0]
     rows = dict(re.findall(r"^\| `(stream_learner_\w+)`[^|]*\| (\w+) \|", readme, re.M))
     documented = {name.removesuffix("_total") if kind == "counter" else name: kind for name, kind in rows.items()}
     assert documented == exported, "README table vs /metrics"
@@ -286,6 +344,23 @@ def test_the_tensorboard_log_writes_loss_prequential_metrics_and_weight_histogra
     assert "prequential/recent_log_loss" not in tags["scalars"] and "prequential/examples" not in tags["scalars"]
     assert set(tags["histograms"]) == {"weights/weight", "weights/bias"}
     assert [e.step for e in events.Histograms("weights/weight")] == [1], "histograms at most every histograms_every_s"
+
+
+@pytest.mark.skipif(not HAVE_TENSORBOARD, reason=NO_TENSORBOARD)
+def test_attach_feeds_tensorboard_the_status_prequential_figures_and_weights(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    settings = Settings(input_dim=4, checkpoint_dir=tmp_path, metrics_port=0)
+    telemetry = PrometheusTelemetry(settings, tensorboard=TensorBoardLog(tmp_path / "tb", scalars_every_s=0.0))
+    telemetry.attach(_typed(FakeStatus()))
+    telemetry.step_trained(32, 0.001, 0.5, 1)
+    telemetry.close()
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "prequential/accuracy", "prequential/recent_log_loss"} <= scalars
+    assert "prequential/examples" not in scalars
+    assert set(events.Tags()["histograms"]) == {"weights/weight", "weights/bias"}
 
 
 def test_tensorboard_without_the_package_is_a_clear_setting_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -575,22 +650,62 @@ def test_readyz_is_503_while_the_broker_cannot_be_reached(start_service: StartSe
         assert service.stop() == 0
 
 
-def test_totals_have_no_sample_until_the_checkpoint_is_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_totals_have_no_sample_until_the_checkpoint_is_restored(tmp_path: Path) -> None:
     # The service makes its Kafka clients before it restores (an exactly-once start needs its
     # producer first); a scrape in between must not read the totals as 0 (a false counter reset).
-    monkeypatch.chdir(tmp_path)
-    settings = Settings(_env_file=None, input_dim=INPUT_DIM, bootstrap_servers="127.0.0.1:1", checkpoint_dir=tmp_path)  # type: ignore[call-arg]
-    service = Service(settings)
-    try:
-        service._consumer = object()  # type: ignore[assignment]  # the clients exist, the restore has not run
-        collector = ServiceCollector(service)
+    status = FakeStatus()
+    status.restored = False
+    collector = ServiceCollector(status, Settings(input_dim=4, checkpoint_dir=tmp_path))
+    restored_only = [name for name, _, _ in SERVICE_COUNTERS + SERVICE_GAUGES]
+    restored_only += ["stream_learner_dead_lettered", "stream_learner_train_loss"]
+    restored_only += ["stream_learner_prequential_accuracy", "stream_learner_prequential_log_loss"]
 
-        def total() -> list[Any]:
-            # The first families only: later ones (lag, health) read the consumer.
-            return next(f for f in collector.collect() if f.name == "stream_learner_events_consumed").samples
+    def samples(name: str) -> list[Any]:
+        return next(f for f in collector.collect() if f.name == name).samples
 
-        assert total() == []
-        service.restored = True
-        assert [s.value for s in total()] == [0]
-    finally:
-        service._device.close()
+    for name in restored_only:
+        assert samples(name) == [], name
+    assert [s.value for s in samples("stream_learner_assigned_partitions")] == [2], "health shows before the restore"
+    status.restored = True
+    assert [s.value for s in samples("stream_learner_events_consumed")] == [101]
+
+
+def test_the_collector_exports_the_status_figures_under_their_names(tmp_path: Path) -> None:
+    samples, types = parse(_scrape(fake_telemetry(tmp_path).registry))
+    figures = FakeStatus().figures
+    for name, _, key in SERVICE_COUNTERS:
+        assert types[name] == "counter" and value(samples, name + "_total") == figures[key], name
+    for name, _, key in SERVICE_GAUGES:
+        assert types[name] == "gauge" and value(samples, name) == figures[key], name
+    assert value(samples, "stream_learner_predictions_published_total") == 99
+    assert value(samples, "stream_learner_prequential_examples_total") == 69
+    dead = {dict(labels)["reason"]: v for labels, v in with_name(samples, "stream_learner_dead_lettered_total").items()}
+    assert dead == {**dict.fromkeys(DEAD_LETTER_REASONS, 0.0), "invalid_json": 3.0, "some_new_reason": 1.0}
+    assert value(samples, "stream_learner_train_loss") == 0.42
+    assert value(samples, "stream_learner_prequential_accuracy") == 0.75
+    assert value(samples, "stream_learner_prequential_log_loss") == 0.6
+    by_partition = with_name(samples, "stream_learner_consumer_lag").items()
+    lag = {(dict(k)["topic"], dict(k)["partition"]): v for k, v in by_partition}
+    assert lag == {("events", "0"): 0, ("events", "1"): 3}
+    assert value(samples, "stream_learner_checkpoint_age_seconds") == 1.5
+    assert value(samples, "stream_learner_ready") == 1 and value(samples, "stream_learner_broker_reachable") == 0
+    assert value(samples, "stream_learner_assigned_partitions") == 2
+    info = dict(next(iter(with_name(samples, "stream_learner_info"))))
+    assert info == {"version": stream_learner.__version__, "task": "classification", "model": "linear", "device": "cpu"}
+    regression, _ = parse(_scrape(fake_telemetry(tmp_path, "regression").registry))
+    assert value(regression, "stream_learner_prequential_mae") == 1.25
+    assert value(regression, "stream_learner_prequential_rmse") == 2.25
+    assert not with_name(regression, "stream_learner_prequential_accuracy")
+
+
+def test_the_train_loss_has_no_sample_before_the_first_step(tmp_path: Path) -> None:
+    status = FakeStatus()
+    status.figures["last_loss"] = math.nan
+    collector = ServiceCollector(status, Settings(input_dim=4, checkpoint_dir=tmp_path))
+    assert next(f for f in collector.collect() if f.name == "stream_learner_train_loss").samples == []
+
+
+def test_prequential_summary_strips_the_stats_prefix() -> None:
+    assert prequential_summary(FakeStatus("regression").stats()) == {
+        "examples": 69, "mae": 1.5, "rmse": 2.5, "recent_mae": 1.25, "recent_rmse": 2.25,
+    }  # fmt: skip

@@ -1,9 +1,9 @@
 """Telemetry hooks: what the run loop reports as it works.
 
 The service calls these at the points named; the default does nothing.
-:mod:`stream_learner.metrics` implements them with Prometheus (and TensorBoard).
+:mod:`stream_learner.observability.prometheus` implements them with Prometheus (and TensorBoard).
 Gauges (counters, pending entries, lag, prequential metrics, model version,
-checkpoint age) are read from :meth:`Service.stats` and :meth:`Service.health`
+checkpoint age) are read through :class:`~stream_learner.observability.status.ServiceStatus`
 at scrape time instead of being pushed.
 """
 
@@ -41,7 +41,8 @@ class Telemetry:
         ``checkpoint``-th checkpoint is done (the crash tests end the process here)."""
 
     def intake_paused(self, seconds: float) -> None:
-        """A checkpoint held intake for ``seconds``: its drain and snapshot, and its write and commit where it waited for them."""
+        """A checkpoint held intake for ``seconds``: its drain and snapshot, and its write and commit
+        where it waited for them."""
 
     def close(self) -> None:
         """The service stopped."""

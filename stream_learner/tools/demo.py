@@ -1,7 +1,7 @@
 """``stream-learner demo``: an embedded broker, a drifting stream with delayed labels, and the service.
 
-Prints a progress line every few seconds; accuracy climbs from chance to above
-90%, dips when the concept drifts half-way, and recovers. ``stream-learner produce``
+Prints a progress line every few seconds; accuracy climbs from chance, dips when the
+concept drifts half-way, and recovers. ``stream-learner produce``
 sends the same stream into a running cluster (the docker compose stack's producer).
 """
 
@@ -18,9 +18,10 @@ from pathlib import Path
 
 from stream_learner.config import Settings
 from stream_learner.service import Service
-from stream_learner.tools.broker import EmbeddedBroker, ensure_topics
+from stream_learner.tools.broker import EmbeddedBroker
 from stream_learner.tools.client import EventProducer
 from stream_learner.tools.synthetic import DriftingStream
+from stream_learner.tools.topics import ensure_topics
 
 TICK_S = 0.05
 
@@ -52,7 +53,8 @@ async def run_demo(options: argparse.Namespace) -> int:
             _produce(broker.bootstrap_servers, stream, options.rate, options.label_delay, stop)
         )
         print(
-            f"streaming {options.rate:.0f} events/s, labels {options.label_delay:.0f} s later, concept drift at event {total // 2}"
+            f"streaming {options.rate:.0f} events/s, labels {options.label_delay:.0f} s later, "
+            f"concept drift at event {total // 2}"
         )
         await _report(service, options, stop, serving)
         stop.set()
@@ -79,7 +81,8 @@ async def produce_stream(
     stop: asyncio.Event,
     progress: ProducerProgress | None = None,
 ) -> ProducerProgress:
-    """Send ``stream`` at ``rate`` events/s (``ts`` = send time), each label ``label_delay`` s after its event, until ``stop``.
+    """Send ``stream`` at ``rate`` events/s (``ts`` = send time), each label ``label_delay`` s after its
+    event, until ``stop``.
 
     Sends are not awaited one by one: a failed delivery surfaces as DeliveryError on a later send
     or on the producer's flush. Labels still waiting when ``stop`` is set are not sent.
@@ -110,7 +113,8 @@ async def _produce(
 
 
 async def run_producer(options: argparse.Namespace, settings: Settings) -> int:
-    """``stream-learner produce``: the demo's drifting stream into a running cluster, until SIGTERM/SIGINT or ``duration``."""
+    """``stream-learner produce``: the demo's drifting stream into a running cluster, until SIGTERM/SIGINT
+    or ``duration``."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -156,7 +160,7 @@ async def _report(
             await asyncio.wait_for(stop.wait(), timeout=options.report_every)
         except TimeoutError:
             pass
-        stats, now = service.stats(), time.monotonic()
+        stats, now = service.status.stats(), time.monotonic()
         rate = (stats["events_predicted"] - last_predicted) / max(now - last_time, 1e-9)
         last_predicted, last_time = stats["events_predicted"], now
         accuracy = stats["prequential_recent_accuracy"]
@@ -169,12 +173,13 @@ async def _report(
 
 
 def _final(service: Service) -> None:
-    stats = service.stats()
+    stats = service.status.stats()
     print(
         f"done: {stats['events_predicted']} events predicted, {stats['labels_joined']} labels joined, "
         f"{stats['examples_trained']} examples trained in {stats['model_version']} steps; "
         f"cumulative prequential accuracy {_percent(stats['prequential_accuracy'])}, "
-        f"last window {_percent(stats['prequential_recent_accuracy'])}; final checkpoint: {service.last_checkpoint.get('path')}"
+        f"last window {_percent(stats['prequential_recent_accuracy'])}; "
+        f"final checkpoint: {service.checkpoint.last.get('path')}"
     )
 
 

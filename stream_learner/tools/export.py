@@ -177,14 +177,15 @@ def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]
     extra = {METADATA_FILE: ""}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)  # type: ignore[no-untyped-call]  # torch.jit.load is not annotated
     return module, orjson.loads(extra[METADATA_FILE] or b"{}")
 
 
 def _export_torchscript(module: ScoringModule, example: torch.Tensor, out: Path, info: ExportInfo) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
-        traced = torch.jit.trace(module, example, check_inputs=[(example[:1],), (torch.cat([example] * 3),)])
+        checks = [(example[:1],), (torch.cat([example] * 3),)]
+        traced = torch.jit.trace(module, example, check_inputs=checks)  # type: ignore[no-untyped-call]  # torch.jit.trace is not annotated
         traced.save(str(out), _extra_files={METADATA_FILE: orjson.dumps(asdict(info))})
 
 

@@ -9,8 +9,7 @@ def freeze_startup_heap() -> None:
     """Move every object alive now (imports, torch, the model) out of the cyclic GC's generations.
 
     They live as long as the process, yet each full collection walked them all: a pause of
-    the event loop of about 100 ms on 2 cores, which shows up in the latency's p99. Objects
-    made later are collected as usual.
+    the event loop that shows up in the latency's p99. Objects made later are collected as usual.
     """
     gc.collect()
     gc.freeze()
