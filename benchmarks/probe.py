@@ -26,8 +26,9 @@ class TrainingProbe:
         self.lags: list[float] = []
         self._fifo: deque[list[float]] = deque()  # [joined_at, count] in queue order
         self._keyed: dict[tuple[int, int], float] = {}
-        queue = getattr(service, "schedule", None) or getattr(service, "examples", None)
-        self._by_offset = hasattr(service, "schedule")
+        learner = service.learner
+        queue = getattr(learner, "schedule", None)
+        self._by_offset = queue is not None
         self._stacked: dict[int, list[float]] = {}
         if self._by_offset:
             self._wrap_schedule_stack()
@@ -39,7 +40,7 @@ class TrainingProbe:
                 return add(examples, now, *args, **kwargs)
 
             queue.add = probed_add
-        trainer = service.trainer
+        trainer = learner.trainer
         learn = trainer.learn_many
 
         def probed_learn(examples: Any) -> Any:

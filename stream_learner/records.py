@@ -6,6 +6,7 @@ Python object per record; only a rejected record becomes an object of its own.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,7 +83,8 @@ class EventBatch:
     received_at: np.ndarray = field(default_factory=lambda: np.zeros(0))
     """float64 ``[n]`` wall-clock time the service read each event."""
     partitions: np.ndarray | None = None
-    """int64 ``[n]``: the events partition each event was read from, where known (its prediction goes to the same one)."""
+    """int64 ``[n]``: the events partition each event was read from, where known (its prediction goes
+    to the same one)."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -104,7 +106,7 @@ class EventBatch:
             received_at=np.concatenate([b.received_at for b in batches]),
             partitions=None
             if any(b.partitions is None for b in batches)
-            else np.concatenate([b.partitions for b in batches]),  # type: ignore[misc]
+            else np.concatenate([b.partitions for b in batches]),
         )
 
     def event_times(self) -> np.ndarray:
@@ -149,3 +151,15 @@ class Predictions:
     """float32 ``[n, output_dim]``: class probabilities, or the regression output."""
     model_version: int
     """Optimizer steps applied to the weights that made these predictions."""
+
+
+class Totals(Counter[str]):
+    """The service's running totals (events consumed, predicted, dead-lettered by reason, ...): part of
+    every checkpoint's cut, so they are the service's own across restarts."""
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.clear()
+        self.update(state)

@@ -104,18 +104,18 @@ async def test_a_checkpoint_failing_on_revoke_fails_the_service_instead_of_being
         input_dim=INPUT_DIM, checkpoint_dir=tmp_path / "checkpoints", metrics_port=0, session_timeout_ms=6000,
     )  # fmt: skip
     service = Service(settings)
-    checkpoint = service.checkpoint
+    commit = service.checkpoint.commit
 
-    async def failing_on_revoke(reason: str) -> bool:
+    async def failing_on_revoke(reason: str, *, wait: bool = True) -> bool:
         if reason == "revoked":
             raise DeliveryError("injected: a prediction was not acknowledged")
-        return await checkpoint(reason)
+        return await commit(reason, wait=wait)
 
-    service.checkpoint = failing_on_revoke  # type: ignore[method-assign]
+    service.checkpoint.commit = failing_on_revoke  # type: ignore[method-assign]
     running = asyncio.create_task(service.run())
     await PacedStream(kafka_broker.bootstrap_servers, topics, 200, rate=2000, label_lag=10).run()
     deadline = time.monotonic() + 30
-    while not service._dirty and time.monotonic() < deadline:  # noqa: SLF001 - wait for something to checkpoint
+    while not service.checkpoint.dirty and time.monotonic() < deadline:  # wait for something to checkpoint
         await asyncio.sleep(0.05)
     intruder = AIOKafkaConsumer(
         topics.events, bootstrap_servers=kafka_broker.bootstrap_servers, group_id=f"group-{topics.events}",

@@ -228,7 +228,7 @@ async def test_a_slow_checkpoint_write_holds_back_no_prediction_and_commits_the_
     )  # fmt: skip
     service = Service(settings)
     writing, release, written = threading.Event(), threading.Event(), []
-    write = service.store.write
+    write = service.checkpoint.store.write
 
     def slow_write(state: dict[str, Any], **kwargs: Any) -> Path:
         writing.set()
@@ -236,12 +236,12 @@ async def test_a_slow_checkpoint_write_holds_back_no_prediction_and_commits_the_
         written.append(state["summary"]["events_predicted"])
         return write(state, **kwargs)
 
-    service.store.write = slow_write  # type: ignore[method-assign]
+    service.checkpoint.store.write = slow_write  # type: ignore[method-assign]
     running = asyncio.create_task(service.run())
     try:
         first = await produce_stream(bootstrap, topics, 0, 200)
         assert await asyncio.to_thread(writing.wait, 30), "no checkpoint was started"
-        cut = service.last_checkpoint, service.counters["events_predicted"]
+        cut = service.checkpoint.last, service.totals["events_predicted"]
         second = await produce_stream(bootstrap, topics, 200, 300)
         predictions = await read_predictions(bootstrap, topics.predictions, expected=500, timeout=30)
         assert set(first + second) <= set(predictions), "events were held back behind the checkpoint's write"
@@ -272,7 +272,7 @@ async def test_any_error_from_a_checkpoint_write_is_retried_and_commits_nothing_
         input_dim=INPUT_DIM, checkpoint_dir=directory, checkpoint_interval_s=0.2, metrics_port=0, session_timeout_ms=6000,
     )  # fmt: skip
     service = Service(settings)
-    failures, write = [], service.store.write
+    failures, write = [], service.checkpoint.store.write
 
     def full_disk(state: dict[str, Any], **kwargs: Any) -> Path:
         if len(failures) < 2:
@@ -280,7 +280,7 @@ async def test_any_error_from_a_checkpoint_write_is_retried_and_commits_nothing_
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7680 vs 7616")
         return write(state, **kwargs)
 
-    service.store.write = full_disk  # type: ignore[method-assign]
+    service.checkpoint.store.write = full_disk  # type: ignore[method-assign]
     running = asyncio.create_task(service.run())
     try:
         ids = await produce_stream(bootstrap, topics, 0, 300)

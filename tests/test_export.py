@@ -16,7 +16,7 @@ from stream_learner.tools.export import export_model, load_torchscript, model_sp
 from stream_learner.learning.join import Examples
 from stream_learner.service import Service
 from stream_learner.checkpointing.cut import model_spec as snapshot_model_spec
-from stream_learner.checkpointing.cut import snapshot_state
+from .cuts import snapshot_state
 from stream_learner.tools.synthetic import DriftingStream
 
 from .test_cli import cli
@@ -34,8 +34,8 @@ def trained_service(directory: Path, steps: int = 25, **settings: object) -> Ser
         batch = stream.batch(step * 32, 32)
         labels = batch.features[:, 0].astype(np.float64) if regression else batch.labels.astype(np.float64)
         scores = np.zeros((32, service.settings.output_dim), np.float32)
-        assert service.trainer.learn_many(Examples(batch.features, labels, scores)) == service.trainer.counters.last_loss
-    assert service.trainer.model_version == steps
+        assert service.learner.trainer.learn_many(Examples(batch.features, labels, scores)) == service.learner.trainer.counters.last_loss
+    assert service.learner.trainer.model_version == steps
     CheckpointStore(directory, keep=3).write(snapshot_state(service))
     return service
 
@@ -79,7 +79,7 @@ def test_exported_model_scores_like_the_live_model(tmp_path: Path, model: str, f
     assert (info["input_dim"], info["output_dim"], info["model"]) == (INPUT_DIM, 2, model)
 
     x = probe_inputs()
-    live = service.trainer.predict_many(x)
+    live = service.learner.trainer.predict_many(x)
     exported = run_exported(fmt, out, x)
     assert exported.shape == live.shape == (len(x), 2)
     np.testing.assert_allclose(exported, live, atol=1e-5, rtol=0)
@@ -92,14 +92,14 @@ def test_regression_exports_the_raw_output_with_metadata(tmp_path: Path) -> None
     service = trained_service(tmp_path / "checkpoints", task="regression", model="mlp")
     info = export_model(service.settings, "torchscript", tmp_path / "reg.pt")
     x = probe_inputs()
-    np.testing.assert_allclose(run_exported("torchscript", tmp_path / "reg.pt", x), service.trainer.predict_many(x), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(run_exported("torchscript", tmp_path / "reg.pt", x), service.learner.trainer.predict_many(x), atol=1e-5, rtol=0)
     _, metadata = load_torchscript(tmp_path / "reg.pt")
     assert metadata["task"] == "regression" and metadata["output_dim"] == 1 and metadata["model_version"] == info.model_version == 25
 
 
 def test_export_refuses_a_checkpoint_of_another_shape_and_a_missing_one(tmp_path: Path) -> None:
     service = trained_service(tmp_path / "checkpoints", steps=1)
-    assert model_spec(service.settings) == snapshot_model_spec(service), "export must check what run checks"
+    assert model_spec(service.settings) == snapshot_model_spec(service.settings), "export must check what run checks"
     other = Settings(input_dim=INPUT_DIM, checkpoint_dir=tmp_path / "checkpoints", model="mlp")
     with pytest.raises(CheckpointMismatchError, match="model"):
         export_model(other, "torchscript", tmp_path / "x.pt")
@@ -120,7 +120,7 @@ def poisoned_checkpoint(directory: Path) -> None:
 
     service = trained_service(directory, steps=1)
     with torch.no_grad():
-        next(service.trainer.model.parameters()).fill_(float("nan"))
+        next(service.learner.trainer.model.parameters()).fill_(float("nan"))
     CheckpointStore(directory, keep=3).write(snapshot_state(service))
 
 

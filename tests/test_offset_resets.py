@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from stream_learner.kafka.clients import watch_offset_resets
+from stream_learner.kafka.offset_resets import watch_offset_resets
 from stream_learner.tools.synthetic import DriftingStream
 
 from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics

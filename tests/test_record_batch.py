@@ -8,7 +8,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 from hypothesis import given, settings, strategies as st
 
-from stream_learner.kafka.clients import MAX_BATCH_BYTES, SMALL_GROUP, send_partitioned
+from stream_learner.kafka.clients import MAX_BATCH_BYTES
+from stream_learner.kafka.partitioned_send import SMALL_GROUP, send_partitioned
 from stream_learner.kernels.record_batch import PackedRecordBatch, PackedRecords, packs_batches
 
 from .conftest import BrokerInfo, TestTopics

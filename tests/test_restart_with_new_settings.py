@@ -19,7 +19,7 @@ from stream_learner.checkpointing.store import CheckpointStore
 from stream_learner.config import Settings
 from stream_learner.learning.join import Examples
 from stream_learner.service import Service
-from stream_learner.checkpointing.cut import restore_state, snapshot_state
+from .cuts import restore_state, snapshot_state
 from stream_learner.tools.synthetic import DriftingStream
 
 from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics

@@ -1,78 +1,75 @@
-"""The state a checkpoint carries, and putting it back.
+"""The cut: one consistent state of every component, as a checkpoint saves it, and putting it back.
 
-Both functions run on the device thread while the service holds its lock, so
-the cut is consistent: no inference, training or intake happens in between.
+Both functions run on the device thread while the loop holds the checkpoint's lock, so no
+inference, training or intake happens in between. The cut is each component's own
+``state_dict()``; the offsets are added by the :class:`~stream_learner.checkpointing.checkpoint.Checkpoint`.
 
-A checkpoint must fit the model settings (:func:`model_spec`); the optimizer settings may
-change between runs: the restored optimizer takes them, and each difference is logged as a
-warning (``optimizer_changed``, ``optimizer_setting_changed``).
+A checkpoint must fit the model settings (``model_spec``); the optimizer settings may change
+between runs: the restored optimizer takes them, and each difference is logged as a warning
+(``optimizer_changed``, ``optimizer_setting_changed``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import structlog
-from aiokafka import TopicPartition
 
+from stream_learner.config import Settings
 from stream_learner.errors import CheckpointMismatchError
-from stream_learner.learning.trainer import OptimizerChange
-
-if TYPE_CHECKING:
-    from stream_learner.service import Service
+from stream_learner.learning.trainer import OptimizerChange, Trainer
 
 log = structlog.get_logger(__name__)
 
 
-def model_spec(service: Service) -> dict[str, Any]:
-    """What a checkpoint's model must match to be loaded into this service."""
-    s = service.settings
-    return {"task": s.task, "input_dim": s.input_dim, "output_dim": s.output_dim, "model": s.model}
+class Part(Protocol):
+    """A component whose state is in the cut."""
+
+    def state_dict(self) -> Any: ...
+    def load_state_dict(self, state: Any, /) -> Any: ...
 
 
-def snapshot_state(service: Service) -> dict[str, Any]:
-    """One consistent cut: model, optimizer, join, queued examples, metrics, counters, offsets."""
-    offsets: dict[str, dict[int, int]] = {}
-    for tp, offset in sorted(service.offsets.items()):
-        offsets.setdefault(tp.topic, {})[tp.partition] = offset
+def model_spec(settings: Settings) -> dict[str, Any]:
+    """What a checkpoint's model must match to be loaded under ``settings``."""
     return {
-        "model_spec": model_spec(service),
-        "trainer": service.trainer.state_dict(),
-        "join": service.join.state_dict(),
-        "schedule": service.schedule.state_dict(),
-        "metrics": service.metrics.state_dict(),
-        "counters": dict(service.counters),
-        "summary": service.stats(),
-        "offsets": offsets,
+        "task": settings.task,
+        "input_dim": settings.input_dim,
+        "output_dim": settings.output_dim,
+        "model": settings.model,
     }
 
 
-def restore_state(service: Service, state: dict[str, Any]) -> None:
-    """Load a :func:`snapshot_state` into ``service``; a checkpoint for another model shape is an error,
-    one made with other optimizer settings is loaded under this service's (each difference logged)."""
-    saved, wanted = state["model_spec"], model_spec(service)
-    if saved != wanted:
-        diff = {k: (saved.get(k), wanted[k]) for k in wanted if saved.get(k) != wanted[k]}
+def take_cut(
+    trainer: Trainer, parts: Mapping[str, Part], spec: dict[str, Any], summary: dict[str, Any]
+) -> dict[str, Any]:
+    """The state of ``trainer`` and ``parts`` (by name), the model they fit, and a ``summary`` for people."""
+    return {
+        "model_spec": spec,
+        "trainer": trainer.state_dict(),
+        **{name: part.state_dict() for name, part in parts.items()},
+        "summary": summary,
+    }
+
+
+def restore_cut(trainer: Trainer, parts: Mapping[str, Part], spec: dict[str, Any], state: dict[str, Any]) -> None:
+    """Load a :func:`take_cut` back; a checkpoint for another model shape raises
+    :class:`CheckpointMismatchError`, one made with other optimizer settings loads under these."""
+    saved = state["model_spec"]
+    if saved != spec:
+        diff = {k: (saved.get(k), spec[k]) for k in spec if saved.get(k) != spec[k]}
         raise CheckpointMismatchError(
             f"the newest checkpoint does not fit the settings (checkpoint vs settings: {diff}); "
             "point CHECKPOINT_DIR elsewhere to start a new model, or restore the old settings"
         )
     try:
-        changes = service.trainer.load_state_dict(state["trainer"])
+        changes = trainer.load_state_dict(state["trainer"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointMismatchError(f"the checkpoint's model state does not fit the model: {exc}") from exc
     for change in changes:
         _log_optimizer_change(change)
-    service.join.load_state_dict(state["join"])
-    service.schedule.load_state_dict(state["schedule"])
-    service.metrics.load_state_dict(state["metrics"])
-    service.counters.clear()
-    service.counters.update(state["counters"])
-    service.offsets = {
-        TopicPartition(topic, int(partition)): int(offset)
-        for topic, parts in state["offsets"].items()
-        for partition, offset in parts.items()
-    }
+    for name, part in parts.items():
+        part.load_state_dict(state[name])
 
 
 def _log_optimizer_change(change: OptimizerChange) -> None:

@@ -19,13 +19,14 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 import torch
+from aiokafka import TopicPartition
 
 from stream_learner.errors import CheckpointError, ConfigError
 
@@ -140,3 +141,16 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def by_topic(offsets: Mapping[TopicPartition, int]) -> dict[str, dict[int, int]]:
+    """Offsets as a checkpoint stores them: topic -> partition -> next offset."""
+    stored: dict[str, dict[int, int]] = {}
+    for tp, offset in sorted(offsets.items()):
+        stored.setdefault(tp.topic, {})[tp.partition] = offset
+    return stored
+
+
+def from_topics(stored: dict[str, dict[int, int]]) -> dict[TopicPartition, int]:
+    """The inverse of :func:`by_topic`."""
+    return {TopicPartition(t, int(p)): int(o) for t, parts in stored.items() for p, o in parts.items()}

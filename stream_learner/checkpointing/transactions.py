@@ -1,6 +1,6 @@
 """Exactly-once delivery: predictions, dead letters and offsets in one Kafka transaction per checkpoint.
 
-With ``delivery=exactly_once``, beside the checkpoint steps of :meth:`stream_learner.service.Service.checkpoint`:
+With ``delivery=exactly_once``, beside the steps of :meth:`stream_learner.checkpointing.checkpoint.Checkpoint.commit`:
 
 - **Start.** The transactional producer starts first: its InitProducerId fences any earlier
   producer with the same transactional id, and the coordinator aborts (or finishes) that
@@ -15,7 +15,7 @@ A crash between step 4 (file written) and that commit leaves a checkpoint newer 
 committed offsets. The next start aborts its transaction (fencing) and falls back to the
 checkpoint before it, so the aborted predictions are made again, and a ``read_committed``
 consumer sees each prediction once. Training is unaffected: replay from a checkpoint makes
-the same steps (see :mod:`stream_learner.schedule`).
+the same steps (see :mod:`stream_learner.learning.schedule`).
 
 Fencing: aiokafka sends no group metadata with the offsets (no KIP-447; aio-libs/aiokafka#844),
 so a producer cannot be fenced by consumer-group generation. The transactional id is one per
@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 
-from stream_learner.checkpointing.store import LoadedCheckpoint
+from stream_learner.checkpointing.store import LoadedCheckpoint, from_topics
 from stream_learner.config import Settings
 from stream_learner.errors import BrokerCapabilityError, CheckpointError
 from stream_learner.kafka.clients import security_kwargs
@@ -94,12 +94,6 @@ async def committed_offsets(settings: Settings) -> dict[TopicPartition, int]:
     return {tp: meta.offset for tp, meta in found.items() if tp.topic in topics and meta.offset >= 0}
 
 
-def checkpoint_offsets(checkpoint: LoadedCheckpoint) -> dict[TopicPartition, int]:
-    """A checkpoint's ``offsets`` (topic -> partition -> next offset) by partition."""
-    saved: dict[str, dict[int, int]] = checkpoint.state["offsets"]
-    return {TopicPartition(topic, int(p)): int(o) for topic, parts in saved.items() for p, o in parts.items()}
-
-
 def choose_checkpoint(newest_first: Iterable[LoadedCheckpoint], committed: Offsets) -> LoadedCheckpoint | None:
     """The newest checkpoint whose transaction committed: its offsets equal the group's committed offsets.
 
@@ -112,7 +106,7 @@ def choose_checkpoint(newest_first: Iterable[LoadedCheckpoint], committed: Offse
             log.warning("checkpoints_without_committed_transaction", skipped=[str(c.path) for c in candidates])
         return None
     for checkpoint in candidates:
-        offsets = checkpoint_offsets(checkpoint)
+        offsets = from_topics(checkpoint.state["offsets"])
         if offsets == dict(committed):
             return checkpoint
         log.warning("checkpoint_not_committed", path=str(checkpoint.path), reason="its transaction did not commit")

@@ -1,4 +1,4 @@
-"""aiokafka adapters: client construction (with SASL/SSL), record conversion, dead letters, rebalance hooks.
+"""aiokafka clients built from the settings (with SASL/SSL), and telling a refusing broker from an absent one.
 
 The service owns offsets: auto-commit is off, reading resumes where the
 checkpoint says, and Kafka's committed offsets only follow durable checkpoints.
@@ -9,16 +9,12 @@ aiokafka; nothing here logs it.
 from __future__ import annotations
 
 import asyncio
-import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
@@ -26,16 +22,9 @@ from pydantic import SecretStr
 
 from stream_learner.config import Settings
 from stream_learner.errors import ConfigError
-from stream_learner.kernels.record_batch import PackedRecordBatch, PackedRecords, packs_batches
-from stream_learner.records import Rejected
 
 log = structlog.get_logger(__name__)
 
-DLQ_REASON = "dlq.reason"
-DLQ_DETAIL = "dlq.detail"
-DLQ_TOPIC = "dlq.source.topic"
-DLQ_PARTITION = "dlq.source.partition"
-DLQ_OFFSET = "dlq.source.offset"
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_BATCH_BYTES = 256 * 1024
 """The producer's record batch size (``max_batch_size``), for batches it builds and batches built here."""
@@ -155,159 +144,6 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
-SMALL_GROUP = 16
-"""Fewer records than this of one partition go through ``send`` instead of a record batch of their own."""
-
-
-async def send_partitioned(
-    producer: AIOKafkaProducer,
-    topic: str,
-    records: PackedRecords,
-    partitions: np.ndarray | None,
-    source_partition_count: int | None,
-) -> list[asyncio.Future[Any]]:
-    """Produce ``records`` as one record batch per partition; returns one delivery future per batch.
-
-    Record ``i`` goes to partition ``partitions[i]`` (the events partition it came from) when
-    ``topic`` has ``source_partition_count`` partitions, i.e. is co-partitioned with the source:
-    for a keyed source record that is the partition the default partitioner would choose, and
-    per-key order is kept, without hashing every key in Python. Otherwise (or with no
-    ``partitions``) the producer's own partitioner picks, once per key. Records of one
-    partition keep their order; a partition's group of fewer than ``SMALL_GROUP`` records is
-    appended to the producer's open batch record by record instead. Larger groups are written
-    by :class:`PackedRecordBatch` where the producer takes it, else by aiokafka's builder.
-    """
-    known = producer.client.cluster.partitions_for_topic(topic)
-    if not known:
-        known = await producer.partitions_for(topic)
-    if partitions is None or source_partition_count != len(known) or len(partitions) != len(records):
-        all_partitions = sorted(known)
-        available = list(producer.client.cluster.available_partitions_for_topic(topic)) or all_partitions
-        partitioner = producer._partitioner
-        keys = (records.key(i) for i in range(len(records)))
-        partitions = np.fromiter((partitioner(k, all_partitions, available) for k in keys), np.int64, len(records))
-    futures = []
-    packs = packs_batches(producer)
-    order = np.argsort(partitions, kind="stable")
-    bounds = np.flatnonzero(np.diff(partitions[order])) + 1
-    for group in np.split(order, bounds):
-        if not len(group):
-            continue
-        partition = int(partitions[group[0]])
-        if len(group) < SMALL_GROUP:
-            # A few records: into the partition's open batch in the accumulator, like send() does.
-            # A record batch of their own would cost a produce round trip each (send_batch waits
-            # for the partition's previous batch to leave): MAX_BATCH_SIZE 1 halved throughput.
-            for i in group.tolist():
-                futures.append(await producer.send(topic, records.value(i), key=records.key(i), partition=partition))
-        elif packs:
-            for rows in records.split(group, MAX_BATCH_BYTES):
-                futures.append(await producer.send_batch(PackedRecordBatch(records, rows), topic, partition=partition))
-        else:
-            futures += await _send_built(producer, topic, records, group.tolist(), partition)
-    return futures
-
-
-async def _send_built(
-    producer: AIOKafkaProducer, topic: str, records: PackedRecords, rows: list[int], partition: int
-) -> list[asyncio.Future[Any]]:
-    """``rows`` through aiokafka's batch builder (which writes the producer's compression and idempotence state)."""
-    futures = []
-    batch = producer.create_batch()
-    for i in rows:
-        key, value = records.key(i), records.value(i)
-        if batch.append(timestamp=None, key=key, value=value) is None:
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
-            batch = producer.create_batch()
-            batch.append(timestamp=None, key=key, value=value)
-    futures.append(await producer.send_batch(batch, topic, partition=partition))
-    return futures
-
-
-def dead_letter_headers(rejected: Rejected) -> list[tuple[str, bytes]]:
-    """The record's own headers, then the reason and the record's source position."""
-    r = rejected.record
-    return [
-        *r.headers,
-        (DLQ_REASON, rejected.reason.encode()),
-        (DLQ_DETAIL, rejected.detail.encode()[:1000]),
-        (DLQ_TOPIC, r.topic.encode()),
-        (DLQ_PARTITION, str(r.partition).encode()),
-        (DLQ_OFFSET, str(r.offset).encode()),
-    ]
-
-
-class RebalanceHooks(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Forwards aiokafka's rebalance callbacks to the service (checkpoint on revoke, seek on assign)."""
-
-    def __init__(
-        self,
-        on_revoked: Callable[[Iterable[TopicPartition]], Awaitable[None]],
-        on_assigned: Callable[[Iterable[TopicPartition]], Awaitable[None]],
-    ) -> None:
-        self._on_revoked = on_revoked
-        self._on_assigned = on_assigned
-
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self._on_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self._on_assigned(assigned)
-
-
-def known_position(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
-    """The consumer's position on ``tp`` if it already has one, without waiting (None otherwise).
-
-    ``AIOKafkaConsumer.position`` waits until the fetcher has resolved the position,
-    which can stall the run loop; this reads the same state without waiting.
-    """
-    try:
-        assignment = consumer._subscription.subscription.assignment
-        state = assignment.state_value(tp)
-        return int(state.position) if state is not None and state.has_valid_position else None
-    except AttributeError:
-        return None
-
-
-OffsetReset = Callable[[TopicPartition, int], None]
-_FETCHER_LOG = "aiokafka.consumer.fetcher"
-
-
-class _OffsetResetWatch(logging.Filter):
-    """Turns aiokafka's "fetch offset out of range, resetting" (INFO, where nobody sees it) into a call.
-
-    Records below ``threshold`` are dropped here as before: the logger's level is lowered only so
-    that this one message reaches the filter.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.callback: OffsetReset | None = None
-        self.threshold = logging.WARNING
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if str(record.msg).startswith("Fetch offset %s is out of range") and isinstance(args, tuple) and len(args) == 2:
-            if self.callback is not None and isinstance(args[1], TopicPartition):
-                self.callback(args[1], int(args[0]))
-            return False
-        return record.levelno >= self.threshold
-
-
-_offset_reset_watch = _OffsetResetWatch()
-
-
-def watch_offset_resets(callback: OffsetReset) -> None:
-    """Call ``callback(tp, offset)`` whenever a consumer finds its position on ``tp`` below the log start
-    (the records were deleted, by retention, before they were read) and resets it. Replaces the last callback."""
-    logger = logging.getLogger(_FETCHER_LOG)
-    if _offset_reset_watch not in logger.filters:
-        _offset_reset_watch.threshold = logger.getEffectiveLevel()
-        logger.addFilter(_offset_reset_watch)
-        logger.setLevel(min(logging.INFO, _offset_reset_watch.threshold))
-    _offset_reset_watch.callback = callback
-
-
 async def refusal(settings: Settings, timeout_s: float = 10.0) -> Exception | None:
     """Why the brokers refuse this client, where one answers and refuses (a SASL mechanism or credentials
     it rejects, a certificate that does not verify); None where none answers at all (wait for it).
@@ -319,6 +155,8 @@ async def refusal(settings: Settings, timeout_s: float = 10.0) -> Exception | No
     for server in settings.bootstrap_servers.split(","):
         host, _, port = server.strip().rpartition(":")
         try:
+            # private API: one connection with the client's security settings tells a refusal from no
+            # answer (start() reports both alike).
             conn = await asyncio.wait_for(
                 create_conn(host.strip("[]"), int(port), client_id=settings.client_id, **kwargs), timeout_s
             )
@@ -326,7 +164,8 @@ async def refusal(settings: Settings, timeout_s: float = 10.0) -> Exception | No
             return exc
         except KafkaError as exc:
             if not exc.retriable:
-                return exc
+                refused: Exception = exc
+                return refused
             continue
         except (TimeoutError, OSError):
             continue

@@ -1,0 +1,97 @@
+"""The producer of predictions and dead letters: :class:`~stream_learner.kafka.protocol.Writer` on aiokafka.
+
+Every send's delivery is kept until it is acknowledged; a checkpoint's drain awaits them all
+(:meth:`KafkaWriter.flush`), so no cut passes a prediction the broker has not acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from stream_learner.checkpointing.transactions import Transactions
+from stream_learner.config import Settings
+from stream_learner.errors import DeliveryError
+from stream_learner.kafka.dead_letters import dead_letter_headers
+from stream_learner.kafka.partitioned_send import send_partitioned
+from stream_learner.kafka.predictions import encode_predictions
+from stream_learner.kernels.record_batch import PackedRecords
+from stream_learner.observability.telemetry import Telemetry
+from stream_learner.records import EventBatch, Predictions, Rejected
+
+log = structlog.get_logger(__name__)
+
+
+class KafkaWriter:
+    """Produces through a started :class:`AIOKafkaProducer`; with ``transactions`` every send goes
+    into the open transaction (begun at the first send after a checkpoint)."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        settings: Settings,
+        totals: Counter[str],
+        telemetry: Telemetry,
+        source_partitions: Callable[[], int | None],
+        transactions: Transactions | None = None,
+    ) -> None:
+        self.producer = producer
+        self._settings = settings
+        self._totals = totals
+        self._telemetry = telemetry
+        self._source_partitions = source_partitions
+        self._transactions = transactions
+        self._deliveries: list[asyncio.Future[Any]] = []
+
+    async def send_predictions(self, events: EventBatch, scores: np.ndarray, model_version: int) -> None:
+        values = encode_predictions(Predictions(events, scores, model_version), self._settings.task)
+        records = PackedRecords.of([event_id.encode() for event_id in events.ids], values)
+        if self._transactions is not None:
+            await self._transactions.begin()
+        self._deliveries += await send_partitioned(
+            self.producer,
+            self._settings.predictions_topic,
+            records,
+            events.partitions,
+            self._source_partitions(),
+            packed=self._settings.cpu_kernels == "auto",
+        )
+        self._totals["events_predicted"] += len(events)
+        self._telemetry.predictions_published(len(events))
+
+    async def send_dead_letters(self, rejected: list[Rejected]) -> None:
+        if rejected and self._transactions is not None:
+            await self._transactions.begin()
+        for item in rejected:
+            r = item.record
+            log.warning("record_dead_lettered", where=r.where, reason=item.reason, detail=item.detail)
+            future = await self.producer.send(
+                self._settings.dead_letter_topic, r.value, key=r.key, headers=dead_letter_headers(item)
+            )
+            self._deliveries.append(future)
+            self._totals[f"dead_lettered.{item.reason}"] += 1
+            self._totals["dead_lettered"] += 1
+            self._telemetry.dead_lettered(item.reason)
+
+    def raise_failed(self) -> None:
+        pending = []
+        for future in self._deliveries:
+            if not future.done():
+                pending.append(future)
+            elif future.exception() is not None:
+                raise DeliveryError(f"a produced record was not acknowledged: {future.exception()!r}")
+        self._deliveries = pending
+
+    async def flush(self) -> None:
+        deliveries, self._deliveries = self._deliveries, []
+        results = await asyncio.gather(*deliveries, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise DeliveryError(f"{len(errors)} produced records were not acknowledged: {errors[0]!r}")
+        self._totals["predictions_acknowledged"] = self._totals["events_predicted"]
