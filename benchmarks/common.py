@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: the event stream, fast pre-filling, reading a topic back.
 
-Events follow the README contract and are about 200 bytes each: 32 features
+Events follow the contract (docs/contract.md) and are about 200 bytes each: 32 features
 rounded to two decimals (``{"id": "e-12345", "features": [...], "ts": ...}``).
 Keys are partitioned like the Java client does (murmur2 of the key), so an
 event and its label land on the same partition number.
