@@ -9,7 +9,7 @@ VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test clean
+.PHONY: venv demo lint test clean
 
 venv: $(STAMP)
 
@@ -29,7 +29,13 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(VENV)/bin/stream-learner demo $(DEMO_ARGS)
 
-test: venv
+# The package's own checks first (seconds), then the suite.
+lint: venv
+	$(VENV)/bin/ruff check stream_learner
+	$(VENV)/bin/ruff format --check stream_learner
+	$(VENV)/bin/mypy stream_learner
+
+test: lint
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 clean:
