@@ -99,8 +99,8 @@ class Service:
         assert self.kafka.reader is not None and self.kafka.writer is not None
         self._reader, self._writer = self.kafka.reader, self.kafka.writer
         self._progress = ReadingProgress(self._reader, self.checkpoint, self.settings, lambda: len(self.batcher))
-        self._serving = True
-        log.info("service_started", servers=self.settings.bootstrap_servers, device=str(self.learner.trainer.device))
+        self._serving, device = True, str(self.learner.trainer.device)
+        log.info("service_started", bootstrap_servers=self.settings.bootstrap_servers, device=device)
 
     async def _turn(self) -> None:
         timeout = min(self.batcher.seconds_until_due(time.monotonic()), 0.05)

@@ -59,7 +59,7 @@ def examples(start: int, n: int = 32) -> Examples:
 def trained_snapshot(directory: Path, **settings: object) -> dict[str, Any]:
     old = service(directory, **settings)
     for start in range(0, 96, 32):
-        old.trainer.learn_many(examples(start))
+        old.learner.trainer.learn_many(examples(start))
     return snapshot_state(old)
 
 
@@ -90,12 +90,12 @@ def test_a_restore_under_other_optimizer_settings_takes_them_and_logs_each_chang
         restore_state(new, state)
     assert [(e["event"], e.get("setting"), e["old"], e["new"]) for e in logs] == logged
     assert all(e["log_level"] == "warning" for e in logs)
-    assert all(torch.equal(v, state["trainer"]["model"][k]) for k, v in new.trainer.model.state_dict().items())
-    group = new.trainer.optimizer.param_groups[0]
-    assert (type(new.trainer.optimizer).__name__.lower(), group["lr"], group["weight_decay"]) == (
+    assert all(torch.equal(v, state["trainer"]["model"][k]) for k, v in new.learner.trainer.model.state_dict().items())
+    group = new.learner.trainer.optimizer.param_groups[0]
+    assert (type(new.learner.trainer.optimizer).__name__.lower(), group["lr"], group["weight_decay"]) == (
         new.settings.optimizer, new.settings.effective_learning_rate, new.settings.weight_decay,
     )  # fmt: skip
-    assert math.isfinite(new.trainer.learn_many(examples(96)))
+    assert math.isfinite(new.learner.trainer.learn_many(examples(96)))
     assert snapshot_state(new)["trainer"]["optimizer_spec"]["kind"] == new.settings.optimizer
 
 

@@ -33,7 +33,7 @@ RETRY_MIN_S, RETRY_MAX_S = 0.5, 5.0
 CLIENT_STOP_S = 3.0
 PROBE_EVERY_S = 2.0
 
-ProducerStarted = Callable[[Transactions | None], Awaitable[None]]
+Fenced = Callable[[Transactions], Awaitable[None]]
 Rebalance = Callable[[AIOKafkaConsumer], RebalanceHooks]
 
 
@@ -52,16 +52,17 @@ class KafkaConnection:
         self.writer: KafkaWriter | None = None
         self.broker_reachable = False
 
-    async def connect(self, rebalance: Rebalance, started: ProducerStarted) -> bool:
+    async def connect(self, rebalance: Rebalance, fenced: Fenced) -> bool:
         """Start the clients, retrying while the broker cannot be reached; False when stopped first.
 
-        ``rebalance`` builds the consumer's rebalance hooks; ``started`` runs after the producer started
-        and before the consumer joins the group (exactly_once restores the committed checkpoint there).
+        ``rebalance`` builds the consumer's rebalance hooks; with exactly_once, ``fenced`` runs once the
+        transactional producer has fenced earlier instances, before the consumer joins the group (the
+        committed checkpoint is restored there).
         """
         delay = RETRY_MIN_S
         while not self._stop.is_set():
             try:
-                await self._start(rebalance, started)
+                await self._start(rebalance, fenced)
             except KafkaError as exc:
                 if not exc.retriable:
                     raise
@@ -81,16 +82,16 @@ class KafkaConnection:
                 return True
         return False
 
-    async def _start(self, rebalance: Rebalance, started: ProducerStarted) -> None:
+    async def _start(self, rebalance: Rebalance, fenced: Fenced) -> None:
         """Producer first (with exactly_once its start fences earlier instances), then the group consumer."""
         s = self.settings
         self.producer, self.consumer = make_producer(s), make_consumer(s)
         if s.delivery == "exactly_once":
             self.transactions = Transactions(self.producer, s.group_id)
             await self.transactions.start()
+            await fenced(self.transactions)
         else:
             await self.producer.start()
-        await started(self.transactions)
         self.consumer.subscribe([s.events_topic, s.labels_topic], listener=rebalance(self.consumer))
         await self.consumer.start()
         fetcher = Fetcher(self.consumer, self.producer.client, s.fetch_max_records, read_committed=True)
