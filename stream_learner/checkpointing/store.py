@@ -73,8 +73,8 @@ class CheckpointStore:
 
     def next_id(self) -> int:
         """An id larger than that of every checkpoint file present."""
-        paths = self.paths()
-        return int(_NAME.match(paths[0].name).group(1)) + 1 if paths else 1  # type: ignore[union-attr]
+        newest = next((m for p in self.paths() if (m := _NAME.match(p.name))), None)
+        return int(newest.group(1)) + 1 if newest else 1
 
     def write(self, state: dict[str, Any], *, before_rename: Callable[[], None] | None = None) -> Path:
         """Write ``state`` as the newest checkpoint, durably; returns its path.
