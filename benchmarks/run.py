@@ -57,6 +57,7 @@ from stream_learner.learning.trainer import Trainer
 from .common import INPUT_DIM, PARTITIONS, catch_up_ratio, every_label_stepped, make_stream, p99_gap, percentiles, prefill, read_timestamps
 from .memory import bytes_per_pending_entry
 from .passthrough import passthrough
+from .kernels import single_off
 from .probe import LatencyProbe, TrainingProbe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +98,8 @@ class Row:
     batch: int
     events: int
     train_batch: int
+    kernels: str = "auto"
+    """``auto`` or ``off`` (``CPU_KERNELS``), or ``<name>-off``: one fast path of :data:`kernels.SINGLE` off."""
     catch_up: dict[str, Any] = field(default_factory=dict)
     """The service's catch-up runs combined (:func:`combine_catch_ups`); ``catch_up_runs`` holds each."""
     catch_up_runs: list[dict[str, Any]] = field(default_factory=list)
@@ -111,6 +114,11 @@ class Row:
     """Service p99 minus pass-through p99 of each pair of paced runs (run back to back)."""
     passthrough: list[float] = field(default_factory=list)
     """Pass-through catch-up rates over the same events on the same broker (before, between and after the service's)."""
+
+    @property
+    def label(self) -> str:
+        """The model, and the fast paths where not all are on."""
+        return self.model if self.kernels == "auto" else f"{self.model} (kernels {self.kernels})"
 
 
 SHUTDOWN_ERRORS: list[str] = []
@@ -130,7 +138,8 @@ def _name(kind: str) -> str:
 
 
 def _settings(
-    bootstrap: str, events: str, labels: str, outputs: str, model: str, batch: int, checkpoints: Path, train_batch: int = 32
+    bootstrap: str, events: str, labels: str, outputs: str, model: str, batch: int, checkpoints: Path, train_batch: int = 32,
+    kernels: str = "auto",
 ) -> Settings:
     group = _name("group")
     return Settings(  # type: ignore[call-arg]
@@ -149,6 +158,7 @@ def _settings(
         checkpoint_dir=checkpoints,
         metrics_port=0,
         log_level="warning",
+        cpu_kernels="off" if kernels == "off" else "auto",
     )
 
 
@@ -168,19 +178,28 @@ async def _wait_assigned(service: Service, task: asyncio.Task[None], partitions:
     while time.monotonic() < deadline:
         if task.done():
             task.result()
-        consumer = getattr(service, "_consumer", None)
-        if consumer is not None and len(consumer.assignment()) >= partitions:
+        if service.status.health()["assigned_partitions"] >= partitions:
             return
         await asyncio.sleep(0.05)
     raise TimeoutError("the service was not assigned its partitions")
 
 
 async def service_catch_up(
-    bootstrap: str, events: str, labels: str, n: int, model: str, batch: int, tmp: Path, train_batch: int = 32
+    bootstrap: str, events: str, labels: str, n: int, model: str, batch: int, tmp: Path, train_batch: int = 32,
+    kernels: str = "auto",
+) -> dict[str, Any]:
+    single = tuple(k.removesuffix("-off") for k in (kernels,) if k.endswith("-off"))
+    with single_off(single):
+        return await _service_catch_up(bootstrap, events, labels, n, model, batch, tmp, train_batch, kernels)
+
+
+async def _service_catch_up(
+    bootstrap: str, events: str, labels: str, n: int, model: str, batch: int, tmp: Path, train_batch: int, kernels: str
 ) -> dict[str, Any]:
     outputs = _name("predictions")
     await ensure_topics(bootstrap, {outputs: PARTITIONS})
-    service = Service(_settings(bootstrap, events, labels, outputs, model, batch, tmp / uuid.uuid4().hex, train_batch))
+    settings = _settings(bootstrap, events, labels, outputs, model, batch, tmp / uuid.uuid4().hex, train_batch, kernels)
+    service = Service(settings)
     probe = TrainingProbe(service)
     freeze_startup_heap()  # as `stream-learner run` does
     task = asyncio.create_task(service.run())
@@ -192,19 +211,19 @@ async def service_catch_up(
             if task.done():
                 task.result()
                 raise RuntimeError("the service stopped by itself")
-            if predicted_at is None and service.counters["events_predicted"] >= n:
+            if predicted_at is None and service.totals["events_predicted"] >= n:
                 predicted_at = time.monotonic()
             if predicted_at is not None and (
                 _labels_used(service) >= n or time.monotonic() - predicted_at > 30
             ):
                 break
         else:
-            raise TimeoutError(f"catch-up of {n} events did not finish: {service.stats()}")
+            raise TimeoutError(f"catch-up of {n} events did not finish: {service.status.stats()}")
     finally:
         await _stop(service, task)
         probe.close()
     window = await _window(bootstrap, outputs, n)
-    stats = service.stats()
+    stats = service.status.stats()
     # Done when the last event is predicted and the last label trained, whichever comes later.
     seconds = max(window["last"], probe.last_step_wall) - window["first"]
     return {
@@ -309,7 +328,7 @@ async def service_latency(
         probe.close()
     lags = percentiles(probe.lag_array())
     read, predicted = percentiles(phases.to_read()), percentiles(phases.to_predicted())
-    return {**result, "to_read": read, "to_predicted": predicted, "train_lag": lags, "trained": service.trainer.counters.examples_trained}
+    return {**result, "to_read": read, "to_predicted": predicted, "train_lag": lags, "trained": service.learner.trainer.counters.examples_trained}
 
 
 async def passthrough_latency(bootstrap: str, rate: float, mode: Mode, tmp: Path, broker_pid: int | None = None) -> dict[str, Any]:
@@ -348,7 +367,7 @@ def trainer_alone(model: str, seconds: float = 2.0) -> float:
 
 def _labels_used(service: Service) -> int:
     """Labels that went through an optimizer step: applied, or skipped by the guardrails."""
-    counters = service.trainer.counters
+    counters = service.learner.trainer.counters
     return counters.examples_trained + counters.examples_skipped
 
 
@@ -379,7 +398,7 @@ def _phases_table(rows: list[Row]) -> list[str]:
     for r in paced:
         phases = [r.latency.get("to_read"), r.latency.get("to_predicted"), r.latency["to_created"], r.passthrough_latency.get("to_created")]
         cells = [f"{_fmt(p.get('p50'), 1)} / {_fmt(p.get('p99'), 1)}" if p else "-" for p in phases]
-        out.append(f"| {r.model} | {r.batch} | {r.train_batch} | {' | '.join(cells)} |")
+        out.append(f"| {r.label} | {r.batch} | {r.train_batch} | {' | '.join(cells)} |")
     return out
 
 
@@ -397,7 +416,7 @@ def _cpu_table(rows: list[Row]) -> list[str]:
             parts = [c.get("measured"), c.get("loadgen"), c.get("broker")]
             total = sum(x for x in parts if x is not None)
             cells += [" / ".join(_fmt(x, 2) for x in parts), _fmt(total, 2)]
-        out.append(f"| {r.model} | {r.batch} | {r.train_batch} | {' | '.join(cells)} |")
+        out.append(f"| {r.label} | {r.batch} | {r.train_batch} | {' | '.join(cells)} |")
     return out
 
 
@@ -416,7 +435,7 @@ def render(rows: list[Row], memory: dict[int, float], alone: dict[str, float], s
         ratio = catch_up_ratio(r.ratios, c["rate"], r.passthrough)
         spread = f" ({min(r.ratios):.2f}–{max(r.ratios):.2f})" if len(r.ratios) > 1 else ""
         out.append(
-            f"| {r.model} | {r.batch} | {r.train_batch} | {r.events:,} | {_fmt(c['rate'])} | {_fmt(pt)} | {ratio:.2f}×{spread} | "
+            f"| {r.label} | {r.batch} | {r.train_batch} | {r.events:,} | {_fmt(c['rate'])} | {_fmt(pt)} | {ratio:.2f}×{spread} | "
             f"{c['trained']:,} / {r.events:,}{_skipped(c)} | {'yes' if ratio >= 0.8 and every_label_stepped(c, r.events) else 'no'} |"
         )
     repeats = max((len(r.p99_gaps) for r in rows), default=0)
@@ -435,7 +454,7 @@ def render(rows: list[Row], memory: dict[int, float], alone: dict[str, float], s
         spread = f" ({min(r.p99_gaps):.1f} to {max(r.p99_gaps):.1f})" if len(r.p99_gaps) > 1 else ""
         lost = "" if s["received"] >= s["produced"] else f" ({s['produced'] - s['received']} not received)"
         out.append(
-            f"| {r.model} | {r.batch} | {r.train_batch} | {_fmt(s['rate'])} | {_fmt(s['p50'], 1)} | {_fmt(s['p99'], 1)} | {_fmt(s['max'], 1)} | "
+            f"| {r.label} | {r.batch} | {r.train_batch} | {_fmt(s['rate'])} | {_fmt(s['p50'], 1)} | {_fmt(s['p99'], 1)} | {_fmt(s['max'], 1)} | "
             f"{_fmt(p['p50'], 1)} | {_fmt(p['p99'], 1)} | {_fmt(p['max'], 1)} | {_fmt(gap, 1)}{spread}{lost} | {'yes' if gap <= delay + 20 else 'no'} |"
         )
     out += _phases_table(rows)
@@ -449,7 +468,7 @@ def render(rows: list[Row], memory: dict[int, float], alone: dict[str, float], s
         lag = r.latency.get("train_lag", {})
         acc = r.catch_up.get("accuracy")
         out.append(
-            f"| {r.model} | {r.batch} | {r.train_batch} | {_fmt(r.catch_up['train_rate'])} | {_fmt(lag.get('p50'), 1)} | {_fmt(lag.get('p99'), 1)} | "
+            f"| {r.label} | {r.batch} | {r.train_batch} | {_fmt(r.catch_up['train_rate'])} | {_fmt(lag.get('p50'), 1)} | {_fmt(lag.get('p99'), 1)} | "
             f"{_fmt(lag.get('max'), 1)} | {'-' if acc is None else f'{acc:.1%}'} |"
         )
     out += [""] + [f"Trainer alone (`learn_many`, steps of {settings.train_batch_size}, CPU): {m} {_fmt(v)} examples/s" + "  " for m, v in alone.items()]
@@ -475,7 +494,7 @@ async def measure(row: Row, mode: Mode, skip_latency: bool, tmp: Path, log: Any)
         await ensure_topics(bootstrap, {DLQ: 1, events: PARTITIONS, labels: PARTITIONS})
         stream = make_stream(row.events)
         await prefill(bootstrap, stream, events, labels)
-        name = f"{row.model} batch {row.batch} train batch {row.train_batch}"
+        name = f"{row.label} batch {row.batch} train batch {row.train_batch}"
         log(f"{name}: pre-filled {row.events:,} events ({stream.mean_event_bytes():.0f} bytes each) and their labels on {bootstrap}")
         await measure_catch_up(row, mode, bootstrap, (events, labels), tmp, lambda message: log(f"{name}: {message}"))
         if not skip_latency:
@@ -511,7 +530,9 @@ async def measure_catch_up(row: Row, mode: Mode, bootstrap: str, topics: tuple[s
 
     await pass_through()
     for _ in range(mode.catch_up_repeats):
-        run = await service_catch_up(bootstrap, events, labels, row.events, row.model, row.batch, tmp, row.train_batch)
+        run = await service_catch_up(
+            bootstrap, events, labels, row.events, row.model, row.batch, tmp, row.train_batch, row.kernels
+        )
         row.catch_up_runs.append(run)
         log(f"service catch-up {run['rate']:,.0f} events/s, trained {run['trained']:,}")
         await pass_through()
@@ -555,10 +576,11 @@ def combine_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 async def run(mode: Mode, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     settings = Settings(_env_file=None, input_dim=INPUT_DIM)  # type: ignore[call-arg]
     rows = [
-        Row(m, b, mode.events_batch1 if b == 1 else mode.events, t)
+        Row(m, b, mode.events_batch1 if b == 1 else mode.events, t, k)
         for m in mode.models
         for b in mode.batch_sizes
         for t in sorted({b if t == "same" else int(t) for t in mode.train_batch_sizes}, reverse=True)
+        for k in args.kernels.split(",")
     ]
     log = _progress(args.quiet)
     with tempfile.TemporaryDirectory(prefix="stream-learner-bench-") as tmpdir:
@@ -609,6 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, help="events pre-filled for batch sizes > 1")
     parser.add_argument(
         "--train-batch-sizes", help="comma-separated TRAIN_BATCH_SIZE values; 'same' = MAX_BATCH_SIZE (default: same,32)"
+    )
+    parser.add_argument(
+        "--kernels", default="auto",
+        help="comma-separated rows per configuration: auto, off (CPU_KERNELS), or record_batch-off / id_table-off (one fast path off)",
     )
     parser.add_argument("--skip-latency", action="store_true", help="catch-up, training and memory only")
     parser.add_argument("--latency-repeats", type=int, help="paced runs of each side per row (full: 3, quick: 2)")
