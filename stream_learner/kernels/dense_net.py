@@ -170,6 +170,7 @@ def _plain(model: nn.Module) -> bool:
     ):
         return False
     # Private attributes of nn.Module, which has no public reader; tests/test_dense_net.py checks they are read.
+    # private API: torch has no public way to list a module's hooks; every register_*hook stores them here.
     hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
     modules = list(model.modules())
     if len({id(m) for m in modules}) != len(modules):

@@ -48,6 +48,7 @@ class FusedAdamStep:
         if not all(states) or len(grads) != len(params):
             return False
         steps = [state["step"] for state in states]
+        # private API: the kernels a fused torch.optim.Adam calls, without Optimizer.step's wrappers.
         torch._foreach_add_(steps, 1)  # one dispatch for every step counter, as the optimizer does
         beta1, beta2 = group["betas"]
         torch._fused_adam_(

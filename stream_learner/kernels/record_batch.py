@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 from aiokafka import AIOKafkaProducer
+
+# private API: aiokafka's CRC-32C, the one its broker-side check matches; the standard library has none.
 from aiokafka.record.util import calc_crc32c
 
 from stream_learner.kernels.compiled import compiled
@@ -42,6 +44,7 @@ _RECORD_OVERHEAD = 1 + 4 * _MAX_VARINT_BYTES + 1 + 1
 def packs_batches(producer: AIOKafkaProducer) -> bool:
     """Whether :class:`PackedRecordBatch` may go to ``producer``: no idempotence, transactions or compression."""
     # Private attributes (set in its __init__ since aiokafka 0.5); where one is missing, aiokafka's builder serves.
+    # private API: whether the producer is transactional or compresses; it has no public accessor.
     return getattr(producer, "_txn_manager", True) is None and not getattr(producer, "_compression_type", True)
 
 
@@ -125,6 +128,7 @@ class ClosedBatch:
     def size(self) -> int:
         return len(self._buffer)
 
+    # private API: aiokafka's MessageBatch calls these two BatchBuilder methods.
     def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
         raise AssertionError("a finished record batch is not for an idempotent or transactional producer")
 

@@ -72,6 +72,7 @@ class AutogradNet:
             self.model.train(mode)
             return
         for module in self._modules:
+            # private API: sets nn.Module.training where it lives, past train()'s recursion and __setattr__.
             module.__dict__["training"] = mode
 
     def _loss_and_grad_norm(self, loss: torch.Tensor) -> tuple[float, float]:
@@ -81,6 +82,7 @@ class AutogradNet:
         """
         grads = [p.grad for p in self._parameters if p.grad is not None]
         # torch's private one-kernel norm of every tensor, as clip_grad_norm_ uses it; every step here calls it.
+        # private API: every gradient's norm in one dispatch (torch.nn.utils.get_total_norm needs torch 2.6).
         norms = torch._foreach_norm(grads) if grads else []
         values = torch.stack([loss.detach().float(), *(n.float() for n in norms)]).tolist()
         return values[0], math.sqrt(math.fsum(v * v for v in values[1:]))

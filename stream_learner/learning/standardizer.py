@@ -124,6 +124,7 @@ class Standardizer(nn.Module):
             self.__dict__["_transform"] = transform
         return transform
 
+    # private API: nn.Module's _apply and _load_from_state_dict; no public hook covers every move and load.
     # Every move or conversion of the buffers (to(), cuda(), double()) passes through _apply, and every load
     # through _load_from_state_dict: the host copies are dropped there. Tests restore and predict to check it.
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Self:

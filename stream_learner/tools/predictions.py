@@ -171,7 +171,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float =
         if time.monotonic() >= deadline:
             raise ValueError(f"topic {topic!r} does not exist (no partitions after {timeout_s:g} s)")
         await asyncio.sleep(0.2)
-        cluster = await consumer._client.fetch_all_metadata()  # aiokafka has no public per-topic refresh
+        cluster = await consumer._client.fetch_all_metadata()  # private API: aiokafka has no public per-topic refresh
         partitions = cluster.partitions_for_topic(topic)
 
 
