@@ -27,6 +27,7 @@ import orjson
 import torch
 from torch import nn
 
+from stream_learner.checkpointing.cut import model_spec
 from stream_learner.checkpointing.store import CheckpointStore, fsync_path
 from stream_learner.config import Settings
 from stream_learner.errors import CheckpointError, CheckpointMismatchError, ConfigError
@@ -116,16 +117,6 @@ def load_latest_model(settings: Settings) -> tuple[nn.Module, dict[str, Any], Pa
     except (RuntimeError, KeyError) as exc:
         raise CheckpointMismatchError(f"the checkpoint's model state does not fit the model: {exc}") from exc
     return model.eval(), loaded.state, loaded.path
-
-
-def model_spec(settings: Settings) -> dict[str, Any]:
-    """What a checkpoint's model must match (the keys of :func:`stream_learner.snapshot.model_spec`)."""
-    return {
-        "task": settings.task,
-        "input_dim": settings.input_dim,
-        "output_dim": settings.output_dim,
-        "model": settings.model,
-    }
 
 
 def export_model(settings: Settings, fmt: Format, out: Path) -> ExportInfo:
