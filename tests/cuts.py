@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream_learner.checkpointing.store import by_topic
 from stream_learner.checkpointing.cut import model_spec, restore_cut, take_cut
+from stream_learner.checkpointing.store import by_topic
 from stream_learner.service import Service
 
 
 def snapshot_state(service: Service) -> dict[str, Any]:
     """The cut a checkpoint of ``service`` would save now (call it where no step runs)."""
     learner = service.learner
-    state = take_cut(learner.trainer, learner.parts(service.totals), model_spec(service.settings), service.status.stats())
+    state = take_cut(
+        learner.trainer, learner.parts(service.totals), model_spec(service.settings), service.status.stats()
+    )
     state["offsets"] = by_topic(service.checkpoint.offsets)
     return state
 

@@ -83,7 +83,9 @@ def settings(clean_settings_sources: None, tmp_path: Path) -> Settings:
     )  # fmt: skip
 
 
-def progress(settings: Settings, reader: FakeReader, offsets: dict[TopicPartition, int], batched: int = 0) -> ReadingProgress:
+def progress(
+    settings: Settings, reader: FakeReader, offsets: dict[TopicPartition, int], batched: int = 0
+) -> ReadingProgress:
     steps = CutSteps(_nothing, lambda: _nothing(), lambda offsets: _nothing(), lambda exc: None)  # type: ignore[arg-type, return-value]
     checkpoint = Checkpoint(CheckpointStore(settings.checkpoint_dir, 2), 1.0, steps, Telemetry(), background=True)
     checkpoint.offsets.update(offsets)
@@ -115,12 +117,12 @@ def test_positions_move_on_past_markers_and_never_back(settings: Settings) -> No
     record = RawRecord("ev", 0, 9, None, b"{}")
     reading.track_positions({EV0: [record]})
     # The consumer's position (past a transaction marker at 10 and 11) beats "last record + 1".
-    assert reading._checkpoint.offsets == {EV0: 12, LB0: 3}  # noqa: SLF001
+    assert reading._checkpoint.offsets == {EV0: 12, LB0: 3}
     reader.positions[EV0] = 8  # a seek back in a rebalance between the fetch and now
     reading.track_positions({EV0: [RawRecord("ev", 0, 12, None, b"{}")]})
-    assert reading._checkpoint.offsets[EV0] == 13  # noqa: SLF001 - the records ingested keep their end
+    assert reading._checkpoint.offsets[EV0] == 13
     with pytest.raises(CheckpointError, match="go back"):
-        reading._checkpoint.store_offset(EV0, 5)  # noqa: SLF001
+        reading._checkpoint.store_offset(EV0, 5)
 
 
 def test_read_to_end_uses_the_readable_end_and_counts_other_members_partitions_as_read(settings: Settings) -> None:
@@ -142,4 +144,4 @@ def test_labels_pause_while_early_labels_pile_up_and_events_are_unread(settings:
     assert reader.paused() == set()
     done = progress(settings, FakeReader({EV0: 1_000, LB0: 1_000}), {EV0: 1_000, LB0: 900})
     done.pace_labels(early_labels=10_000, early_label_bytes=0)  # every event read: never paused
-    assert done._reader.paused() == set()  # noqa: SLF001
+    assert done._reader.paused() == set()

@@ -76,7 +76,16 @@ async def test_commit_runs_the_steps_in_order_and_commits_what_it_wrote(tmp_path
     assert checkpoint.due()
     async with checkpoint.lock:
         assert await checkpoint.commit("interval")
-    assert steps == ["drain", "drained", "snapshot_taken", "snapshot", "written_temp", "written", "kafka_commit", "committed"]
+    assert steps == [
+        "drain",
+        "drained",
+        "snapshot_taken",
+        "snapshot",
+        "written_temp",
+        "written",
+        "kafka_commit",
+        "committed",
+    ]
     assert fake.committed == [{TP: 7}]
     saved = CheckpointStore(tmp_path, keep=2).load_latest()
     assert saved is not None and saved.state["offsets"] == {"events": {0: 7}} and saved.state["model"] == [1.0, 2.0]
@@ -128,9 +137,9 @@ async def test_a_failed_cut_on_revoke_is_reported_as_a_failure(tmp_path: Path) -
     checkpoint, fake, _ = checkpoint_of(tmp_path)
 
     async def unacknowledged() -> None:
-        raise asyncio.TimeoutError("the broker did not acknowledge")
+        raise TimeoutError("the broker did not acknowledge")
 
-    checkpoint._steps = CutSteps(unacknowledged, fake.snapshot, fake.commit_offsets, fake.failures.append)  # noqa: SLF001
+    checkpoint._steps = CutSteps(unacknowledged, fake.snapshot, fake.commit_offsets, fake.failures.append)
     with pytest.raises(asyncio.TimeoutError):
         await checkpoint.commit_before_revoke()
     assert len(fake.failures) == 1 and not fake.committed
