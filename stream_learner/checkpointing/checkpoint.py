@@ -198,7 +198,8 @@ class Checkpoint:
         await load(loaded.state)
         self.offsets.clear()
         self.offsets.update(from_topics(loaded.state["offsets"]))
-        log.info("checkpoint_restored", path=str(loaded.path))
+        version = loaded.state.get("summary", {}).get("model_version")
+        log.info("checkpoint_restored", path=str(loaded.path), model_version=version)
         return loaded
 
     def _reached(self, step: str) -> None:
