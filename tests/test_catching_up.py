@@ -60,9 +60,6 @@ class FakeReader:
     def paused(self) -> set[TopicPartition]:
         return set(self._paused)
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.positions[tp] = offset
-
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         pass
 

@@ -66,9 +66,6 @@ class FakeReader:
     def paused(self) -> set[TopicPartition]:
         return set()
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.positions[tp] = sum(r.offset < offset for r in self.records[tp])
-
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         self.committed.append(dict(offsets))
 

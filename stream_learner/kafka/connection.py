@@ -180,11 +180,13 @@ class KafkaConnection:
     async def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit the offsets of the partitions this member holds: with exactly_once in the open transaction
         (which commits), else to the group, where they are advisory (for lag tools) and a failure is logged."""
-        assigned = {tp: o for tp, o in offsets.items() if self.reader is not None and tp in self.reader.assignment()}
+        reader = self.reader
+        held = reader.assignment() if reader is not None else set()
+        assigned = {tp: offset for tp, offset in offsets.items() if tp in held}
         if self.transactions is not None:
             await self.transactions.commit(assigned)
-        elif assigned and self.reader is not None:
+        elif assigned and reader is not None:
             try:
-                await self.reader.commit(assigned)
+                await reader.commit(assigned)
             except Exception as exc:  # noqa: BLE001 - the checkpoint is durable; Kafka's offsets follow it
                 log.warning("offset_commit_failed", error=f"{type(exc).__name__}: {exc}")

@@ -57,10 +57,6 @@ class Reader(Protocol):
         """Partitions paused now."""
         ...
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        """Read ``tp`` from ``offset`` next."""
-        ...
-
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit ``offsets`` (next offsets to read) to the group."""
         ...

@@ -55,8 +55,5 @@ class KafkaReader:
     def paused(self) -> set[TopicPartition]:
         return set(self.consumer.paused())
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.consumer.seek(tp, offset)
-
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         await self.consumer.commit(dict(offsets))

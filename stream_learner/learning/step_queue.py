@@ -58,9 +58,6 @@ class StepQueue:
         self.last_good_state: dict[str, Any] | None = None
         """The trainer state of the last cut, where a poisoned step rolls back to."""
 
-    def __len__(self) -> int:
-        return len(self._steps)
-
     async def submit(self, batches: list[Examples], *, backlog: bool) -> None:
         """Queue one step per batch, in order; with a ``backlog``, quick CPU steps run right here."""
         for examples in batches:
