@@ -5,7 +5,7 @@ that arrive later are joined back to their events and drive optimizer steps;
 model, optimizer, join state and offsets are checkpointed together.
 """
 
-from stream_learner.config import Settings, load_settings
+from stream_learner.config import Settings
 from stream_learner.errors import (
     CheckpointError,
     CheckpointMismatchError,
@@ -14,6 +14,7 @@ from stream_learner.errors import (
     StreamLearnerError,
 )
 from stream_learner.service import Service
+from stream_learner.settings_loading import load_settings
 
 __all__ = [
     "CheckpointError",

@@ -2,7 +2,8 @@
 
 Sources, highest priority first: flags (``--input-dim 8``), ``STREAM_LEARNER_*`` environment variables, the env
 file named by ``STREAM_LEARNER_ENV_FILE`` (if any: no ``.env`` is read from the working directory, in the image the
-writable volume), defaults. Nothing else in the package reads ``os.environ``.
+writable volume), defaults. :mod:`stream_learner.settings_loading` loads them; nothing else in the package reads
+``os.environ``.
 
 Guarantees: every value that cannot work fails here, at start, as a pydantic ``ValidationError`` naming the setting
 (the command line exits 2 on it): floats are finite, topics are legal Kafka names and distinct, and so on.
@@ -10,16 +11,12 @@ Guarantees: every value that cannot work fails here, at start, as a pydantic ``V
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from stream_learner.errors import ConfigError
 
 Task = Literal["classification", "regression"]
 OptimizerName = Literal["adam", "sgd", "adagrad"]
@@ -29,12 +26,11 @@ GuardrailAction = Literal["skip", "rollback"]
 Delivery = Literal["at_least_once", "exactly_once"]
 MissingLabelPolicy = Literal["drop", "default"]
 CpuKernels = Literal["auto", "off"]
+Role = Literal["all", "predictor", "trainer"]
 
-ENV_FILE_VARIABLE = "STREAM_LEARNER_ENV_FILE"
-"""Names the env file to read; without it none is read."""
 FLOAT32_LIMIT = 2.0**128 * (1 - 2.0**-25)
 """The smallest magnitude that rounds to infinity as a float32: a float below it is a finite float32."""
-TOPIC_SETTINGS = ("events_topic", "labels_topic", "predictions_topic", "dead_letter_topic")
+TOPIC_SETTINGS = ("events_topic", "labels_topic", "predictions_topic", "dead_letter_topic", "models_topic")
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 _HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Za-z:.%]+\]")
@@ -74,7 +70,20 @@ class Settings(BaseSettings):
     dead_letter_topic: str = "stream-learner-dlq"
     """Topic that receives every record that cannot be used, with the reason in its headers."""
     group_id: str = "stream-learner"
-    """Kafka consumer group. One service instance per group."""
+    """Kafka consumer group: of the one ROLE=all instance, or of the predictors (a trainer reads in
+    ``<GROUP_ID>.trainer`` and is elected in ``<GROUP_ID>.trainer-election``)."""
+    role: Role = "all"
+    """all: one process predicts, trains and checkpoints. predictor: predictions only, by the newest model
+    version on MODELS_TOPIC (any number of replicas). trainer: joins, trains, checkpoints and publishes model
+    versions (one leads; others stand by)."""
+    models_topic: str = "stream-learner-models"
+    """Topic of the model versions a trainer publishes for the predictors (one partition)."""
+    model_publish_interval_s: float = Field(default=1.0, gt=0)
+    """A trainer publishes a model version this often while the weights change, and after every checkpoint."""
+    max_model_age_s: float = Field(default=60.0, gt=0)
+    """A predictor whose model is older than this flags it (stream_learner_model_stale)."""
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    """A predictor commits its offsets this often, each after the broker acknowledged the predictions before it."""
     client_id: str = "stream-learner"
     """Kafka client id."""
     security_protocol: SecurityProtocol = "PLAINTEXT"
@@ -246,7 +255,7 @@ class Settings(BaseSettings):
             if other != name:
                 same = "is" if getattr(self, other) == topic else "collides in Kafka ('.' and '_' are one) with"
                 raise ValueError(
-                    f"{name} {topic!r} {same} {other} {getattr(self, other)!r}: the four topics must be distinct "
+                    f"{name} {topic!r} {same} {other} {getattr(self, other)!r}: the topics must be distinct "
                     "(predictions read back as events would feed the service its own output)"
                 )
         return self
@@ -258,12 +267,19 @@ class Settings(BaseSettings):
                 "delivery=exactly_once needs keep_checkpoints >= 2: after a crash between writing a "
                 "checkpoint and committing its transaction, the service resumes from the one before"
             )
+        if self.delivery == "exactly_once" and self.role != "all":
+            raise ValueError("delivery=exactly_once needs role=all (predictors publish at least once)")
         return self
 
     @property
     def effective_transactional_id(self) -> str:
         """The transactional id used with ``delivery=exactly_once``."""
         return self.transactional_id or f"stream-learner.{self.group_id}"
+
+    @property
+    def reading_group(self) -> str:
+        """The consumer group this process reads events (and labels) in."""
+        return f"{self.group_id}.trainer" if self.role == "trainer" else self.group_id
 
     @property
     def output_dim(self) -> int:
@@ -275,26 +291,3 @@ class Settings(BaseSettings):
         """The configured learning rate, or the tuned default for the model and optimizer."""
         family = "linear" if self.model == "linear" else "other"
         return self.learning_rate or DEFAULT_LEARNING_RATE[family][self.optimizer]
-
-
-def load_settings(
-    cli_args: Sequence[str] | None = None, prog: str = "stream-learner run", **overrides: Any
-) -> Settings:
-    """Build the settings from flags (when given), environment, the env file named by
-    ``STREAM_LEARNER_ENV_FILE`` and defaults; raises :class:`ConfigError` when that file is not there."""
-    env_file = named_env_file()
-    if cli_args is None:
-        return Settings(_env_file=env_file, **overrides)
-    return Settings(_env_file=env_file, _cli_parse_args=list(cli_args), _cli_prog_name=prog, **overrides)
-
-
-def named_env_file() -> Path | None:
-    """The file ``STREAM_LEARNER_ENV_FILE`` names, or None when it is unset; raises :class:`ConfigError`
-    when it names no readable file (pydantic-settings would skip a missing file without a word)."""
-    named = os.environ.get(ENV_FILE_VARIABLE)
-    if named is None:
-        return None
-    path = Path(named)
-    if not named.strip() or not path.is_file() or not os.access(path, os.R_OK):
-        raise ConfigError(f"{ENV_FILE_VARIABLE} names {named!r}, which is not a readable file")
-    return path

@@ -6,7 +6,9 @@
     │   └── CheckpointMismatchError the newest checkpoint does not fit the settings
     ├── DeliveryError               the broker did not acknowledge a produced record
     ├── BrokerCapabilityError       the broker lacks something the settings need (transactions)
-    └── BrokerRefusedError          the broker answers and refuses the client (SASL, TLS)
+    ├── BrokerRefusedError          the broker answers and refuses the client (SASL, TLS)
+    ├── LeadershipLostError         a trainer was deposed: another trainer leads now
+    └── LeadershipUnconfirmedError  a trainer cannot tell now whether it still leads
 
 Bad records are not errors: they are values (:class:`stream_learner.records.Rejected`)
 that go to the dead-letter topic.
@@ -54,3 +56,17 @@ class BrokerCapabilityError(StreamLearnerError):
 class BrokerRefusedError(StreamLearnerError):
     """A broker answered and refused the client: a SASL mechanism or credentials it rejects, a certificate
     that does not verify. Settings to fix, not a broker to wait for."""
+
+
+class LeadershipLostError(StreamLearnerError):
+    """This trainer no longer leads (it was paused or cut off past the session timeout, and another trainer
+    was elected): it stops before it writes a checkpoint or publishes. Restarted, it stands by."""
+
+    retriable = True
+
+
+class LeadershipUnconfirmedError(StreamLearnerError):
+    """The election group cannot confirm this trainer's leadership now (the broker does not answer, or the
+    group is rebalancing): what needed it (a checkpoint, a version) waits for the next try."""
+
+    retriable = True

@@ -151,6 +151,8 @@ class Predictions:
     """float32 ``[n, output_dim]``: class probabilities, or the regression output."""
     model_version: int
     """Optimizer steps applied to the weights that made these predictions."""
+    model_generation: int | None = None
+    """The trainer generation of a predictor's model version (None in ROLE=all: one process, one lineage)."""
 
 
 class Totals(Counter[str]):

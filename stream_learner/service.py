@@ -4,7 +4,10 @@
     labels -> kafka (reader) -> intake (decode) -> learning (join, train) -> checkpointing (cut, store, commit)
 
 Each turn: fetch, decode (rejects go to the dead-letter topic), predict the batches that are due,
-join labels, train what is due, expire what waited too long, and take a checkpoint when due. All
+join labels, train what is due, expire what waited too long, and take a checkpoint when due.
+ROLE=trainer runs the same loop once elected, without publishing predictions (it still scores each
+event, for the prequential metrics), and publishes model versions (:mod:`stream_learner.model_versions`);
+ROLE=predictor is :mod:`stream_learner.predictor`. All
 that changes state runs under the checkpoint's lock, so a rebalance callback sees a consistent cut;
 the :class:`~stream_learner.checkpointing.checkpoint.Checkpoint` decides what may be committed.
 """
@@ -20,10 +23,10 @@ from aiokafka import AIOKafkaConsumer
 
 from stream_learner.checkpointing.checkpoint import Checkpoint, CutSteps
 from stream_learner.checkpointing.cut import model_spec
-from stream_learner.checkpointing.store import CheckpointStore
+from stream_learner.checkpointing.store import CheckpointStore, by_topic
 from stream_learner.checkpointing.transactions import Transactions
 from stream_learner.config import Settings
-from stream_learner.errors import CheckpointError
+from stream_learner.errors import CheckpointError, LeadershipLostError
 from stream_learner.intake.batcher import MicroBatcher
 from stream_learner.intake.fetched import decode_fetched
 from stream_learner.kafka.connection import KafkaConnection
@@ -31,6 +34,8 @@ from stream_learner.kafka.progress import ReadingProgress
 from stream_learner.kafka.protocol import Fetched, Reader, Writer
 from stream_learner.kafka.rebalance import RebalanceHooks
 from stream_learner.learning.learner import Learner
+from stream_learner.model_versions.election import Election
+from stream_learner.model_versions.publisher import ModelPublisher
 from stream_learner.observability.report import ServiceReport
 from stream_learner.observability.telemetry import Telemetry
 from stream_learner.records import EventBatch, Rejected, Totals
@@ -53,7 +58,11 @@ class Service:
         self.batcher = MicroBatcher(s.max_batch_size, s.max_batch_delay_ms / 1000)
         self._stop = asyncio.Event()
         self.kafka = KafkaConnection(s, self._stop, self.totals, self.telemetry)
-        steps = CutSteps(self._drain, self._snapshot, self.kafka.commit_offsets, self._fail)
+        self.election = Election(s, self._stop) if s.role == "trainer" else None
+        self.publisher: ModelPublisher | None = None
+        steps = CutSteps(
+            self._drain, self._snapshot, self.kafka.commit_offsets, self._fail, self._fence, self._publish_durable
+        )
         store = CheckpointStore(s.checkpoint_dir, s.keep_checkpoints)
         exactly_once = s.delivery == "exactly_once"
         self.checkpoint = Checkpoint(store, s.checkpoint_interval_s, steps, self.telemetry, background=not exactly_once)
@@ -75,9 +84,11 @@ class Service:
         A broker that cannot be reached at start is waited for, as are output topics that do not
         exist yet; a stop asked for while waiting ends the run at once (nothing was read).
         """
-        if self.settings.delivery != "exactly_once":
-            await self._restore(None)
         try:
+            if self.election is not None and not await self.election.lead():
+                return
+            if self.settings.delivery != "exactly_once":
+                await self._restore(None)
             if not await self.kafka.connect(self._rebalance_hooks, self._restore):
                 return
             self._start_serving()
@@ -99,6 +110,13 @@ class Service:
         assert self.kafka.reader is not None and self.kafka.writer is not None
         self._reader, self._writer = self.kafka.reader, self.kafka.writer
         self._progress = ReadingProgress(self._reader, self.checkpoint, self.settings, lambda: len(self.batcher))
+        if self.election is not None:
+            assert self.kafka.producer is not None
+            s = self.settings
+            publisher = ModelPublisher(
+                self.kafka.producer, s.models_topic, self.election, model_spec(s), s.model_publish_interval_s
+            )
+            self.publisher = self.status.versions = publisher
         self._serving, device = True, str(self.learner.trainer.device)
         log.info("service_started", bootstrap_servers=self.settings.bootstrap_servers, device=device)
 
@@ -113,6 +131,7 @@ class Service:
                 self.checkpoint.touch()
             self._writer.raise_failed()
             self._progress.pace_labels(self.learner.join.early_labels, self.learner.join.early_label_bytes)
+            await self._publish_due()
             if self.checkpoint.due():
                 await self.checkpoint.commit("interval", wait=False)
         if time.monotonic() >= self._next_log:
@@ -140,6 +159,29 @@ class Service:
             # already learned from the labels joined so far.
             if await self.learner.train_due(self._progress):
                 self.checkpoint.touch()
+
+    async def _publish_due(self) -> None:
+        """A trainer publishes its weights every ``MODEL_PUBLISH_INTERVAL_S`` while they change (in the background)."""
+        if self.publisher is not None and self.publisher.due(self.learner.trainer.model_version):
+            weights, step = await self.learner.weights()
+            self.publisher.publish_in_background(weights, step, by_topic(self.checkpoint.offsets), self._fail)
+
+    async def _fence(self) -> None:
+        if self.election is not None:
+            await self.election.confirm()
+
+    async def _publish_durable(self, state: dict[str, Any]) -> None:
+        """After a durable checkpoint, a trainer publishes its weights (a failure other than a lost election
+        only costs this version: the next one follows within ``MODEL_PUBLISH_INTERVAL_S``)."""
+        if self.publisher is None:
+            return
+        step = int(state["trainer"]["counters"]["optimizer_steps"])
+        try:
+            await self.publisher.publish(state["trainer"]["model"], step, state["offsets"], durable=True)
+        except LeadershipLostError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.warning("model_publish_failed", step=step, error=f"{type(exc).__name__}: {exc}")
 
     async def _drain(self) -> None:
         if not self._serving:
@@ -181,7 +223,11 @@ class Service:
             if self._failed:
                 self.checkpoint.abandon()  # never commit after a failure
                 await self.kafka.abort_transaction()
+            if self.publisher is not None:
+                await self.publisher.close()
             await self.kafka.close()
+            if self.election is not None:
+                await self.election.close()  # a standby takes over once the final checkpoint is written
             self.learner.device.close()
             self.telemetry.close()
             log.info("service_stopped", failed=self._failed, **self.status.stats())

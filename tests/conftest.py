@@ -45,6 +45,7 @@ class TestTopics:
     labels: str
     predictions: str
     dead_letter: str
+    models: str
 
     def partitions(self) -> dict[str, int]:
         return {
@@ -52,6 +53,7 @@ class TestTopics:
             self.labels: TOPIC_PARTITIONS,
             self.predictions: TOPIC_PARTITIONS,
             self.dead_letter: TOPIC_PARTITIONS,
+            self.models: 1,
         }
 
 
@@ -123,6 +125,7 @@ async def topics(kafka_broker: BrokerInfo, request: pytest.FixtureRequest) -> Te
         labels=f"{unique}.labels",
         predictions=f"{unique}.predictions",
         dead_letter=f"{unique}.dlq",
+        models=f"{unique}.models",
     )
     await ensure_topics(kafka_broker.bootstrap_servers, names.partitions())
     return names
@@ -147,6 +150,7 @@ def start_service(kafka_broker: BrokerInfo, topics: TestTopics, tmp_path: Path) 
         "STREAM_LEARNER_LABELS_TOPIC": topics.labels,
         "STREAM_LEARNER_PREDICTIONS_TOPIC": topics.predictions,
         "STREAM_LEARNER_DEAD_LETTER_TOPIC": topics.dead_letter,
+        "STREAM_LEARNER_MODELS_TOPIC": topics.models,
         "STREAM_LEARNER_GROUP_ID": f"group-{topics.events}",
         "STREAM_LEARNER_INPUT_DIM": str(INPUT_DIM),
         "STREAM_LEARNER_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),

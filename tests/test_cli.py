@@ -73,7 +73,7 @@ def test_run_without_input_dim_names_the_missing_setting(tmp_path: Path) -> None
 
 def test_settings_come_from_flags_env_and_the_named_env_file(tmp_path: Path) -> None:
     (tmp_path / "settings.env").write_text("STREAM_LEARNER_INPUT_DIM=5\nSTREAM_LEARNER_MODEL=mlp\n")
-    script = "from stream_learner.config import load_settings as l; s = l(['--model', 'linear']); print(s.input_dim, s.model, s.task)"
+    script = "from stream_learner.settings_loading import load_settings as l; s = l(['--model', 'linear']); print(s.input_dim, s.model, s.task)"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_LEARNER_")}
     env = {**clean, "STREAM_LEARNER_TASK": "regression", "STREAM_LEARNER_ENV_FILE": str(tmp_path / "settings.env")}
     out = subprocess.run([sys.executable, "-c", script], cwd="/", env=env, capture_output=True, text=True, check=True)

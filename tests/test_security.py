@@ -129,7 +129,7 @@ def test_the_password_is_not_in_repr_str_or_json_of_the_settings() -> None:
 
 
 def test_a_password_from_the_environment_is_not_in_the_settings_repr(tmp_path: Path) -> None:
-    script = "from stream_learner.config import load_settings; s = load_settings(); print(repr(s)); print(s)"
+    script = "from stream_learner.settings_loading import load_settings; s = load_settings(); print(repr(s)); print(s)"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_LEARNER_")}
     env = {**clean, "STREAM_LEARNER_INPUT_DIM": "4", "STREAM_LEARNER_SASL_PASSWORD": PASSWORD}
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, check=True, timeout=60)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from stream_learner.config import ENV_FILE_VARIABLE, Settings, load_settings
+from stream_learner.config import Settings
+from stream_learner.settings_loading import ENV_FILE_VARIABLE, load_settings
 from stream_learner.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("clean_settings_sources")

@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 from stream_learner.checkpointing.restore import checkpoint_to_restore
 from stream_learner.checkpointing.store import CheckpointStore, LoadedCheckpoint, by_topic, from_topics
 from stream_learner.config import Settings
-from stream_learner.errors import CheckpointError
+from stream_learner.errors import CheckpointError, LeadershipLostError
 from stream_learner.observability.telemetry import Telemetry
 
 log = structlog.get_logger(__name__)
@@ -28,6 +28,14 @@ RETRY_S = 5.0
 """How soon a checkpoint that could not be written is tried again."""
 
 Offsets = dict[TopicPartition, int]
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _nothing_with(state: dict[str, Any]) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,10 @@ class CutSteps:
     """Step 5: the offsets to Kafka (with exactly_once, in the transaction of everything produced)."""
     failed: Callable[[Exception], None]
     """A background write (steps 4 to 6) failed: the service must fail."""
+    fence: Callable[[], Awaitable[None]] = _nothing
+    """Step 4, first: a trainer confirms it still leads (:class:`LeadershipLostError` if it does not)."""
+    published: Callable[[dict[str, Any]], Awaitable[None]] = _nothing_with
+    """Step 6: a trainer publishes the weights of the durable cut as a model version."""
 
 
 class Checkpoint:
@@ -95,9 +107,10 @@ class Checkpoint:
         1. Stop intake: the caller holds :attr:`lock`, so no fetched record enters the pipeline.
         2. Drain: every batched event predicted, every queued step done, every delivery acknowledged.
         3. Snapshot on the device thread: each component's ``state_dict()`` and these offsets.
-        4. Write atomically: temp file, fsync, rename to the next number, fsync the directory.
+        4. Write atomically: temp file, fsync, rename to the next number, fsync the directory (a trainer
+           first confirms that it still leads).
         5. Commit the same offsets to Kafka.
-        6. Prune checkpoints beyond ``KEEP_CHECKPOINTS``.
+        6. Prune checkpoints beyond ``KEEP_CHECKPOINTS``; a trainer publishes the cut's weights.
         7. Resume intake: the caller releases :attr:`lock`.
 
         Steps 4 to 6 run in the background when ``wait`` is false and the writes may (at-least-once),
@@ -134,7 +147,10 @@ class Checkpoint:
         """Steps 4 to 6 of a cut of ``state``; False when it could not be written."""
         # Step 4. Write atomically; on failure keep serving and retry soon, committing nothing.
         try:
+            await self._steps.fence()
             path = await asyncio.to_thread(self.store.write, state, before_rename=lambda: self._reached("written_temp"))
+        except LeadershipLostError:
+            raise
         except Exception as exc:  # noqa: BLE001 - whatever the disk did (ENOSPC surfaces from torch as a RuntimeError)
             log.error(
                 "checkpoint_write_failed", reason=reason, error=f"{type(exc).__name__}: {exc}", retry_in_s=RETRY_S
@@ -150,6 +166,7 @@ class Checkpoint:
             await asyncio.to_thread(self.store.prune)
         except Exception as exc:  # noqa: BLE001
             log.warning("checkpoint_prune_failed", error=str(exc))
+        await self._steps.published(state)
         self.last, self.last_at = {"path": str(path), "reason": reason, "at": time.time()}, time.time()
         self._telemetry.checkpoint_written(time.monotonic() - started, reason)
         log.info("checkpoint_written", reason=reason, path=str(path), seconds=round(time.monotonic() - started, 3))

@@ -104,7 +104,7 @@ def make_consumer(settings: Settings) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         **security_kwargs(settings),
         bootstrap_servers=settings.bootstrap_servers,
-        group_id=settings.group_id,
+        group_id=settings.reading_group,
         client_id=settings.client_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

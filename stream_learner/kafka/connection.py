@@ -92,7 +92,8 @@ class KafkaConnection:
             await fenced(self.transactions)
         else:
             await self.producer.start()
-        self.consumer.subscribe([s.events_topic, s.labels_topic], listener=rebalance(self.consumer))
+        topics = [s.events_topic] if s.role == "predictor" else [s.events_topic, s.labels_topic]
+        self.consumer.subscribe(topics, listener=rebalance(self.consumer))
         await self.consumer.start()
         fetcher = Fetcher(self.consumer, self.producer.client, s.fetch_max_records, read_committed=True)
         reader = self.reader = KafkaReader(self.consumer, fetcher)
@@ -115,14 +116,16 @@ class KafkaConnection:
             ) from refused
 
     async def _await_output_topics(self) -> bool:
-        """Wait until the predictions and dead-letter topics exist; False when stopped first.
+        """Wait until the predictions (a trainer: models) and dead-letter topics exist; False when stopped first.
 
         A send to a topic the producer has no metadata for waits for it holding the loop (up to
         ``DELIVERY_TIMEOUT_S``), so a missing output topic is found here, before anything is read.
         """
         assert self.producer is not None
         client = self.producer.client
-        wanted = (self.settings.predictions_topic, self.settings.dead_letter_topic)
+        s = self.settings
+        output = s.models_topic if s.role == "trainer" else s.predictions_topic
+        wanted = (output, s.dead_letter_topic)
         while not self._stop.is_set():
             for topic in wanted:
                 client.add_topic(topic)

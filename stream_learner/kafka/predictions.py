@@ -9,9 +9,11 @@ from stream_learner.records import Predictions
 
 
 def encode_predictions(predictions: Predictions, task: str) -> list[bytes]:
-    """One JSON value per event: id, prediction, scores (classification), model_version, ts."""
+    """One JSON value per event: id, prediction, scores (classification), model_version, model_generation
+    (from a predictor), ts."""
     events = predictions.events
     version = predictions.model_version
+    generation = predictions.model_generation
     has_ts = ~np.isnan(events.ts)
     ts = events.ts.tolist()
     if task == "classification":
@@ -25,6 +27,8 @@ def encode_predictions(predictions: Predictions, task: str) -> list[bytes]:
         values = predictions.scores[:, 0].astype(np.float64).tolist()
         out = [{"id": i, "prediction": v, "model_version": version} for i, v in zip(events.ids, values, strict=False)]
     for row, given, t in zip(out, has_ts.tolist(), ts, strict=False):
+        if generation is not None:
+            row["model_generation"] = generation
         if given:
             row["ts"] = t
     return [orjson.dumps(row) for row in out]

@@ -9,10 +9,10 @@ deleted before they were read, so a partition that ends in a marker counts as re
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from aiokafka import TopicPartition
 
-from stream_learner.checkpointing.checkpoint import Checkpoint
 from stream_learner.config import Settings
 from stream_learner.kafka.protocol import Fetched, Reader
 
@@ -20,10 +20,20 @@ EARLY_LABELS_HIGH = 4096
 """Early labels above which the labels partitions pause while events are left to read."""
 
 
+class OffsetBook(Protocol):
+    """Where the next offset of each partition read is kept: the :class:`~stream_learner.checkpointing.
+    checkpoint.Checkpoint`, or a predictor's :class:`~stream_learner.kafka.commit_window.CommitWindow`."""
+
+    @property
+    def offsets(self) -> dict[TopicPartition, int]: ...
+    def store_offset(self, tp: TopicPartition, offset: int) -> None: ...
+    def touch(self) -> None: ...
+
+
 class ReadingProgress:
     """Reads ``reader``'s state against ``checkpoint``'s offsets; ``batched`` counts events read, not predicted."""
 
-    def __init__(self, reader: Reader, checkpoint: Checkpoint, settings: Settings, batched: Callable[[], int]) -> None:
+    def __init__(self, reader: Reader, checkpoint: OffsetBook, settings: Settings, batched: Callable[[], int]) -> None:
         self._reader = reader
         self._checkpoint = checkpoint
         self._settings = settings

@@ -49,8 +49,13 @@ class KafkaWriter:
         self._transactions = transactions
         self._deliveries: list[asyncio.Future[Any]] = []
 
-    async def send_predictions(self, events: EventBatch, scores: np.ndarray, model_version: int) -> None:
-        values = encode_predictions(Predictions(events, scores, model_version), self._settings.task)
+    async def send_predictions(
+        self, events: EventBatch, scores: np.ndarray, model_version: int, model_generation: int | None = None
+    ) -> None:
+        if self._settings.role == "trainer":
+            return  # a trainer scores events for its prequential metrics; the predictors publish
+        predictions = Predictions(events, scores, model_version, model_generation)
+        values = encode_predictions(predictions, self._settings.task)
         records = PackedRecords.of([event_id.encode() for event_id in events.ids], values)
         if self._transactions is not None:
             await self._transactions.begin()

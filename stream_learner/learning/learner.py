@@ -150,6 +150,18 @@ class Learner:
         await self.device.run(restore_cut, self.trainer, parts, spec, state)
         self.steps.last_good_state = state["trainer"]
 
+    async def weights(self) -> tuple[dict[str, torch.Tensor], int]:
+        """The model's ``state_dict`` copied to the CPU after every queued step, and its version (to publish)."""
+        return await self.device.run(lambda: (self.trainer.weights(), self.trainer.model_version))
+
+    async def serve(self, weights: dict[str, torch.Tensor], step: int) -> None:
+        """Predict with ``weights`` from now on (a predictor's model version, trained through ``step`` steps).
+
+        The caller checked that they fit the model; the copy runs on the device thread, between predictions.
+        """
+        await self.device.run(self.trainer.model.load_state_dict, weights)
+        self.trainer.counters.optimizer_steps = step
+
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
         return list(self.trainer.model.named_parameters())
 

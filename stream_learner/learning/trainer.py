@@ -164,10 +164,14 @@ class Trainer:
         self.counters.spikes_in_row = 0
         self.counters.rollbacks += 1
 
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The model's ``state_dict`` (its standardizer's moments included) copied to the CPU."""
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
     def state_dict(self) -> dict[str, Any]:
         """Model and optimizer state copied to CPU, the optimizer's spec, plus the counters."""
         return {
-            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "model": self.weights(),
             "optimizer": _to_cpu(self.optimizer.state_dict()),
             "optimizer_spec": self.optimizer_spec.as_dict(),
             "recent_losses": list(self.guardrail.recent_losses),

@@ -65,6 +65,12 @@ SERVICE_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("stream_learner_queued_examples", "Joined examples waiting for an optimizer step.", "queued_examples"),
     ("stream_learner_model_version",
      "Optimizer steps applied to the current weights (the predictions' model_version).", "model_version"),
+    ("stream_learner_model_generation",
+     "Trainer generation of the model version published (trainer) or served (predictor).", "model_generation"),
+    ("stream_learner_model_age_seconds",
+     "Seconds since the model version served (predictor) or last published (trainer) was made.", "model_age_s"),
+    ("stream_learner_model_stale", "1 when a predictor's model is older than MAX_MODEL_AGE_S, else 0.",
+     "model_stale"),
 )  # fmt: skip
 # Prequential metrics over the last METRICS_WINDOW examples: name, help, key of stats().
 PREQUENTIAL: dict[str, tuple[tuple[str, str, str], ...]] = {
@@ -104,6 +110,7 @@ class ServiceCollector(Collector):
         for name, doc, key in SERVICE_COUNTERS:
             yield _counter(name, doc, stats[key] if restored else None)
         yield _dead_lettered(stats["dead_lettered_by_reason"] if restored else None)
+        yield _model_versions(stats["model_versions"])
         for name, doc, key in SERVICE_GAUGES:
             yield _gauge(name, doc, stats[key] if restored else None)
         loss = stats["last_loss"]
@@ -136,6 +143,17 @@ def _dead_lettered(by_reason: dict[str, int] | None) -> CounterMetricFamily:
     if by_reason is not None:
         for reason, count in sorted({**dict.fromkeys(DEAD_LETTER_REASONS, 0), **by_reason}.items()):
             family.add_metric([reason], count)
+    return family
+
+
+def _model_versions(by_outcome: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(
+        "stream_learner_model_versions",
+        "Model versions published (trainer), or loaded, rejected and ignored (predictor), by outcome.",
+        labels=["outcome"],
+    )
+    for outcome, count in sorted(by_outcome.items()):
+        family.add_metric([outcome], count)
     return family
 
 

@@ -15,12 +15,14 @@ import orjson
 from pydantic import ValidationError
 
 from stream_learner.checkpointing.store import CheckpointStore
-from stream_learner.config import Settings, load_settings, named_env_file
+from stream_learner.config import Settings
 from stream_learner.errors import StreamLearnerError
 from stream_learner.observability.logs import configure_logging
+from stream_learner.settings_loading import load_settings, named_env_file
 
 if TYPE_CHECKING:
     from stream_learner.observability.prometheus import PrometheusTelemetry
+    from stream_learner.predictor import Predictor
     from stream_learner.service import Service
 
 EXIT_CONFIG = 2
@@ -51,17 +53,22 @@ def _run(args: list[str]) -> int:
     settings = load_settings(args, prog="stream-learner run")
     configure_logging(settings.log_level)
     from stream_learner.observability.prometheus import PrometheusTelemetry
+    from stream_learner.predictor import Predictor
     from stream_learner.service import Service
     from stream_learner.tools.process import freeze_startup_heap
 
     telemetry = PrometheusTelemetry(settings)
-    service = Service(settings, telemetry=telemetry)
+    service: Service | Predictor
+    if settings.role == "predictor":
+        service = Predictor(settings, telemetry=telemetry)
+    else:
+        service = Service(settings, telemetry=telemetry)
     telemetry.attach(service.status)
     freeze_startup_heap()
     return asyncio.run(_serve(service, telemetry))
 
 
-async def _serve(service: Service, telemetry: PrometheusTelemetry | None = None) -> int:
+async def _serve(service: Service | Predictor, telemetry: PrometheusTelemetry | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, service.stop)
