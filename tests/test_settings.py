@@ -28,6 +28,7 @@ NOT_FINITE = ["inf", "-inf", "nan", "1e400"]
 FLOATS = [
     "learning_rate", "weight_decay", "grad_clip_norm", "loss_spike_factor", "max_batch_delay_ms", "label_ttl_s",
     "checkpoint_interval_s", "log_interval_s", "delivery_timeout_s", "shutdown_timeout_s", "default_label",
+    "model_publish_interval_s", "max_model_age_s", "commit_interval_s",
 ]  # fmt: skip
 IMPOSSIBLE: list[tuple[str, str, dict[str, str]]] = [
     *[(name, value, {}) for name in FLOATS for value in NOT_FINITE],
@@ -37,6 +38,9 @@ IMPOSSIBLE: list[tuple[str, str, dict[str, str]]] = [
     ("labels_topic", "labels\n", {}),
     ("predictions_topic", "x" * 250, {}),
     ("dead_letter_topic", "dlq*", {}),
+    ("models_topic", "models topic", {}),
+    *[(name, "0", {}) for name in ("model_publish_interval_s", "max_model_age_s", "commit_interval_s")],
+    ("role", "worker", {}),
     *[(name, v, {}) for name in ("group_id", "client_id", "metrics_host") for v in ("", "  ")],
     *[(name, "", {}) for name in ("transactional_id", "sasl_username", "checkpoint_dir", "tensorboard_dir", "ssl_cafile")],
     *[("device", v, {}) for v in ("gpu", "cuda:", "cuda:x", "CPU", "cuda:-1", "cuda:0,1", "")],
@@ -77,10 +81,11 @@ def test_an_impossible_setting_fails_naming_it(monkeypatch: pytest.MonkeyPatch, 
         ({"dead_letter_topic": "labels"}, ["dead_letter_topic", "labels_topic"]),
         ({"events_topic": "in", "labels_topic": "in"}, ["labels_topic", "events_topic"]),
         ({"events_topic": "app.events", "predictions_topic": "app_events"}, ["predictions_topic", "events_topic"]),
+        ({"models_topic": "predictions"}, ["models_topic", "predictions_topic"]),
     ],
-    ids=["predictions-are-events", "dead-letters-are-labels", "same-inputs", "dot-underscore-collision"],
+    ids=["predictions-are-events", "dead-letters-are-labels", "same-inputs", "dot-underscore-collision", "models"],
 )
-def test_the_four_topics_must_be_distinct(monkeypatch: pytest.MonkeyPatch, values: dict[str, str], named: list[str]) -> None:
+def test_the_topics_must_be_distinct(monkeypatch: pytest.MonkeyPatch, values: dict[str, str], named: list[str]) -> None:
     with pytest.raises(ValidationError) as info:
         settings_from_env(monkeypatch, **values)
     message = str(info.value)
@@ -90,6 +95,17 @@ def test_the_four_topics_must_be_distinct(monkeypatch: pytest.MonkeyPatch, value
 def test_exactly_once_needs_two_checkpoints_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError, match="keep_checkpoints"):
         settings_from_env(monkeypatch, delivery="exactly_once", keep_checkpoints="1")
+
+
+@pytest.mark.parametrize("role", ["predictor", "trainer"])
+def test_exactly_once_needs_the_all_in_one_role(monkeypatch: pytest.MonkeyPatch, role: str) -> None:
+    with pytest.raises(ValidationError, match="role=all"):
+        settings_from_env(monkeypatch, delivery="exactly_once", role=role)
+
+
+def test_each_role_reads_in_its_own_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    groups = {role: settings_from_env(monkeypatch, role=role, group_id="g").reading_group for role in ("all", "predictor", "trainer")}
+    assert groups == {"all": "g", "predictor": "g", "trainer": "g.trainer"}
 
 
 POSSIBLE: list[dict[str, str]] = [
@@ -107,6 +123,8 @@ POSSIBLE: list[dict[str, str]] = [
     {"metrics_port": "0", "torch_threads": "0", "metrics_host": "::"},
     {"delivery": "exactly_once", "transactional_id": "my-app.1"},
     *[{"cpu_kernels": v} for v in ("auto", "off")],
+    *[{"role": v} for v in ("all", "predictor", "trainer")],
+    {"models_topic": "ml.models-v1", "model_publish_interval_s": "0.05", "max_model_age_s": "3600", "commit_interval_s": "0.2"},
 ]
 
 
