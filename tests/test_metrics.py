@@ -114,6 +114,8 @@ class FakeStatus:
             "pending_events": 12, "early_labels": 13, "queued_examples": 14, "model_version": 11, "dead_lettered": 4,
             "dead_lettered_by_reason": {"invalid_json": 3, "some_new_reason": 1}, "last_loss": 0.42, "lag": 3,
             "device": "cpu", "prequential_examples": 69, **{f"prequential_{k}": v for k, v in prequential.items()},
+            "model_generation": 2, "model_age_s": 0.75, "model_stale": 0,
+            "model_versions": {"loaded": 5, "rejected": 1, "ignored": 2},
         }  # fmt: skip
         self.health_figures: dict[str, Any] = {
             "ready": True, "broker_reachable": False, "partitions_assigned": True, "model_loaded": True,
@@ -690,6 +692,8 @@ def test_the_collector_exports_the_status_figures_under_their_names(tmp_path: Pa
     assert value(samples, "stream_learner_checkpoint_age_seconds") == 1.5
     assert value(samples, "stream_learner_ready") == 1 and value(samples, "stream_learner_broker_reachable") == 0
     assert value(samples, "stream_learner_assigned_partitions") == 2
+    versions = with_name(samples, "stream_learner_model_versions_total").items()
+    assert {dict(labels)["outcome"]: v for labels, v in versions} == {"loaded": 5, "rejected": 1, "ignored": 2}
     info = dict(next(iter(with_name(samples, "stream_learner_info"))))
     assert info == {"version": stream_learner.__version__, "task": "classification", "model": "linear", "device": "cpu"}
     regression, _ = parse(_scrape(fake_telemetry(tmp_path, "regression").registry))

@@ -30,6 +30,8 @@ from .observe import read_to_end
 from .service_process import ServiceProcess, checkpoint_show
 from .stream_io import read_predictions
 from .test_crash_safety import PacedStream, wait_until_joined
+from .test_metrics import Scraper, free_port
+from .test_metrics import value as sample_value
 
 pytestmark = pytest.mark.integration
 
@@ -259,3 +261,27 @@ async def test_a_predictor_is_ready_as_fast_after_1000_versions_and_skips_a_corr
     assert progress["model_versions"]["rejected"] == 1 and progress["model_generation"] == 1, progress
     assert progress["model_version"] == 1000
     assert after_one.stop() == 0 and after_many.stop() == 0
+
+
+async def test_a_predictor_is_not_ready_without_a_model_and_reports_the_one_it_serves(
+    kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService
+) -> None:
+    port, max_age = free_port(), 5.0
+    replica = predictor(start_service, metrics_port=port, metrics_host="127.0.0.1", max_model_age_s=max_age)
+    scraper = Scraper(replica, port)
+    health = orjson.loads(await asyncio.to_thread(scraper.wait_status, "/readyz", 503))
+    assert health["model_loaded"] is False
+    await publish_versions(kafka_broker.bootstrap_servers, topics.models, [(4, 17)])
+    health = orjson.loads(await asyncio.to_thread(scraper.wait_status, "/readyz", 200, 60))
+    assert health["model_loaded"] is True
+    await publish_versions(kafka_broker.bootstrap_servers, topics.models, [(4, 18)])
+    fresh = lambda: sample_value(scraper.scrape(), "stream_learner_model_version") == 18  # noqa: E731
+    await wait_for(fresh, "version 18 to be served", timeout=20)
+    samples = scraper.scrape()
+    assert sample_value(samples, "stream_learner_model_generation") == 4
+    assert sample_value(samples, "stream_learner_model_stale") == 0
+    await asyncio.sleep(max_age + 0.5)  # no newer version: the model ages past MAX_MODEL_AGE_S
+    samples = scraper.scrape()
+    assert sample_value(samples, "stream_learner_model_stale") == 1
+    assert sample_value(samples, "stream_learner_model_age_seconds") > max_age
+    assert replica.stop() == 0

@@ -54,7 +54,9 @@ def test_real_predictions_of_the_service_are_valid() -> None:
     events = EventBatch([f"e-{i}" for i in range(n)], np.zeros((n, 4), np.float32), ts, np.zeros(n))
     classified = encode_predictions(Predictions(events, scores, 42), "classification")
     regressed = encode_predictions(Predictions(events, scores[:, :1] * 1e3 - 500, 0), "regression")
-    for value in classified + regressed:
+    from_a_predictor = encode_predictions(Predictions(events, scores, 7, model_generation=3), "classification")
+    assert all(orjson.loads(value)["model_generation"] == 3 for value in from_a_predictor)
+    for value in classified + regressed + from_a_predictor:
         errors = list(validator("prediction").iter_errors(orjson.loads(value)))
         assert errors == [], (value, errors)
     assert "ts" in orjson.loads(classified[0]) and "ts" not in orjson.loads(classified[1])
@@ -115,6 +117,8 @@ def test_predictions_are_closed_and_classification_predictions_are_class_indices
     assert not valid("prediction", {"id": "e", "prediction": 0.5, "scores": [0.2, 0.8], "model_version": 3})
     assert not valid("prediction", {"id": "e", "prediction": 1, "model_version": 3, "extra": 1})
     assert not valid("prediction", {"id": "e", "prediction": 1, "model_version": -1})
+    assert valid("prediction", {"id": "e", "prediction": 1, "model_version": 3, "model_generation": 2})
+    assert not valid("prediction", {"id": "e", "prediction": 1, "model_version": 3, "model_generation": 0})
     assert not valid("prediction", {"id": "e", "prediction": 1, "scores": [1.2, -0.2], "model_version": 0})
 
 

@@ -34,6 +34,8 @@ class Prediction:
     """Optimizer steps applied to the weights that made the prediction."""
     ts: float | None
     """The event's ``ts``, when it had one."""
+    model_generation: int | None = None
+    """The trainer generation of the model version, from a ``ROLE=predictor`` replica."""
 
     @classmethod
     def from_json(cls, value: bytes | str) -> Prediction:
@@ -48,7 +50,7 @@ class Prediction:
             event_id, prediction, version = obj["id"], obj["prediction"], obj["model_version"]
         except KeyError as exc:
             raise ValueError(f"a prediction needs {exc.args[0]!r}: {obj!r}") from exc
-        scores, ts = obj.get("scores"), obj.get("ts")
+        scores, ts, generation = obj.get("scores"), obj.get("ts"), obj.get("model_generation")
         if not isinstance(event_id, str) or not event_id:
             raise ValueError(f"'id' must be a non-empty string: {obj!r}")
         if not _is_number(prediction) or not isinstance(version, int) or isinstance(version, bool) or version < 0:
@@ -57,7 +59,11 @@ class Prediction:
             raise ValueError(f"'scores' must be an array of numbers: {obj!r}")
         if ts is not None and not _is_number(ts):
             raise ValueError(f"'ts' must be a number: {obj!r}")
-        return cls(event_id, prediction, None if scores is None else tuple(scores), version, ts)
+        if generation is not None and (
+            not isinstance(generation, int) or isinstance(generation, bool) or generation < 1
+        ):
+            raise ValueError(f"'model_generation' must be a positive integer: {obj!r}")
+        return cls(event_id, prediction, None if scores is None else tuple(scores), version, ts, generation)
 
     def to_dict(self) -> dict[str, Any]:
         """The contract's JSON object: ``scores`` and ``ts`` only when present."""
@@ -65,6 +71,8 @@ class Prediction:
         if self.scores is not None:
             out["scores"] = list(self.scores)
         out["model_version"] = self.model_version
+        if self.model_generation is not None:
+            out["model_generation"] = self.model_generation
         if self.ts is not None:
             out["ts"] = self.ts
         return out
