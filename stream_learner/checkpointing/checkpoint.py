@@ -107,8 +107,7 @@ class Checkpoint:
         1. Stop intake: the caller holds :attr:`lock`, so no fetched record enters the pipeline.
         2. Drain: every batched event predicted, every queued step done, every delivery acknowledged.
         3. Snapshot on the device thread: each component's ``state_dict()`` and these offsets.
-        4. Write atomically: temp file, fsync, rename to the next number, fsync the directory (a trainer
-           first confirms that it still leads).
+        4. Write atomically (a trainer first confirms it leads): temp file, fsync, rename, fsync the directory.
         5. Commit the same offsets to Kafka.
         6. Prune checkpoints beyond ``KEEP_CHECKPOINTS``; a trainer publishes the cut's weights.
         7. Resume intake: the caller releases :attr:`lock`.
