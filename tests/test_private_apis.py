@@ -295,3 +295,25 @@ def test_global_hooks_show_in_the_attributes_the_dense_net_checks(kind: str) -> 
     finally:
         handle.remove()
         torch_module._global_is_full_backward_hook = full_backward  # set for good by a full backward hook
+
+
+def test_the_group_coordinator_keeps_the_generation_where_the_election_reads_it() -> None:
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    why = needed_by("model_versions/election.py", "AIOKafkaConsumer._coordinator.generation")
+    assert "self._coordinator = " in inspect.getsource(AIOKafkaConsumer.start), why
+    assert "self.generation = " in inspect.getsource(GroupCoordinator.__init__), why
+    from aiokafka.consumer import group_coordinator
+
+    assert "self._coordinator.generation = response.generation_id" in inspect.getsource(group_coordinator), why
+
+
+def test_a_custom_assignor_gets_member_metadata_with_user_data() -> None:
+    from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
+
+    why = needed_by("model_versions/election.py", "AbstractPartitionAssignor and the consumer protocol structs")
+    assert {"assign", "metadata", "on_assignment"} <= set(AbstractPartitionAssignor.__abstractmethods__), why
+    metadata = ConsumerProtocolMemberMetadata(0, ["models"], b'{"generation": 1}')
+    assert metadata.user_data == b'{"generation": 1}' and metadata.subscription == ["models"], why
+    assert ConsumerProtocolMemberAssignment(0, [("models", [0])], b"").assignment == [("models", [0])], why
