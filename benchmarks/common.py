@@ -9,20 +9,26 @@ event and its label land on the same partition number.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import sys
 import time
+import uuid
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
 
+from stream_learner.config import Settings
 from stream_learner.tools.synthetic import DriftingStream
 
 PARTITIONS = 4
 INPUT_DIM = 32
+DLQ = "bench.dlq"
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -157,3 +163,106 @@ def catch_up_ratio(ratios: Sequence[float], service_rate: float, passthrough_rat
     mean of the pass-through runs just before and just after it; else (older runs) the one
     service run's rate over the mean of the pass-through runs."""
     return float(np.median(ratios)) if len(ratios) else service_rate / float(np.mean(passthrough_rates))
+
+
+def unique_name(kind: str) -> str:
+    """A fresh topic or group name: ``bench.<kind>.<8 hex digits>``."""
+    return f"bench.{kind}.{uuid.uuid4().hex[:8]}"
+
+
+def bench_settings(
+    bootstrap: str, events: str, labels: str, outputs: str, model: str, batch: int, checkpoints: Path, train_batch: int = 32,
+    kernels: str = "auto", **extra: Any,
+) -> Settings:
+    """The service's defaults, but for the topics, a fresh group, the model, the batch sizes and the
+    fast paths; ``extra`` sets any other setting (``role``, ``models_topic``...)."""
+    group = unique_name("group")
+    return Settings(
+        **{
+            "_env_file": None,
+            "bootstrap_servers": bootstrap,
+            "events_topic": events,
+            "labels_topic": labels,
+            "predictions_topic": outputs,
+            "dead_letter_topic": DLQ,
+            "group_id": group,
+            "client_id": group,
+            "input_dim": INPUT_DIM,
+            "model": model,
+            "max_batch_size": batch,
+            "train_batch_size": train_batch,
+            "checkpoint_dir": checkpoints,
+            "metrics_port": 0,
+            "log_level": "warning",
+            "cpu_kernels": "off" if kernels == "off" else "auto",
+            **extra,
+        }
+    )
+
+
+async def output_window(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
+    """Rate from the first to the last output record's Kafka timestamp, and a completeness check."""
+    stamps, keys = await read_timestamps(bootstrap, topic, expected)
+    first, last = (stamps.min() / 1000, stamps.max() / 1000) if stamps.size else (math.nan, math.nan)
+    span = last - first
+    return {
+        "outputs": int(stamps.size), "distinct_keys": keys, "seconds": span, "rate": expected / span if span else math.nan,
+        "first": first, "last": last,
+    }  # fmt: skip
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+SHUTDOWN_ERRORS: list[str] = []
+"""Failures of in-process services while shutting down (after their figures were taken), for the report."""
+
+
+async def stop_service(service: Stoppable, task: asyncio.Task[None]) -> None:
+    """Stop the service; a failure while shutting down (after the figures are taken) is noted, not fatal."""
+    service.stop()
+    try:
+        await task
+    except Exception as exc:  # noqa: BLE001 - reported under the table
+        SHUTDOWN_ERRORS.append(f"{type(exc).__name__}: {exc}")
+
+
+def labels_used(service: Any) -> int:
+    """Labels that went through an optimizer step of ``service`` (a Service): applied, or skipped by the guardrails."""
+    counters = service.learner.trainer.counters
+    return int(counters.examples_trained + counters.examples_skipped)
+
+
+def fmt(x: Any, digits: int = 0) -> str:
+    """A figure for a table: thousands separated, ``-`` for None or NaN."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def progress_log(quiet: bool) -> Callable[[str], None]:
+    """A progress line printer (stderr, seconds since now); silent when ``quiet``."""
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def quiet_logs() -> None:
+    """Only the service's errors, and nothing from aiokafka, on the console."""
+    from stream_learner.observability.logs import configure_logging
+
+    configure_logging("error")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
+def report(table: str, raw: dict[str, Any], heading: str, json_path: Path | None) -> None:
+    """Print the run's heading and tables; write the raw figures where ``--json`` names a file."""
+    print(heading + "\n")
+    print(table)
+    if json_path:
+        json_path.write_bytes(orjson.dumps(raw, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))

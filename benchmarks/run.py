@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import math
 import os
 import platform
@@ -54,14 +53,21 @@ from stream_learner.tools.process import freeze_startup_heap
 from stream_learner.service import Service
 from stream_learner.learning.trainer import Trainer
 
-from .common import INPUT_DIM, PARTITIONS, catch_up_ratio, every_label_stepped, make_stream, p99_gap, percentiles, prefill, read_timestamps
+from .common import DLQ, INPUT_DIM, PARTITIONS, SHUTDOWN_ERRORS, catch_up_ratio, every_label_stepped, make_stream, p99_gap, percentiles, prefill, report
+from .common import bench_settings as _settings
+from .common import fmt as _fmt
+from .common import labels_used as _labels_used
+from .common import output_window as _window
+from .common import progress_log as _progress
+from .common import quiet_logs as _quiet_logs
+from .common import stop_service as _stop
+from .common import unique_name as _name
 from .memory import bytes_per_pending_entry
 from .passthrough import passthrough
 from .kernels import single_off
 from .probe import LatencyProbe, TrainingProbe
 
 ROOT = Path(__file__).resolve().parent.parent
-DLQ = "bench.dlq"
 
 
 @dataclass(frozen=True)
@@ -119,58 +125,6 @@ class Row:
     def label(self) -> str:
         """The model, and the fast paths where not all are on."""
         return self.model if self.kernels == "auto" else f"{self.model} (kernels {self.kernels})"
-
-
-SHUTDOWN_ERRORS: list[str] = []
-
-
-async def _stop(service: Service, task: asyncio.Task[None]) -> None:
-    """Stop the service; a failure while shutting down (after the figures are taken) is noted, not fatal."""
-    service.stop()
-    try:
-        await task
-    except Exception as exc:  # noqa: BLE001 - reported under the table
-        SHUTDOWN_ERRORS.append(f"{type(exc).__name__}: {exc}")
-
-
-def _name(kind: str) -> str:
-    return f"bench.{kind}.{uuid.uuid4().hex[:8]}"
-
-
-def _settings(
-    bootstrap: str, events: str, labels: str, outputs: str, model: str, batch: int, checkpoints: Path, train_batch: int = 32,
-    kernels: str = "auto",
-) -> Settings:
-    group = _name("group")
-    return Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        bootstrap_servers=bootstrap,
-        events_topic=events,
-        labels_topic=labels,
-        predictions_topic=outputs,
-        dead_letter_topic=DLQ,
-        group_id=group,
-        client_id=group,
-        input_dim=INPUT_DIM,
-        model=model,
-        max_batch_size=batch,
-        train_batch_size=train_batch,
-        checkpoint_dir=checkpoints,
-        metrics_port=0,
-        log_level="warning",
-        cpu_kernels="off" if kernels == "off" else "auto",
-    )
-
-
-async def _window(bootstrap: str, topic: str, expected: int) -> dict[str, Any]:
-    """Rate from the first to the last output record's Kafka timestamp, and a completeness check."""
-    stamps, keys = await read_timestamps(bootstrap, topic, expected)
-    first, last = (stamps.min() / 1000, stamps.max() / 1000) if stamps.size else (math.nan, math.nan)
-    span = last - first
-    return {
-        "outputs": int(stamps.size), "distinct_keys": keys, "seconds": span, "rate": expected / span if span else math.nan,
-        "first": first, "last": last,
-    }  # fmt: skip
 
 
 async def _wait_assigned(service: Service, task: asyncio.Task[None], partitions: int, timeout_s: float = 60.0) -> None:
@@ -365,21 +319,9 @@ def trainer_alone(model: str, seconds: float = 2.0) -> float:
     return done / (time.perf_counter() - started)
 
 
-def _labels_used(service: Service) -> int:
-    """Labels that went through an optimizer step: applied, or skipped by the guardrails."""
-    counters = service.learner.trainer.counters
-    return counters.examples_trained + counters.examples_skipped
-
-
 def _skipped(catch_up: dict[str, Any]) -> str:
     skipped = catch_up.get("skipped", 0)
     return f" (+{skipped:,} skipped by the guardrail)" if skipped else ""
-
-
-def _fmt(x: Any, digits: int = 0) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:,.{digits}f}"
 
 
 def _phases_table(rows: list[Row]) -> list[str]:
@@ -605,23 +547,6 @@ def machine() -> str:
     )
 
 
-def _progress(quiet: bool):  # type: ignore[no-untyped-def]
-    started = time.monotonic()
-
-    def log(message: str) -> None:
-        if not quiet:
-            print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-    return log
-
-
-def _quiet_logs() -> None:
-    from stream_learner.observability.logs import configure_logging
-
-    configure_logging("error")
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_const", const="quick", dest="mode", help="smaller run (about 8 minutes)")
@@ -660,10 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_logs()
     started = time.monotonic()
     table, raw = asyncio.run(run(mode, args))
-    print(f"Machine: {raw['machine']}. Mode: {args.mode or 'full'}; {time.monotonic() - started:.0f} s.\n")
-    print(table)
-    if args.json:
-        args.json.write_bytes(orjson.dumps(raw, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    report(table, raw, f"Machine: {raw['machine']}. Mode: {args.mode or 'full'}; {time.monotonic() - started:.0f} s.", args.json)
     return 0
 
 
