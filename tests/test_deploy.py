@@ -45,6 +45,9 @@ METRICS = {  # the names the service exports (stream_learner/observability/)
     "stream_learner_checkpoint_duration_seconds": "histogram",
     "stream_learner_checkpoint_pause_seconds": "histogram",
     "stream_learner_model_version": "gauge",
+    "stream_learner_model_age_seconds": "gauge",
+    "stream_learner_model_stale": "gauge",
+    "stream_learner_model_versions_total": "counter",
 }
 
 
