@@ -32,12 +32,11 @@ class Part(Protocol):
 
 def model_spec(settings: Settings) -> dict[str, Any]:
     """What a checkpoint's model must match to be loaded under ``settings``."""
-    return {
-        "task": settings.task,
-        "input_dim": settings.input_dim,
-        "output_dim": settings.output_dim,
-        "model": settings.model,
-    }
+    spec: dict[str, Any] = {"task": settings.task, "input_dim": settings.input_dim, "output_dim": settings.output_dim}
+    spec["model"] = settings.model
+    if settings.task == "regression" and settings.model in ("linear", "mlp"):
+        spec["target"] = "standardized"  # a regression model of before it learned in the target's own units
+    return spec
 
 
 def take_cut(

@@ -22,12 +22,21 @@ from stream_learner.learning.standardizer import Standardizer as Standardizer  #
 
 
 class StandardizedModel(nn.Module):
-    """A standardizer followed by a network; the trainer updates the standardizer on each step."""
+    """A standardizer followed by a network; the trainer updates the standardizer on each step.
 
-    def __init__(self, standardizer: Standardizer, net: nn.Module) -> None:
+    For regression ``target`` standardizes the labels the same way: the network learns in standardized
+    units, and the trainer turns its output back into the target's units (``target`` is part of the
+    state, so a checkpoint or a published version carries it)."""
+
+    standardizer: Standardizer
+    net: nn.Module
+    target: Standardizer | None
+
+    def __init__(self, standardizer: Standardizer, net: nn.Module, target: Standardizer | None = None) -> None:
         super().__init__()
         self.standardizer = standardizer
         self.net = net
+        self.target = target
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(self.standardizer(x))
@@ -39,7 +48,7 @@ def linear_model(settings: Settings) -> nn.Module:
     net = nn.Linear(settings.input_dim, settings.output_dim)
     nn.init.zeros_(net.weight)
     nn.init.zeros_(net.bias)
-    return StandardizedModel(_standardizer(settings), net)
+    return StandardizedModel(_standardizer(settings), net, _target(settings))
 
 
 def mlp_model(settings: Settings) -> nn.Module:
@@ -48,11 +57,15 @@ def mlp_model(settings: Settings) -> nn.Module:
     net = nn.Sequential(
         nn.Linear(settings.input_dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, settings.output_dim)
     )
-    return StandardizedModel(_standardizer(settings), net)
+    return StandardizedModel(_standardizer(settings), net, _target(settings))
 
 
 def _standardizer(settings: Settings) -> Standardizer:
     return Standardizer(settings.input_dim, kernels=settings.cpu_kernels == "auto")
+
+
+def _target(settings: Settings) -> Standardizer | None:
+    return Standardizer(1, kernels=settings.cpu_kernels == "auto") if settings.task == "regression" else None
 
 
 BUILT_IN: dict[str, Callable[[Settings], nn.Module]] = {"linear": linear_model, "mlp": mlp_model}

@@ -2,13 +2,16 @@
 
 Guarantees:
 - ``model_version`` counts the optimizer steps applied to the weights.
+- Regression with a built-in model learns in standardized target units (the target's running mean and
+  variance, in the model's state); predictions come out in the target's units, the loss (and so the
+  guardrail and ``last_loss``) is in standardized units, whatever the target's scale.
 - A step whose loss is not finite drops the examples whose own loss is not finite (counted in
-  ``examples_skipped``; they leave no trace, in the standardizer's moments neither) and steps on
+  ``examples_skipped``; they leave no trace, in the standardizers' moments neither) and steps on
   the rest. A step that is still not finite then (every example dropped, none to drop, or a
-  gradient that is not finite) is skipped (counted); the weights and the standardizer's moments
+  gradient that is not finite) is skipped (counted); the weights and the standardizers' moments
   stay as they were.
 - A step whose loss spikes is treated as poisoned and skipped (counted), as
-  :mod:`.guardrail` decides; the weights and the standardizer's moments stay as they were.
+  :mod:`.guardrail` decides; the weights and the standardizers' moments stay as they were.
 - The optimizer's kind, learning rate and weight decay are the settings', whatever a restored
   state held (:mod:`.optimizer`); :meth:`Trainer.load_state_dict` returns the differences.
 - ``CPU_KERNELS=auto`` and ``off`` give the same steps up to float32 rounding and the same
@@ -35,6 +38,7 @@ from stream_learner.learning.examples import Examples
 from stream_learner.learning.guardrail import LossGuardrail
 from stream_learner.learning.model import StandardizedModel
 from stream_learner.learning.optimizer import OptimizerChange, OptimizerSpec, make_optimizer, restore_optimizer
+from stream_learner.learning.standardizer import Moments
 
 __all__ = ["OptimizerChange", "OptimizerSpec", "TrainCounters", "Trainer"]
 
@@ -81,8 +85,10 @@ class Trainer:
         self.optimizer = make_optimizer(settings, self.model)
         self.counters = TrainCounters()
         self._parameters = list(self.model.parameters())
-        self._standardizer = self.model.standardizer if isinstance(self.model, StandardizedModel) else None
+        model = self.model
+        self._standardizer = model.standardizer if isinstance(model, StandardizedModel) else None
         """Looked up once: ``nn.Module.__getattr__`` is slow on the step's path."""
+        self._target = model.target if isinstance(model, StandardizedModel) and not self.classification else None
         kernels = settings.cpu_kernels == "auto"
         self._fused_adam = FusedAdamStep.of(self.optimizer) if kernels else None
         dense = DenseNet.of(self.model) if kernels and device.type == "cpu" else None
@@ -98,8 +104,13 @@ class Trainer:
         return self.counters.optimizer_steps
 
     def predict_many(self, features: np.ndarray) -> np.ndarray:
-        """Scores ``[n, output_dim]``: class probabilities, or the regression output."""
-        return self._net.scores(features, softmax=self.classification)
+        """Scores ``[n, output_dim]``: class probabilities, or the regression output in the target's units."""
+        scores = self._net.scores(features, softmax=self.classification)
+        if self._target is None:
+            return scores
+        mean, std = self._target.float32_mean_std()
+        denormalized: np.ndarray = scores * std + mean
+        return denormalized
 
     def learn_many(self, examples: Examples) -> float:
         """One optimizer step on ``examples``; returns the loss (NaN when the step was skipped).
@@ -107,14 +118,14 @@ class Trainer:
         Where the loss is not finite, the step runs on the examples whose own loss is finite,
         and the others count as skipped (see the module's guarantees)."""
         features, labels = examples.features, examples.labels
-        moments_before = self._standardizer.moments() if self._standardizer is not None else None
-        loss_value, norm_value = self._loss_and_grads(features, labels)
+        moments_before = self._moments()
+        loss_value, norm_value, model_labels = self._loss_and_grads(features, labels)
         if not math.isfinite(loss_value):
-            finite = np.isfinite(self._net.example_losses(features, labels, self.classification))
+            finite = np.isfinite(self._net.example_losses(features, model_labels, self.classification))
             if 0 < np.count_nonzero(finite) < len(labels):
                 self._restore_moments(moments_before)
                 features, labels = features[finite], labels[finite]
-                loss_value, norm_value = self._loss_and_grads(features, labels)
+                loss_value, norm_value, _ = self._loss_and_grads(features, labels)
         poisoned = math.isfinite(loss_value) and self.guardrail.is_spike(loss_value, self.counters)
         if poisoned or not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             self._net.discard_grads()
@@ -131,15 +142,40 @@ class Trainer:
         self.counters.last_loss = loss_value
         return loss_value
 
-    def _loss_and_grads(self, features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-        """The standardizer's update with ``features``, then the loss and the gradients' norm, every ``grad`` set."""
+    def _loss_and_grads(self, features: np.ndarray, labels: np.ndarray) -> tuple[float, float, np.ndarray]:
+        """The input standardizer's update with ``features``, then the loss (for regression, in standardized
+        target units) and the gradients' norm, every ``grad`` set; and the labels as the loss saw them."""
         if self._standardizer is not None:
             self._standardizer.update(features)
-        return self._net.loss_and_grads(features, labels, self.classification)
+        model_labels = self._in_model_units(labels)
+        return (*self._net.loss_and_grads(features, model_labels, self.classification), model_labels)
 
-    def _restore_moments(self, moments: tuple[float, np.ndarray, np.ndarray] | None) -> None:
-        if self._standardizer is not None and moments is not None:
-            self._standardizer.restore_moments(moments)
+    def _in_model_units(self, labels: np.ndarray) -> np.ndarray:
+        """Regression labels standardized by the target's moments of before them (so an outlandish batch
+        stands out to the guardrail), by their own until two labels were seen; the moments then take them in."""
+        target = self._target
+        if target is None:
+            return labels
+        first = target.moments()[0] < 2
+        if first:
+            target.update(labels.reshape(-1, 1))
+        mean, std = target.float32_mean_std()
+        standardized: np.ndarray = ((labels - mean[0]) / std[0]).astype(np.float32, copy=False)
+        if not first:
+            target.update(labels.reshape(-1, 1))
+        return standardized
+
+    def _moments(self) -> tuple[Moments | None, Moments | None]:
+        """The moments of the input and target standardizers (None where there is none), to put back."""
+        return (
+            self._standardizer.moments() if self._standardizer is not None else None,
+            self._target.moments() if self._target is not None else None,
+        )
+
+    def _restore_moments(self, moments: tuple[Moments | None, Moments | None]) -> None:
+        for standardizer, saved in zip((self._standardizer, self._target), moments, strict=True):
+            if standardizer is not None and saved is not None:
+                standardizer.restore_moments(saved)
 
     def _step(self, grad_norm: float) -> None:
         """The optimizer's step, the gradients clipped to ``grad_clip_norm`` first."""

@@ -77,14 +77,33 @@ class FrozenStandardizer(nn.Module):
         return ((x - self.mean) / self.std).clamp(-10.0, 10.0)
 
 
+class FrozenTarget(nn.Module):
+    """A regression target's standardization undone, its moments frozen as float32 constants (as the trainer)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, target: Standardizer) -> None:
+        super().__init__()
+        mean, std = target.float32_mean_std()
+        self.register_buffer("mean", torch.from_numpy(mean.copy()))
+        self.register_buffer("std", torch.from_numpy(std.copy()))
+
+    def forward(self, out: torch.Tensor) -> torch.Tensor:
+        return out * self.std + self.mean
+
+
 class ScoringModule(nn.Module):
     """The model as the service scores with it: ``features -> scores`` (probabilities or regression output)."""
 
     def __init__(self, model: nn.Module, task: str) -> None:
         super().__init__()
+        self.target: nn.Module = nn.Identity()
         if isinstance(model, StandardizedModel):
             self.standardizer: nn.Module = FrozenStandardizer(model.standardizer)
             self.net = model.net
+            if model.target is not None and task == "regression":
+                self.target = FrozenTarget(model.target)
         else:
             self.standardizer = nn.Identity()
             self.net = model
@@ -92,7 +111,7 @@ class ScoringModule(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         out = self.net(self.standardizer(features)).float()
-        return torch.softmax(out, dim=1) if self.classification else out
+        return torch.softmax(out, dim=1) if self.classification else self.target(out)
 
 
 def load_latest_model(settings: Settings) -> tuple[nn.Module, dict[str, Any], Path]:
