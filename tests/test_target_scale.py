@@ -85,14 +85,14 @@ def test_with_the_default_optimizer_a_target_of_any_scale_reaches_the_floor_with
 
 
 def test_the_scale_of_the_target_changes_nothing_but_the_units() -> None:
-    """The same stream at two scales trains the same network, up to float32 rounding: only the units differ."""
+    """The same stream at two scales learns alike: only the first step, taken before any label was seen, is in
+    the target's raw units; from the second on both learn in standardized units."""
     large, small = Stream(1e4, 10.0, 7), Stream(-3.0, 1e-3, 7)
-    a, errors_a = trained(large, 640)
-    b, errors_b = trained(small, 640)
-    for (name, pa), (_, pb) in zip(a.model.net.named_parameters(), b.model.net.named_parameters(), strict=True):
-        assert torch.allclose(pa, pb, atol=1e-2), name  # float32 holds 1e4 and -3 to different relative precision
-    mae_a, mae_b = np.mean(errors_a[320:]) / 10.0, np.mean(errors_b[320:]) / 1e-3
-    assert abs(mae_a / mae_b - 1) < 0.02, (mae_a, mae_b)
+    a, errors_a = trained(large, 1000)
+    b, errors_b = trained(small, 1000)
+    mae_a, mae_b = np.mean(errors_a[500:]) / large.floor, np.mean(errors_b[500:]) / small.floor
+    assert abs(mae_a / mae_b - 1) < 0.05, (mae_a, mae_b)
+    assert abs(held_out_mae(a, large) / large.floor - held_out_mae(b, small) / small.floor) < 0.05
 
 
 def test_the_target_moments_are_in_the_state_a_checkpoint_and_a_model_version_carry() -> None:

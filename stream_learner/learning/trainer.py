@@ -151,18 +151,14 @@ class Trainer:
         return (*self._net.loss_and_grads(features, model_labels, self.classification), model_labels)
 
     def _in_model_units(self, labels: np.ndarray) -> np.ndarray:
-        """Regression labels standardized by the target's moments of before them (so an outlandish batch
-        stands out to the guardrail), by their own until two labels were seen; the moments then take them in."""
+        """Regression labels standardized by the target's moments of before them (test-then-train: an
+        outlandish batch stands out to the guardrail); the moments then take them in."""
         target = self._target
         if target is None:
             return labels
-        first = target.moments()[0] < 2
-        if first:
-            target.update(labels.reshape(-1, 1))
         mean, std = target.float32_mean_std()
         standardized: np.ndarray = ((labels - mean[0]) / std[0]).astype(np.float32, copy=False)
-        if not first:
-            target.update(labels.reshape(-1, 1))
+        target.update(labels.reshape(-1, 1))
         return standardized
 
     def _moments(self) -> tuple[Moments | None, Moments | None]:
