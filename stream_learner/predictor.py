@@ -70,7 +70,7 @@ class Predictor:
         """Serve until :meth:`stop`; raises if the predictor fails."""
         feed = asyncio.create_task(self._follow_models())
         try:
-            if not await self._first_model() or not await self.kafka.connect(self._rebalance_hooks, _no_fencing):
+            if not await self._first_model(feed) or not await self.kafka.connect(self._rebalance_hooks, _no_fencing):
                 return
             self._start_serving()
             probe = asyncio.create_task(self.kafka.probe())
@@ -92,13 +92,15 @@ class Predictor:
         if await self.feed.start(self._stop):
             await self.feed.run()
 
-    async def _first_model(self) -> bool:
-        """Wait for the first model version; False when stopped first."""
+    async def _first_model(self, feed: asyncio.Task[None]) -> bool:
+        """Wait for the first model version; False when stopped first (raises if the feed failed)."""
         waits = [asyncio.create_task(self._stop.wait()), asyncio.create_task(self.feed.first())]
         log.info("predictor_waiting_for_model", models_topic=self.settings.models_topic)
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([*waits, feed], return_when=asyncio.FIRST_COMPLETED)
         for wait in waits:
             wait.cancel()
+        if feed.done():
+            feed.result()
         await self._swap_model()
         self.status.restored = True
         return not self._stop.is_set()

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 import torch
 from aiokafka import AIOKafkaProducer
 
-from stream_learner.errors import LeadershipLostError, StreamLearnerError
+from stream_learner.errors import LeadershipLostError
 from stream_learner.model_versions.election import Election
 from stream_learner.model_versions.record import Offsets, encode_version
 
 log = structlog.get_logger(__name__)
+Failed = Callable[[Exception], None]
 
 
 class ModelPublisher:
@@ -37,6 +39,8 @@ class ModelPublisher:
         self._next = 0.0
         self._published: int | None = None
         self._running: asyncio.Task[None] | None = None
+        self._one_at_a_time = asyncio.Lock()
+        """Versions go out whole and in order: a version's chunks never interleave with another's."""
         self.counts = {"published": 0}
         """Versions published by this process."""
         self._last_at: float | None = None
@@ -46,27 +50,31 @@ class ModelPublisher:
         idle = self._running is None or self._running.done()
         return idle and step != self._published and time.monotonic() >= self._next
 
-    def publish_in_background(self, weights: dict[str, torch.Tensor], step: int, offsets: Offsets, failed: Any) -> None:
+    def publish_in_background(
+        self, weights: dict[str, torch.Tensor], step: int, offsets: Offsets, failed: Failed
+    ) -> None:
         """Publish without waiting; ``failed`` gets a :class:`LeadershipLostError` (anything else is logged)."""
         self._next = time.monotonic() + self._interval_s
         self._running = asyncio.create_task(self._publish_reporting(weights, step, offsets, failed))
 
     async def _publish_reporting(
-        self, weights: dict[str, torch.Tensor], step: int, offsets: Offsets, failed: Any
+        self, weights: dict[str, torch.Tensor], step: int, offsets: Offsets, failed: Failed
     ) -> None:
         try:
             await self.publish(weights, step, offsets, durable=False)
         except LeadershipLostError as exc:
             failed(exc)
-        except (StreamLearnerError, Exception) as exc:  # noqa: BLE001 - a missed version is followed by the next
+        except Exception as exc:  # noqa: BLE001 - a missed version is followed by the next
             log.warning("model_publish_failed", step=step, error=f"{type(exc).__name__}: {exc}")
 
     async def publish(self, weights: dict[str, torch.Tensor], step: int, offsets: Offsets, *, durable: bool) -> None:
         """Confirm the leadership, then produce the version's records and await their acknowledgement."""
-        if self._running is not None and not self._running.done() and asyncio.current_task() is not self._running:
-            await asyncio.wait([self._running])  # versions go out in order
-        if durable and step == self._published:
-            return  # these weights are out already
+        async with self._one_at_a_time:
+            if durable and step == self._published:
+                return  # these weights are out already
+            await self._send(weights, step, offsets, durable)
+
+    async def _send(self, weights: dict[str, torch.Tensor], step: int, offsets: Offsets, durable: bool) -> None:
         await self._election.confirm()
         generation = self._election.generation
         records = await asyncio.to_thread(
