@@ -100,8 +100,10 @@ class Service:
                     raise self._failure
             finally:
                 probe.cancel()
-        except BaseException:
+        except BaseException as exc:
             self._failed = True
+            if self._failure is not None and exc is not self._failure:
+                raise self._failure from exc  # the failure that stopped the loop, not what it cut short
             raise
         finally:
             await self._close()

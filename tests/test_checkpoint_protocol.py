@@ -125,7 +125,9 @@ async def test_offsets_stored_after_the_snapshot_wait_for_the_next_cut(tmp_path:
 
 async def test_after_a_failure_nothing_is_committed(tmp_path: Path) -> None:
     checkpoint, fake, steps = checkpoint_of(tmp_path)
+    checkpoint.touch()
     checkpoint.abandon()
+    assert not checkpoint.due(), "the loop asks no cut of an abandoned checkpoint"
     await checkpoint.commit_before_revoke()
     async with checkpoint.lock:
         with pytest.raises(CheckpointError, match="never after a failure"):

@@ -97,9 +97,10 @@ class Checkpoint:
         return self._dirty
 
     def due(self) -> bool:
-        """Something changed, the interval passed, and the last cut's background write is done."""
+        """Something changed, the interval passed, and the last cut's background write is done (never after
+        :meth:`abandon`)."""
         writing = self._writing is not None and not self._writing.done()
-        return self._dirty and time.monotonic() >= self._next_due and not writing
+        return self._dirty and time.monotonic() >= self._next_due and not writing and not self._abandoned
 
     async def commit(self, reason: str, *, wait: bool = True) -> bool:
         """Take a checkpoint; False when it could not be written (nothing is committed then; retried soon).
