@@ -31,8 +31,6 @@ class CommitWindow:
         self._commit = commit
         self._next_due = time.monotonic() + interval_s
         self._dirty = False
-        self.committed = 0
-        """Commits made."""
 
     def store_offset(self, tp: TopicPartition, offset: int) -> None:
         self.offsets[tp] = offset
@@ -50,8 +48,6 @@ class CommitWindow:
             await self._commit(dict(self.offsets))
         except Exception as exc:  # noqa: BLE001 - the next commit carries them; a crash repeats the window
             log.warning("offset_commit_failed", error=f"{type(exc).__name__}: {exc}")
-        else:
-            self.committed += 1
         self._dirty, self._next_due = False, time.monotonic() + self._interval_s
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
