@@ -291,3 +291,17 @@ async def test_a_predictor_is_not_ready_without_a_model_and_reports_the_one_it_s
     assert sample_value(samples, "stream_learner_model_stale") == 1
     assert sample_value(samples, "stream_learner_model_age_seconds") > max_age
     assert replica.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("role", "waiting"), [("trainer", "broker_unreachable"), ("predictor", "models_topic_unreachable")]
+)
+def test_a_role_waits_for_a_broker_that_is_not_there_and_stops_cleanly(
+    start_service: StartService, role: str, waiting: str
+) -> None:
+    nobody = free_port()  # nothing listens there: every connection is refused
+    replica = start_service(role=role, bootstrap_servers=f"127.0.0.1:{nobody}")
+    replica.wait_for_log(waiting, timeout=60)
+    time.sleep(2.5)
+    assert replica.alive(), replica.log_tail()
+    assert replica.stop() == 0

@@ -32,6 +32,8 @@ from stream_learner.model_versions.models_topic import ModelsTopic
 
 log = structlog.get_logger(__name__)
 CONFIRM_TIMEOUT_S = 10.0
+RETRY_S = 2.0
+"""How soon joining the election is tried again while the broker cannot be reached."""
 
 
 class Election:
@@ -50,34 +52,60 @@ class Election:
         self._poller: asyncio.Task[None] | None = None
 
     async def lead(self) -> bool:
-        """Wait, standing by, until this process leads; False when stopped first."""
-        s = self._settings
-        self._consumer = AIOKafkaConsumer(
-            **security_kwargs(s),
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=s.client_id,
-            group_id=f"{s.group_id}.trainer-election",
-            enable_auto_commit=False,
-            session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=max(s.session_timeout_ms // 3, 100),
-            partition_assignment_strategy=(_assignor(lambda: orjson.dumps(self._claim)),),
-        )
-        self._consumer.subscribe([s.models_topic], listener=_Listener(self))
-        await self._consumer.start()
-        self._poller = asyncio.create_task(self._poll())
-        log.info("trainer_standing_by", group=f"{s.group_id}.trainer-election")
+        """Wait, standing by, until this process leads; False when stopped first. A broker that cannot be
+        reached is waited for, as the service's other clients wait for it."""
+        if not await self._join():
+            return False
         waits = [asyncio.create_task(self._stop.wait()), asyncio.create_task(self._won.wait())]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for wait in waits:
             wait.cancel()
         if self._stop.is_set():
             return False
+        assert self._consumer is not None
         # private API: the group's generation, which grows with every rebalance; nothing public tells it.
         group_generation = int(self._consumer._coordinator.generation)
         self.generation = max(group_generation, await self._newest_published()) + 1
         self._claim["generation"] = self.generation
         log.info("trainer_elected", generation=self.generation)
         return True
+
+    async def _join(self) -> bool:
+        """Join the election group, retrying while the broker cannot be reached; False when stopped first."""
+        group = f"{self._settings.group_id}.trainer-election"
+        while not self._stop.is_set():
+            self._consumer = self._member(group)
+            try:
+                await self._consumer.start()
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise
+                await self._consumer.stop()
+                log.warning("broker_unreachable", error=f"{type(exc).__name__}: {exc}", retry_in_s=RETRY_S)
+                try:
+                    await asyncio.wait_for(self._stop.wait(), RETRY_S)
+                except TimeoutError:
+                    pass
+                continue
+            self._poller = asyncio.create_task(self._poll())
+            log.info("trainer_standing_by", group=group)
+            return True
+        return False
+
+    def _member(self, group: str) -> AIOKafkaConsumer:
+        s = self._settings
+        consumer = AIOKafkaConsumer(
+            **security_kwargs(s),
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=s.client_id,
+            group_id=group,
+            enable_auto_commit=False,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(s.session_timeout_ms // 3, 100),
+            partition_assignment_strategy=(_assignor(lambda: orjson.dumps(self._claim)),),
+        )
+        consumer.subscribe([s.models_topic], listener=_Listener(self))
+        return consumer
 
     async def _newest_published(self) -> int:
         topic = ModelsTopic(self._settings)
