@@ -34,6 +34,7 @@ from stream_learner.model_versions.models_topic import ModelsTopic
 from stream_learner.observability.report import ServiceReport
 from stream_learner.observability.telemetry import Telemetry
 from stream_learner.records import EventBatch, Totals
+from stream_learner.stopping import until_stopped_or
 
 log = structlog.get_logger(__name__)
 
@@ -94,11 +95,8 @@ class Predictor:
 
     async def _first_model(self, feed: asyncio.Task[None]) -> bool:
         """Wait for the first model version; False when stopped first (raises if the feed failed)."""
-        waits = [asyncio.create_task(self._stop.wait()), asyncio.create_task(self.feed.first())]
         log.info("predictor_waiting_for_model", models_topic=self.settings.models_topic)
-        await asyncio.wait([*waits, feed], return_when=asyncio.FIRST_COMPLETED)
-        for wait in waits:
-            wait.cancel()
+        await until_stopped_or(self._stop, self.feed.first(), feed)
         if feed.done():
             feed.result()
         await self._swap_model()

@@ -26,6 +26,7 @@ from stream_learner.kafka.rebalance import RebalanceHooks
 from stream_learner.kafka.writer import KafkaWriter
 from stream_learner.observability.telemetry import Telemetry
 from stream_learner.records import Totals
+from stream_learner.stopping import sleep_unless_stopped
 
 log = structlog.get_logger(__name__)
 RETRY_MIN_S, RETRY_MAX_S = 0.5, 5.0
@@ -74,7 +75,7 @@ class KafkaConnection:
                     error=f"{type(exc).__name__}: {exc}",
                     retry_in_s=delay,
                 )
-                await self._sleep(delay)
+                await sleep_unless_stopped(self._stop, delay)
                 delay = min(2 * delay, RETRY_MAX_S)
                 continue
             if await self._await_output_topics():
@@ -134,7 +135,7 @@ class KafkaConnection:
             if not missing:
                 return True
             log.warning("output_topics_missing", topics=missing, retry_in_s=RETRY_MAX_S)
-            await self._sleep(RETRY_MAX_S)
+            await sleep_unless_stopped(self._stop, RETRY_MAX_S)
         return False
 
     async def probe(self, timeout_s: float = 2.0) -> None:
@@ -173,12 +174,6 @@ class KafkaConnection:
                 log.warning("client_stop_failed", client=type(client).__name__, error=f"{type(exc).__name__}: {exc}")
         self.consumer = self.producer = self.transactions = None
         self.reader = self.writer = None
-
-    async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            pass
 
     async def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit the offsets of the partitions this member holds: with exactly_once in the open transaction

@@ -29,6 +29,7 @@ from stream_learner.config import Settings
 from stream_learner.errors import LeadershipLostError, LeadershipUnconfirmedError
 from stream_learner.kafka.clients import security_kwargs
 from stream_learner.model_versions.models_topic import ModelsTopic
+from stream_learner.stopping import sleep_unless_stopped, until_stopped_or
 
 log = structlog.get_logger(__name__)
 CONFIRM_TIMEOUT_S = 10.0
@@ -56,10 +57,7 @@ class Election:
         reached is waited for, as the service's other clients wait for it."""
         if not await self._join():
             return False
-        waits = [asyncio.create_task(self._stop.wait()), asyncio.create_task(self._won.wait())]
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for wait in waits:
-            wait.cancel()
+        await until_stopped_or(self._stop, self._won.wait())
         if self._stop.is_set():
             return False
         assert self._consumer is not None
@@ -82,10 +80,7 @@ class Election:
                     raise
                 await self._consumer.stop()
                 log.warning("broker_unreachable", error=f"{type(exc).__name__}: {exc}", retry_in_s=RETRY_S)
-                try:
-                    await asyncio.wait_for(self._stop.wait(), RETRY_S)
-                except TimeoutError:
-                    pass
+                await sleep_unless_stopped(self._stop, RETRY_S)
                 continue
             self._poller = asyncio.create_task(self._poll())
             log.info("trainer_standing_by", group=group)

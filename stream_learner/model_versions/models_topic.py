@@ -23,6 +23,7 @@ from stream_learner.model_versions.record import (
     VersionAssembler,
     read_info,
 )
+from stream_learner.stopping import sleep_unless_stopped
 
 log = structlog.get_logger(__name__)
 LOOKBACK = 16
@@ -72,10 +73,7 @@ class ModelsTopic:
                     raise
                 log.warning("models_topic_unreachable", error=f"{type(exc).__name__}: {exc}", retry_in_s=RETRY_S)
             await self.consumer.stop()
-            try:
-                await asyncio.wait_for(stop.wait(), RETRY_S)
-            except TimeoutError:
-                pass
+            await sleep_unless_stopped(stop, RETRY_S)
         return False
 
     async def stop(self) -> None:

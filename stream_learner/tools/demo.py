@@ -18,6 +18,7 @@ from pathlib import Path
 
 from stream_learner.config import Settings
 from stream_learner.service import Service
+from stream_learner.stopping import sleep_unless_stopped
 from stream_learner.tools.broker import EmbeddedBroker
 from stream_learner.tools.client import EventProducer
 from stream_learner.tools.synthetic import DriftingStream
@@ -156,10 +157,7 @@ async def _report(
     last_predicted = 0
     print(f"{'time':>6} {'events/s':>9} {'predicted':>10} {'joined':>8} {'accuracy':>9} {'version':>8} {'lag':>6}")
     while not stop.is_set() and not serving.done() and time.monotonic() - started < options.duration:
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=options.report_every)
-        except TimeoutError:
-            pass
+        await sleep_unless_stopped(stop, options.report_every)
         stats, now = service.status.stats(), time.monotonic()
         rate = (stats["events_predicted"] - last_predicted) / max(now - last_time, 1e-9)
         last_predicted, last_time = stats["events_predicted"], now
