@@ -31,6 +31,7 @@ from stream_learner.kafka.rebalance import RebalanceHooks
 from stream_learner.learning.learner import Learner
 from stream_learner.model_versions.feed import ModelFeed
 from stream_learner.model_versions.models_topic import ModelsTopic
+from stream_learner.observability.logs import ProgressLog
 from stream_learner.observability.report import ServiceReport
 from stream_learner.observability.telemetry import Telemetry
 from stream_learner.records import EventBatch, Totals
@@ -61,7 +62,7 @@ class Predictor:
         progress = lambda: self._progress if self._serving else None  # noqa: E731
         self.status = ServiceReport(self.totals, self.learner, None, self.kafka, progress, lambda: self._failed)
         self.status.versions, self.status.max_model_age_s = self.feed, s.max_model_age_s
-        self._next_log = time.monotonic() + s.log_interval_s
+        self._progress_log = ProgressLog(s.log_interval_s)
 
     def stop(self) -> None:
         """Ask the run loop to finish: predict what was read, commit, exit."""
@@ -127,9 +128,7 @@ class Predictor:
             self._writer.raise_failed()
             if self.window.due():
                 await self.window.commit()
-        if time.monotonic() >= self._next_log:
-            self._next_log = time.monotonic() + self.settings.log_interval_s
-            log.info("progress", **self.status.stats())
+        self._progress_log.maybe(self.status.stats)
 
     async def _swap_model(self) -> None:
         """Serve the newest loaded version from the next micro-batch on."""

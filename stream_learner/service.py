@@ -36,6 +36,7 @@ from stream_learner.kafka.rebalance import RebalanceHooks
 from stream_learner.learning.learner import Learner
 from stream_learner.model_versions.election import Election
 from stream_learner.model_versions.publisher import ModelPublisher
+from stream_learner.observability.logs import ProgressLog
 from stream_learner.observability.report import ServiceReport
 from stream_learner.observability.telemetry import Telemetry
 from stream_learner.records import EventBatch, Rejected, Totals
@@ -72,7 +73,7 @@ class Service:
             self.totals, self.learner, self.checkpoint, self.kafka, progress, lambda: self._failed
         )
         self._failure: Exception | None = None
-        self._next_log = time.monotonic() + s.log_interval_s
+        self._progress_log = ProgressLog(s.log_interval_s)
 
     def stop(self) -> None:
         """Ask the run loop to finish: drain, final checkpoint, exit."""
@@ -136,9 +137,7 @@ class Service:
             await self._publish_due()
             if self.checkpoint.due():
                 await self.checkpoint.commit("interval", wait=False)
-        if time.monotonic() >= self._next_log:
-            self._next_log = time.monotonic() + self.settings.log_interval_s
-            log.info("progress", **self.status.stats())
+        self._progress_log.maybe(self.status.stats)
 
     async def _ingest(self, fetched: Fetched, unreadable: list[Rejected]) -> None:
         decoded = decode_fetched(fetched, self.settings)

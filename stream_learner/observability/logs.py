@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -32,3 +35,17 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=sys.stderr)
+
+
+class ProgressLog:
+    """The ``progress`` log line, at most once every ``interval_s`` (``LOG_INTERVAL_S``)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._next = time.monotonic() + interval_s
+
+    def maybe(self, stats: Callable[[], dict[str, Any]]) -> None:
+        """Log ``stats()`` if the interval passed since the last line (``stats`` is not called otherwise)."""
+        if time.monotonic() >= self._next:
+            self._next = time.monotonic() + self._interval_s
+            structlog.get_logger("stream_learner.progress").info("progress", **stats())
