@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from stream_learner.checkpointing.cut import model_spec
 from stream_learner.config import Settings
 from stream_learner.learning.model import build_model
+from stream_learner.model_versions.models_topic import ModelsTopic
 from stream_learner.model_versions.record import VersionInfo, encode_version, read_info
 from stream_learner.tools.broker import ensure_topics
 
@@ -305,3 +306,34 @@ def test_a_role_waits_for_a_broker_that_is_not_there_and_stops_cleanly(
     time.sleep(2.5)
     assert replica.alive(), replica.log_tail()
     assert replica.stop() == 0
+
+
+async def test_the_newest_version_is_read_from_the_end_whole_and_a_bad_one_is_passed_for_the_one_before(
+    kafka_broker: BrokerInfo, topics: TestTopics
+) -> None:
+    settings = Settings(
+        input_dim=INPUT_DIM, models_topic=topics.models, bootstrap_servers=kafka_broker.bootstrap_servers
+    )
+    weights = build_model(settings).state_dict()
+    chunked = encode_version(weights, 2, 7, trained_through={}, spec={}, durable=True, max_chunk_bytes=256)
+    broken = encode_version(weights, 2, 8, trained_through={}, spec={}, durable=False, max_chunk_bytes=256)
+    key, value, headers = broken[-1]
+    broken[-1] = (key, value[:-1] + bytes([value[-1] ^ 1]), headers)
+    assert len(chunked) > 2
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers)
+    await producer.start()
+    try:
+        for key, value, headers in [*chunked, *broken]:
+            await producer.send_and_wait(topics.models, value, key=key, headers=headers, partition=0)
+    finally:
+        await producer.stop()
+    topic, rejected = ModelsTopic(settings), []
+    assert await topic.start(asyncio.Event())
+    try:
+        version, end = await topic.newest(rejected)
+    finally:
+        await topic.stop()
+    assert end == len(chunked) + len(broken)
+    assert version is not None and version.info.order == (2, 7) and version.info.chunks == len(chunked)
+    assert set(version.weights()) == set(weights)
+    assert len(rejected) == 1 and "sha256" in rejected[0], rejected

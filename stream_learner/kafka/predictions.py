@@ -26,9 +26,10 @@ def encode_predictions(predictions: Predictions, task: str) -> list[bytes]:
     else:
         values = predictions.scores[:, 0].astype(np.float64).tolist()
         out = [{"id": i, "prediction": v, "model_version": version} for i, v in zip(events.ids, values, strict=False)]
-    for row, given, t in zip(out, has_ts.tolist(), ts, strict=False):
-        if generation is not None:
+    if generation is not None:
+        for row in out:
             row["model_generation"] = generation
+    for row, given, t in zip(out, has_ts.tolist(), ts, strict=False):
         if given:
             row["ts"] = t
     return [orjson.dumps(row) for row in out]

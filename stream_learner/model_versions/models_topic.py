@@ -120,7 +120,8 @@ class ModelsTopic:
             first = last
             try:
                 first = last - read_info(tail[0].headers).chunk
-                version = _assemble(await self.read(first, last + 1))
+                earlier = await self.read(first, last) if first < last else []  # the tail is read already
+                version = _assemble(earlier + tail)
                 if version is not None:
                     return version, end
                 rejected.append(f"the version ending at offset {last} is missing chunks")
