@@ -11,38 +11,33 @@ Guarantees: every value that cannot work fails here, at start, as a pydantic ``V
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-Task = Literal["classification", "regression"]
-OptimizerName = Literal["adam", "sgd", "adagrad"]
-SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
-SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
-GuardrailAction = Literal["skip", "rollback"]
-Delivery = Literal["at_least_once", "exactly_once"]
-MissingLabelPolicy = Literal["drop", "default"]
-CpuKernels = Literal["auto", "off"]
-Role = Literal["all", "predictor", "trainer"]
+from stream_learner import config_types as checks
+from stream_learner.config_types import (
+    DEFAULT_LEARNING_RATE,
+    FLOAT32_LIMIT,
+    ChallengerSpec,
+    CpuKernels,
+    Delivery,
+    GuardrailAction,
+    MissingLabelPolicy,
+    OptimizerName,
+    Role,
+    SaslMechanism,
+    SecurityProtocol,
+    Selection,
+    Task,
+)
 
-FLOAT32_LIMIT = 2.0**128 * (1 - 2.0**-25)
-"""The smallest magnitude that rounds to infinity as a float32: a float below it is a finite float32."""
 TOPIC_SETTINGS = ("events_topic", "labels_topic", "predictions_topic", "dead_letter_topic", "models_topic")
-_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
-_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
-_HOST = re.compile(r"[A-Za-z0-9._-]+|\[[0-9A-Za-z:.%]+\]")
 _INT32_MAX = 2**31 - 1
 _NOT_BLANK = ("group_id", "client_id", "metrics_host")
 _PATHS = ("checkpoint_dir", "tensorboard_dir", "ssl_cafile", "ssl_certfile", "ssl_keyfile")
-
-# Tuned on the synthetic stream for accuracy after a few hundred labels and recovery after drift.
-DEFAULT_LEARNING_RATE: dict[str, dict[str, float]] = {
-    "linear": {"adam": 0.05, "adagrad": 0.3, "sgd": 0.1},
-    "other": {"adam": 0.01, "adagrad": 0.05, "sgd": 0.05},
-}
 
 
 class Settings(BaseSettings):
@@ -132,6 +127,18 @@ class Settings(BaseSettings):
     """What a poisoned step does: skip it, or roll the model back to the last good checkpoint."""
     seed: int = Field(default=0, ge=-(2**63), le=2**64 - 1)
     """Seed for model initialisation (torch's seed range)."""
+    challengers: Annotated[list[ChallengerSpec], NoDecode] = []
+    """Models trained on the same examples beside the default one: a JSON list of objects setting some of name, model,
+    optimizer, learning_rate, learning_rate_factor, weight_decay, hidden_dim, seed (e.g. [{"model": "mlp"}]), or the
+    preset learning_rates (the default model at a fifth and five times its learning rate)."""
+    selection: Selection = "champion"
+    """With challengers: champion serves the best model so far (promoted as PROMOTION_MARGIN and
+    PROMOTION_WINDOW say); average serves the mean of every model's scores."""
+    promotion_margin: float = Field(default=0.1, ge=0, lt=1)
+    """A challenger is promoted when its error over the window (1 - accuracy, or MAE) is below the champion's
+    by this fraction of the champion's."""
+    promotion_window: int = Field(default=500, gt=0)
+    """Examples each model is judged on (scored before it trained on them); also the fewest between promotions."""
 
     max_batch_size: int = Field(default=256, gt=0)
     """An inference micro-batch is sent when it holds this many events..."""
@@ -197,18 +204,12 @@ class Settings(BaseSettings):
     @field_validator("bootstrap_servers")
     @classmethod
     def _check_bootstrap_servers(cls, value: str) -> str:
-        for server in value.split(","):
-            host, _, port = server.strip().rpartition(":")
-            if not (_HOST.fullmatch(host) and port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
-                raise ValueError(f"must be comma separated host:port pairs, got {server.strip()!r} in {value!r}")
-        return value
+        return checks.check_bootstrap_servers(value)
 
     @field_validator(*TOPIC_SETTINGS)
     @classmethod
     def _check_topic(cls, value: str) -> str:
-        if not _TOPIC.fullmatch(value) or value in (".", ".."):
-            raise ValueError(f"{value!r} is not a legal Kafka topic name: 1 to 249 of [A-Za-z0-9._-], not '.' or '..'")
-        return value
+        return checks.check_topic(value)
 
     @field_validator(*_NOT_BLANK, "transactional_id", "sasl_username", *_PATHS, mode="before")
     @classmethod
@@ -222,18 +223,22 @@ class Settings(BaseSettings):
     @field_validator("device")
     @classmethod
     def _check_device(cls, value: str) -> str:
-        if not _DEVICE.fullmatch(value):
-            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
-        return value
+        return checks.check_device(value)
 
     @field_validator("model")
     @classmethod
     def _check_model_name(cls, value: str) -> str:
-        module, colon, factory = value.partition(":")
-        named = colon and factory.isidentifier() and all(part.isidentifier() for part in module.split("."))
-        if value not in ("linear", "mlp") and not named:
-            raise ValueError(f"must be 'linear', 'mlp' or 'package.module:factory', got {value!r}")
-        return value
+        return checks.check_model_name(value)
+
+    @field_validator("challengers", mode="before")
+    @classmethod
+    def _parse_challengers(cls, value: Any) -> Any:
+        return checks.parse_challengers(value)
+
+    @field_validator("challengers")
+    @classmethod
+    def _check_challengers(cls, value: list[ChallengerSpec]) -> list[ChallengerSpec]:
+        return checks.check_distinct_labels(value)
 
     @field_validator("default_label")
     @classmethod
@@ -269,6 +274,8 @@ class Settings(BaseSettings):
             )
         if self.delivery == "exactly_once" and self.role != "all":
             raise ValueError("delivery=exactly_once needs role=all (predictors publish at least once)")
+        if self.challengers and self.role != "all":
+            raise ValueError("challengers need role=all (a predictor serves one published model)")
         return self
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from stream_learner.config import Settings
-from stream_learner.settings_loading import ENV_FILE_VARIABLE, load_settings
 from stream_learner.errors import ConfigError
+from stream_learner.settings_loading import ENV_FILE_VARIABLE, load_settings
 
 pytestmark = pytest.mark.usefixtures("clean_settings_sources")
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,12 +29,18 @@ NOT_FINITE = ["inf", "-inf", "nan", "1e400"]
 FLOATS = [
     "learning_rate", "weight_decay", "grad_clip_norm", "loss_spike_factor", "max_batch_delay_ms", "label_ttl_s",
     "checkpoint_interval_s", "log_interval_s", "delivery_timeout_s", "shutdown_timeout_s", "default_label",
-    "model_publish_interval_s", "max_model_age_s", "commit_interval_s",
+    "model_publish_interval_s", "max_model_age_s", "commit_interval_s", "promotion_margin",
 ]  # fmt: skip
 IMPOSSIBLE: list[tuple[str, str, dict[str, str]]] = [
     *[(name, value, {}) for name in FLOATS for value in NOT_FINITE],
-    *[("bootstrap_servers", v, {}) for v in ("", "kafka", "kafka:", "kafka:0", "kafka:65536", "kafka:9092,,k2:9092", "kafka:90x2")],
-    *[("bootstrap_servers", v, {}) for v in ("PLAINTEXT://kafka:9092", "::1:9092", "my kafka:9092", "kafka:9092;k2:9092")],
+    *[
+        ("bootstrap_servers", v, {})
+        for v in ("", "kafka", "kafka:", "kafka:0", "kafka:65536", "kafka:9092,,k2:9092", "kafka:90x2")
+    ],
+    *[
+        ("bootstrap_servers", v, {})
+        for v in ("PLAINTEXT://kafka:9092", "::1:9092", "my kafka:9092", "kafka:9092;k2:9092")
+    ],
     *[("events_topic", v, {}) for v in ("", ".", "..", "a/b", "a" * 250, "événements", "has space", "a:b")],
     ("labels_topic", "labels\n", {}),
     ("predictions_topic", "x" * 250, {}),
@@ -42,7 +49,10 @@ IMPOSSIBLE: list[tuple[str, str, dict[str, str]]] = [
     *[(name, "0", {}) for name in ("model_publish_interval_s", "max_model_age_s", "commit_interval_s")],
     ("role", "worker", {}),
     *[(name, v, {}) for name in ("group_id", "client_id", "metrics_host") for v in ("", "  ")],
-    *[(name, "", {}) for name in ("transactional_id", "sasl_username", "checkpoint_dir", "tensorboard_dir", "ssl_cafile")],
+    *[
+        (name, "", {})
+        for name in ("transactional_id", "sasl_username", "checkpoint_dir", "tensorboard_dir", "ssl_cafile")
+    ],
     *[("device", v, {}) for v in ("gpu", "cuda:", "cuda:x", "CPU", "cuda:-1", "cuda:0,1", "")],
     *[("model", v, {}) for v in ("torch.nn", ":make", "pkg.:make", "pkg:", "pkg:a.b", "1pkg:make", "pkg:make()")],
     *[("default_label", v, {"missing_label_policy": "default"}) for v in ("5", "2", "-1", "0.5")],
@@ -57,18 +67,28 @@ IMPOSSIBLE: list[tuple[str, str, dict[str, str]]] = [
     ("shutdown_timeout_s", "0", {}),
     *[("seed", v, {}) for v in (str(-(2**63) - 1), str(2**64))],
     *[("session_timeout_ms", v, {}) for v in ("0", str(2**31))],
-    *[(name, "0", {}) for name in ("input_dim", "hidden_dim", "max_batch_size", "train_batch_size", "fetch_max_records")],
+    *[
+        (name, "0", {})
+        for name in ("input_dim", "hidden_dim", "max_batch_size", "train_batch_size", "fetch_max_records")
+    ],
     *[(name, "0", {}) for name in ("max_pending", "max_early_label_bytes", "keep_checkpoints", "metrics_window")],
     ("num_classes", "1", {}),
     *[("metrics_port", v, {}) for v in ("-1", "65536")],
     ("torch_threads", "-1", {}),
     *[(name, "nonsense", {}) for name in ("task", "optimizer", "security_protocol", "sasl_mechanism", "delivery")],
     *[(name, "nonsense", {}) for name in ("guardrail_action", "missing_label_policy", "log_level", "cpu_kernels")],
+    *[("challengers", v, {}) for v in ("nonsense", '{"model": "mlp"}', '[{"optimizer": "sgd"}, {"optimizer": "sgd"}]')],
+    ("challengers", '[{"optimizer": "sgd", "name": "x"}, {"model": "mlp", "name": "x"}]', {}),
+    *[("promotion_margin", v, {}) for v in ("1", "-0.1")],
+    ("promotion_window", "0", {}),
+    ("selection", "best", {}),
 ]
 
 
 @pytest.mark.parametrize(("name", "value", "others"), IMPOSSIBLE, ids=[f"{n}={v!r:.30}" for n, v, _ in IMPOSSIBLE])
-def test_an_impossible_setting_fails_naming_it(monkeypatch: pytest.MonkeyPatch, name: str, value: str, others: dict[str, str]) -> None:
+def test_an_impossible_setting_fails_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, others: dict[str, str]
+) -> None:
     with pytest.raises(ValidationError) as info:
         settings_from_env(monkeypatch, **others, **{name: value})
     assert [error["loc"] for error in info.value.errors()] == [(name,)], info.value
@@ -103,8 +123,41 @@ def test_exactly_once_needs_the_all_in_one_role(monkeypatch: pytest.MonkeyPatch,
         settings_from_env(monkeypatch, delivery="exactly_once", role=role)
 
 
+@pytest.mark.parametrize(
+    "challenger",
+    [{}, {"lr": 0.1}, {"learning_rate": 0}, {"learning_rate": 0.1, "learning_rate_factor": 2}, {"model": "x y"},
+     {"optimizer": "lbfgs"}, {"hidden_dim": 0}, {"name": "default", "model": "mlp"}, {"name": "a b", "model": "mlp"},
+     {"seed": -1}],
+    ids=str,
+)  # fmt: skip
+def test_an_impossible_challenger_fails_naming_it(
+    monkeypatch: pytest.MonkeyPatch, challenger: dict[str, object]
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        settings_from_env(monkeypatch, challengers=json.dumps([{"optimizer": "sgd"}, challenger]))
+    assert all(error["loc"][:2] == ("challengers", 1) for error in info.value.errors()), info.value
+
+
+def test_challengers_are_a_json_list_or_a_preset_and_need_the_all_in_one_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    listed = settings_from_env(
+        monkeypatch, challengers='[{"model": "mlp", "hidden_dim": 16}, {"learning_rate": 0.5, "name": "fast"}]'
+    )
+    assert [c.label for c in listed.challengers] == ["model=mlp,hidden_dim=16", "fast"]
+    preset = settings_from_env(monkeypatch, challengers="learning_rates")
+    assert [c.learning_rate_factor for c in preset.challengers] == [0.2, 5.0]
+    assert (
+        load_settings(["--input-dim", "3", "--challengers", '[{"optimizer": "sgd"}]']).challengers[0].optimizer == "sgd"
+    )
+    assert settings_from_env(monkeypatch, challengers="").challengers == []
+    with pytest.raises(ValidationError, match="role=all"):
+        settings_from_env(monkeypatch, challengers="learning_rates", role="trainer")
+
+
 def test_each_role_reads_in_its_own_group(monkeypatch: pytest.MonkeyPatch) -> None:
-    groups = {role: settings_from_env(monkeypatch, role=role, group_id="g").reading_group for role in ("all", "predictor", "trainer")}
+    groups = {
+        role: settings_from_env(monkeypatch, role=role, group_id="g").reading_group
+        for role in ("all", "predictor", "trainer")
+    }
     assert groups == {"all": "g", "predictor": "g", "trainer": "g.trainer"}
 
 
@@ -124,7 +177,13 @@ POSSIBLE: list[dict[str, str]] = [
     {"delivery": "exactly_once", "transactional_id": "my-app.1"},
     *[{"cpu_kernels": v} for v in ("auto", "off")],
     *[{"role": v} for v in ("all", "predictor", "trainer")],
-    {"models_topic": "ml.models-v1", "model_publish_interval_s": "0.05", "max_model_age_s": "3600", "commit_interval_s": "0.2"},
+    {
+        "models_topic": "ml.models-v1",
+        "model_publish_interval_s": "0.05",
+        "max_model_age_s": "3600",
+        "commit_interval_s": "0.2",
+    },
+    {"selection": "average", "promotion_margin": "0", "promotion_window": "1"},
 ]
 
 
@@ -163,11 +222,15 @@ def test_an_env_file_is_read_when_named(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv(ENV_FILE_VARIABLE, str(env_file))
     monkeypatch.setenv("STREAM_LEARNER_TASK", "regression")
     settings = load_settings(["--model", "linear"])
-    assert (settings.input_dim, settings.model, settings.task) == (5, "linear", "regression"), "flags, then environment, then the file"
+    assert (settings.input_dim, settings.model, settings.task) == (5, "linear", "regression"), (
+        "flags, then environment, then the file"
+    )
 
 
 @pytest.mark.parametrize("named", ["missing.env", "", "a-directory"])
-def test_a_named_env_file_that_is_not_there_fails_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, named: str) -> None:
+def test_a_named_env_file_that_is_not_there_fails_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, named: str
+) -> None:
     (tmp_path / "a-directory").mkdir()
     monkeypatch.setenv(ENV_FILE_VARIABLE, str(tmp_path / named) if named else "")
     monkeypatch.setenv("STREAM_LEARNER_INPUT_DIM", "4")

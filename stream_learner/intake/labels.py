@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_learner.config import FLOAT32_LIMIT
+from stream_learner.config_types import FLOAT32_LIMIT
 from stream_learner.intake.checks import (
     Problem,
     all_ids,

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stream_learner.config import FLOAT32_LIMIT
+from stream_learner.config_types import FLOAT32_LIMIT
 from stream_learner.kernels.compiled import compiled
 from stream_learner.kernels.losses import cross_entropy, softmax_in_place, squared_error
 from stream_learner.learning.model import StandardizedModel

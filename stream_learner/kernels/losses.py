@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from stream_learner.config import FLOAT32_LIMIT
+from stream_learner.config_types import FLOAT32_LIMIT
 from stream_learner.kernels.compiled import compiled
 
 
