@@ -139,8 +139,8 @@ class Predictor:
 
     async def _predict(self, batches: list[EventBatch]) -> None:
         for events in batches:
-            scores, version = await self.learner.predict(events, catching_up=False)
-            await self._writer.send_predictions(events, scores, version, self.generation)
+            served = await self.learner.predict(events, catching_up=False)
+            await self._writer.send_predictions(events, served.scores, served.version, self.generation)
 
     async def _drain(self) -> None:
         await self._predict(self.batcher.take_all())

@@ -153,6 +153,8 @@ class Predictions:
     """Optimizer steps applied to the weights that made these predictions."""
     model_generation: int | None = None
     """The trainer generation of a predictor's model version (None in ROLE=all: one process, one lineage)."""
+    model: str | None = None
+    """The name of the model that served, with challengers (``default``, a challenger's, or ``average``)."""
 
 
 class Totals(Counter[str]):

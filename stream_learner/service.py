@@ -153,9 +153,9 @@ class Service:
 
     async def _predict(self, batches: list[EventBatch]) -> None:
         for events in batches:
-            scores, version = await self.learner.predict(events, catching_up=self._progress.catching_up())
-            await self._writer.send_predictions(events, scores, version)
-            self.learner.add_predicted(events, scores)
+            served = await self.learner.predict(events, catching_up=self._progress.catching_up())
+            await self._writer.send_predictions(events, served.scores, served.version, model=served.model)
+            self.learner.add_predicted(events, served.scores)
             # Test-then-train per batch: catching up, the next batch is predicted by weights that
             # already learned from the labels joined so far.
             if await self.learner.train_due(self._progress):

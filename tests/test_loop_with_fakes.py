@@ -78,7 +78,9 @@ class FakeWriter:
         self.versions: list[int] = []
         self.dead: list[Rejected] = []
 
-    async def send_predictions(self, events: EventBatch, scores: np.ndarray, model_version: int) -> None:
+    async def send_predictions(
+        self, events: EventBatch, scores: np.ndarray, model_version: int, model_generation: int | None = None, model: str | None = None
+    ) -> None:
         self.predicted += events.ids
         self.versions.append(model_version)
 

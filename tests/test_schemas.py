@@ -56,7 +56,10 @@ def test_real_predictions_of_the_service_are_valid() -> None:
     regressed = encode_predictions(Predictions(events, scores[:, :1] * 1e3 - 500, 0), "regression")
     from_a_predictor = encode_predictions(Predictions(events, scores, 7, model_generation=3), "classification")
     assert all(orjson.loads(value)["model_generation"] == 3 for value in from_a_predictor)
-    for value in classified + regressed + from_a_predictor:
+    with_challengers = encode_predictions(Predictions(events, scores, 7, model="learning_rate_factor=5.0"), "classification")
+    assert all(orjson.loads(value)["model"] == "learning_rate_factor=5.0" for value in with_challengers)
+    assert all("model" not in orjson.loads(value) for value in classified)
+    for value in classified + regressed + from_a_predictor + with_challengers:
         errors = list(validator("prediction").iter_errors(orjson.loads(value)))
         assert errors == [], (value, errors)
     assert "ts" in orjson.loads(classified[0]) and "ts" not in orjson.loads(classified[1])

@@ -18,6 +18,7 @@ import structlog
 
 from stream_learner.config import Settings
 from stream_learner.errors import CheckpointMismatchError
+from stream_learner.learning.model_set import ModelSet
 from stream_learner.learning.trainer import OptimizerChange, Trainer
 
 log = structlog.get_logger(__name__)
@@ -40,7 +41,7 @@ def model_spec(settings: Settings) -> dict[str, Any]:
 
 
 def take_cut(
-    trainer: Trainer, parts: Mapping[str, Part], spec: dict[str, Any], summary: dict[str, Any]
+    trainer: Trainer | ModelSet, parts: Mapping[str, Part], spec: dict[str, Any], summary: dict[str, Any]
 ) -> dict[str, Any]:
     """The state of ``trainer`` and ``parts`` (by name), the model they fit, and a ``summary`` for people."""
     return {
@@ -51,7 +52,9 @@ def take_cut(
     }
 
 
-def restore_cut(trainer: Trainer, parts: Mapping[str, Part], spec: dict[str, Any], state: dict[str, Any]) -> None:
+def restore_cut(
+    trainer: Trainer | ModelSet, parts: Mapping[str, Part], spec: dict[str, Any], state: dict[str, Any]
+) -> None:
     """Load a :func:`take_cut` back; a checkpoint for another model shape raises
     :class:`CheckpointMismatchError`, one made with other optimizer settings loads under these."""
     saved = state["model_spec"]
@@ -67,6 +70,9 @@ def restore_cut(trainer: Trainer, parts: Mapping[str, Part], spec: dict[str, Any
         raise CheckpointMismatchError(f"the checkpoint's model state does not fit the model: {exc}") from exc
     for change in changes:
         _log_optimizer_change(change)
+    if not isinstance(trainer, ModelSet) and state["trainer"].get("challengers"):
+        dropped = sorted(state["trainer"]["challengers"])
+        log.warning("challengers_dropped", models=dropped, detail="none configured now: the default model serves")
     for name, part in parts.items():
         part.load_state_dict(state[name])
 

@@ -10,7 +10,7 @@ from stream_learner.records import Predictions
 
 def encode_predictions(predictions: Predictions, task: str) -> list[bytes]:
     """One JSON value per event: id, prediction, scores (classification), model_version, model_generation
-    (from a predictor), ts."""
+    (from a predictor), model (with challengers), ts."""
     events = predictions.events
     version = predictions.model_version
     generation = predictions.model_generation
@@ -29,6 +29,9 @@ def encode_predictions(predictions: Predictions, task: str) -> list[bytes]:
     if generation is not None:
         for row in out:
             row["model_generation"] = generation
+    if predictions.model is not None:
+        for row in out:
+            row["model"] = predictions.model
     for row, given, t in zip(out, has_ts.tolist(), ts, strict=False):
         if given:
             row["ts"] = t

@@ -50,11 +50,16 @@ class KafkaWriter:
         self._deliveries: list[asyncio.Future[Any]] = []
 
     async def send_predictions(
-        self, events: EventBatch, scores: np.ndarray, model_version: int, model_generation: int | None = None
+        self,
+        events: EventBatch,
+        scores: np.ndarray,
+        model_version: int,
+        model_generation: int | None = None,
+        model: str | None = None,
     ) -> None:
         if self._settings.role == "trainer":
             return  # a trainer scores events for its prequential metrics; the predictors publish
-        predictions = Predictions(events, scores, model_version, model_generation)
+        predictions = Predictions(events, scores, model_version, model_generation, model)
         values = encode_predictions(predictions, self._settings.task)
         records = PackedRecords.of([event_id.encode() for event_id in events.ids], values)
         if self._transactions is not None:

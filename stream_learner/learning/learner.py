@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from stream_learner.config import Settings
 from stream_learner.learning.device_thread import DeviceThread
 from stream_learner.learning.join import Examples, JoinBuffer
 from stream_learner.learning.model import build_model, resolve_device
+from stream_learner.learning.model_set import ModelSet
 from stream_learner.learning.prequential import PrequentialMetrics
 from stream_learner.learning.schedule import TrainingSchedule
 from stream_learner.learning.step_queue import StepQueue
@@ -32,6 +33,15 @@ INLINE_INFERENCE_MAX_S = 0.002
 """A CPU forward pass quicker than this runs in the loop's thread when the device thread is idle:
 the handoff to the thread and back takes longer (docs/benchmarks.md)."""
 T = TypeVar("T")
+
+
+class Served(NamedTuple):
+    """A micro-batch's predictions and what made them."""
+
+    scores: np.ndarray
+    version: int
+    model: str | None
+    """The serving model's name (:mod:`.model_set`), with challengers; else None."""
 
 
 class ReadingState(Protocol):
@@ -54,7 +64,8 @@ class Learner:
             # that the event loop and the broker need.
             threadpool_limits(s.torch_threads, user_api="blas")
         kernels = s.cpu_kernels == "auto"
-        self.trainer = Trainer(build_model(s), s, resolve_device(s.device))
+        device = resolve_device(s.device)
+        self.trainer: Trainer | ModelSet = ModelSet(s, device) if s.challengers else Trainer(build_model(s), s, device)
         default_label = s.default_label if s.missing_label_policy == "default" else None
         self.join = JoinBuffer(
             s.input_dim, s.output_dim, s.max_pending, s.label_ttl_s,
@@ -67,27 +78,28 @@ class Learner:
         self._telemetry = telemetry
         self._inline_inference = False
 
-    async def predict(self, events: EventBatch, *, catching_up: bool) -> tuple[np.ndarray, int]:
-        """Scores and the model version that made them.
+    async def predict(self, events: EventBatch, *, catching_up: bool) -> Served:
+        """Scores, and the model version (and, with challengers, the model) that made them.
 
         Live, a prediction runs ahead of queued steps (latency); catching up, it waits for them, so
         each batch is predicted by weights that learned every label joined before it.
         """
         started = time.perf_counter()
         if self._inline_inference and self.device.idle():
-            scores, version = self._predict_here(events.features)
+            served = self._predict_here(events.features)
         else:
             predict = self.device.run if catching_up else self.device.run_first
-            scores, version = await predict(self._predict_here, events.features)
+            served = await predict(self._predict_here, events.features)
         self._telemetry.batch_predicted(len(events), time.perf_counter() - started, events.event_times())
-        return scores, version
+        return served
 
-    def _predict_here(self, features: np.ndarray) -> tuple[np.ndarray, int]:
+    def _predict_here(self, features: np.ndarray) -> Served:
         started = time.perf_counter()
-        scores = self.trainer.predict_many(features)
+        trainer = self.trainer
+        scores = trainer.predict_many(features)
         quick = time.perf_counter() - started < INLINE_INFERENCE_MAX_S
-        self._inline_inference = self.trainer.device.type == "cpu" and quick
-        return scores, self.trainer.model_version
+        self._inline_inference = trainer.device.type == "cpu" and quick
+        return Served(scores, trainer.model_version, trainer.serving if isinstance(trainer, ModelSet) else None)
 
     def add_predicted(self, events: EventBatch, scores: np.ndarray) -> None:
         """Predicted events wait for their labels (or meet the early ones)."""
@@ -185,6 +197,7 @@ class Learner:
             "scored_examples": self.metrics.count,
             "device": str(self.trainer.device),
             **{f"prequential_{k}": v for k, v in self.metrics.summary().items()},
+            **(self.trainer.stats() if isinstance(self.trainer, ModelSet) else {}),
         }
 
 

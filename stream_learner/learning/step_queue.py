@@ -18,6 +18,7 @@ import structlog
 
 from stream_learner.learning.device_thread import DeviceThread
 from stream_learner.learning.join import Examples
+from stream_learner.learning.model_set import ModelSet
 from stream_learner.learning.trainer import Trainer
 from stream_learner.observability.telemetry import Telemetry
 
@@ -48,7 +49,9 @@ class StepOutcome(NamedTuple):
 class StepQueue:
     """Queues ``trainer``'s steps on ``device`` and reports them; the rollback state is the last cut's."""
 
-    def __init__(self, trainer: Trainer, device: DeviceThread, telemetry: Telemetry, *, rollback: bool) -> None:
+    def __init__(
+        self, trainer: Trainer | ModelSet, device: DeviceThread, telemetry: Telemetry, *, rollback: bool
+    ) -> None:
         self._trainer = trainer
         self._device = device
         self._telemetry = telemetry

@@ -121,6 +121,8 @@ class ServiceCollector(Collector):
         )
         for name, doc, key in PREQUENTIAL[self.task]:
             yield _gauge(name, doc, stats.get(key) if restored else None)
+        if "models" in stats:
+            yield from _models(stats, restored)
         yield _consumer_lag(self.status)
         yield from _health(self.status.health())
         yield self._info(stats["device"])
@@ -155,6 +157,32 @@ def _model_versions(by_outcome: dict[str, int]) -> CounterMetricFamily:
     for outcome, count in sorted(by_outcome.items()):
         family.add_metric([outcome], count)
     return family
+
+
+def _models(stats: dict[str, Any], restored: bool) -> Iterator[Metric]:
+    """With challengers: per model, its error over PROMOTION_WINDOW, whether it serves, its steps; the promotions."""
+    error = GaugeMetricFamily(
+        "stream_learner_model_error",
+        "Per model: prequential error over the last PROMOTION_WINDOW examples it had not trained on "
+        "(1 - accuracy, or MAE); no sample until the window is full.",
+        labels=["model"],
+    )
+    serving = GaugeMetricFamily(
+        "stream_learner_model_serving", "1 for the model whose predictions are served.", labels=["model"]
+    )
+    steps = CounterMetricFamily(
+        "stream_learner_model_optimizer_steps", "Optimizer steps applied, per model.", labels=["model"]
+    )
+    for name, figures in sorted(stats["models"].items()):
+        if figures["error"] is not None:
+            error.add_metric([name], figures["error"])
+        serving.add_metric([name], int(figures["serving"]))
+        if restored:
+            steps.add_metric([name], figures["optimizer_steps"])
+    yield from (error, serving, steps)
+    yield _counter(
+        "stream_learner_promotions", "Challengers promoted to champion.", stats["promotions"] if restored else None
+    )
 
 
 def _consumer_lag(status: ServiceStatus) -> GaugeMetricFamily:

@@ -30,8 +30,10 @@ from torch import nn
 from stream_learner.checkpointing.cut import model_spec
 from stream_learner.checkpointing.store import CheckpointStore, fsync_path
 from stream_learner.config import Settings
+from stream_learner.config_types import DEFAULT_MODEL_NAME
 from stream_learner.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from stream_learner.learning.model import StandardizedModel, Standardizer, build_model
+from stream_learner.learning.model_set import member_settings
 
 Format = Literal["torchscript", "onnx"]
 FORMATS: tuple[Format, ...] = ("torchscript", "onnx")
@@ -130,12 +132,30 @@ def load_latest_model(settings: Settings) -> tuple[nn.Module, dict[str, Any], Pa
             f"the newest checkpoint does not fit the settings (checkpoint vs settings: {diff}); "
             "export with the settings the service ran with"
         )
-    model = build_model(settings)
+    member, trainer_state = _serving_member(settings, loaded.state["trainer"])
+    model = build_model(member)
     try:
-        model.load_state_dict(loaded.state["trainer"]["model"])
+        model.load_state_dict(trainer_state["model"])
     except (RuntimeError, KeyError) as exc:
         raise CheckpointMismatchError(f"the checkpoint's model state does not fit the model: {exc}") from exc
     return model.eval(), loaded.state, loaded.path
+
+
+def _serving_member(settings: Settings, state: dict[str, Any]) -> tuple[Settings, dict[str, Any]]:
+    """The settings and trainer state of the model that served: the default one, or a promoted challenger
+    (which must still be among ``settings.challengers``, for its settings)."""
+    if settings.challengers and settings.selection == "average":
+        raise ConfigError("an export holds one model; under SELECTION=average the service serves several")
+    champion = state.get("contest", {}).get("champion", DEFAULT_MODEL_NAME)
+    if champion == DEFAULT_MODEL_NAME:
+        return settings, state
+    spec = next((c for c in settings.challengers if c.label == champion), None)
+    if spec is None:
+        raise CheckpointMismatchError(
+            f"the checkpoint's champion is the challenger {champion!r}, which CHALLENGERS no longer names; "
+            "export with the settings the service ran with"
+        )
+    return member_settings(settings, spec), state["challengers"][champion]
 
 
 def export_model(settings: Settings, fmt: Format, out: Path) -> ExportInfo:
@@ -148,15 +168,16 @@ def export_model(settings: Settings, fmt: Format, out: Path) -> ExportInfo:
     if fmt not in FORMATS:
         raise ConfigError(f"export format must be one of {FORMATS}, got {fmt!r}")
     model, state, path = load_latest_model(settings)
+    member, member_state = _serving_member(settings, state["trainer"])
     module = ScoringModule(model, settings.task).eval()
     info = ExportInfo(
         format=fmt,
         path=str(out),
         checkpoint=str(path),
         checkpoint_id=int(state["checkpoint_id"]),
-        model_version=int(state["trainer"]["counters"]["optimizer_steps"]),
+        model_version=int(member_state["counters"]["optimizer_steps"]),
         task=settings.task,
-        model=settings.model,
+        model=member.model,
         input_dim=settings.input_dim,
         output_dim=settings.output_dim,
     )

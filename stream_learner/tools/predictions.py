@@ -36,6 +36,8 @@ class Prediction:
     """The event's ``ts``, when it had one."""
     model_generation: int | None = None
     """The trainer generation of the model version, from a ``ROLE=predictor`` replica."""
+    model: str | None = None
+    """With challengers: the name of the model that served (``default``, a challenger's, or ``average``)."""
 
     @classmethod
     def from_json(cls, value: bytes | str) -> Prediction:
@@ -63,7 +65,10 @@ class Prediction:
             not isinstance(generation, int) or isinstance(generation, bool) or generation < 1
         ):
             raise ValueError(f"'model_generation' must be a positive integer: {obj!r}")
-        return cls(event_id, prediction, None if scores is None else tuple(scores), version, ts, generation)
+        model = obj.get("model")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise ValueError(f"'model' must be a non-empty string: {obj!r}")
+        return cls(event_id, prediction, None if scores is None else tuple(scores), version, ts, generation, model)
 
     def to_dict(self) -> dict[str, Any]:
         """The contract's JSON object: ``scores`` and ``ts`` only when present."""
@@ -73,6 +78,8 @@ class Prediction:
         out["model_version"] = self.model_version
         if self.model_generation is not None:
             out["model_generation"] = self.model_generation
+        if self.model is not None:
+            out["model"] = self.model
         if self.ts is not None:
             out["ts"] = self.ts
         return out
