@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from aiokafka import AIOKafkaProducer
 
 from stream_learner.config import Settings
 from stream_learner.learning.examples import Examples
@@ -12,6 +16,12 @@ from stream_learner.learning.model import build_model
 from stream_learner.learning.model_set import ModelSet, member_settings
 from stream_learner.learning.promotion import Contest
 from stream_learner.learning.trainer import Trainer
+from stream_learner.tools.synthetic import DriftingStream
+
+from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
+from .service_process import checkpoint_show
+from .stream_io import produce_events, produce_labels, read_predictions
+from .test_crash_safety import wait_until_joined
 
 CPU = torch.device("cpu")
 
@@ -32,7 +42,9 @@ def mixed(n: int, errors: int) -> tuple[np.ndarray, np.ndarray]:
     return scores, np.ones(n)
 
 
-def play(contest: Contest, steps: int, per_model: dict[str, tuple[np.ndarray, np.ndarray]], size: int = 10) -> list[str]:
+def play(
+    contest: Contest, steps: int, per_model: dict[str, tuple[np.ndarray, np.ndarray]], size: int = 10
+) -> list[str]:
     """``steps`` steps of ``size`` examples each model scores as given; the promoted models in order."""
     promoted = []
     for _ in range(steps):
@@ -174,11 +186,15 @@ def test_the_whole_set_is_in_the_state_and_a_restore_predicts_the_same() -> None
 
 
 def test_a_restart_with_other_challengers_keeps_the_ones_still_named() -> None:
-    before = ModelSet(settings(challengers='[{"name": "a", "learning_rate": 0.01}, {"name": "b", "model": "mlp"}]'), CPU)
+    before = ModelSet(
+        settings(challengers='[{"name": "a", "learning_rate": 0.01}, {"name": "b", "model": "mlp"}]'), CPU
+    )
     x, y = stream(320)
     train(before, x, y)
     state = before.state_dict()
-    after = ModelSet(settings(challengers='[{"name": "c", "optimizer": "sgd"}, {"name": "a", "learning_rate": 0.01}]'), CPU)
+    after = ModelSet(
+        settings(challengers='[{"name": "c", "optimizer": "sgd"}, {"name": "a", "learning_rate": 0.01}]'), CPU
+    )
     after.load_state_dict(state)
     assert after.members["a"].counters.examples_trained == 320 and after.members["c"].counters.examples_trained == 0
     assert torch.equal(after.members["a"].weights()["net.weight"], before.members["a"].weights()["net.weight"])
@@ -187,7 +203,9 @@ def test_a_restart_with_other_challengers_keeps_the_ones_still_named() -> None:
     assert torch.equal(plain.weights()["net.weight"], before.members["default"].weights()["net.weight"])
     grown = ModelSet(settings(challengers='[{"name": "a", "learning_rate": 0.01}]'), CPU)
     grown.load_state_dict(plain.state_dict())
-    assert grown.members["default"].counters.examples_trained == 320 and grown.members["a"].counters.examples_trained == 0
+    assert (
+        grown.members["default"].counters.examples_trained == 320 and grown.members["a"].counters.examples_trained == 0
+    )
 
 
 def test_a_challengers_settings_are_the_defaults_with_its_own() -> None:
@@ -195,3 +213,38 @@ def test_a_challengers_settings_are_the_defaults_with_its_own() -> None:
     member = member_settings(s, s.challengers[0])
     assert (member.model, member.optimizer, member.hidden_dim, member.challengers) == ("mlp", "sgd", 8, [])
     assert member.effective_learning_rate == pytest.approx(0.5 * 0.05), "half the mlp's tuned sgd rate"
+
+
+@pytest.mark.integration
+async def test_through_kafka_a_better_challenger_is_promoted_and_its_predictions_say_so(
+    kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
+) -> None:
+    """Live: a default model that barely learns, a tuned challenger; labels 50 events late."""
+    total = 2000
+    tuned = '[{"learning_rate": 0.05, "name": "tuned"}]'
+    service = start_service(learning_rate=1e-5, challengers=tuned, promotion_window=200)
+    service.wait_for_log("service_started", timeout=60)
+    stream = DriftingStream(INPUT_DIM, seed=5)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker.bootstrap_servers, linger_ms=2)
+    await producer.start()
+    try:
+        for start in range(0, total + 50, 50):
+            if start < total:
+                await produce_events(producer, topics.events, stream.batch(start, 50))
+            if start >= 50:
+                done = stream.batch(start - 50, 50)
+                await produce_labels(producer, topics.labels, done.ids, done.labels)
+            await asyncio.sleep(0.02)
+    finally:
+        await producer.stop()
+    await wait_until_joined(service, total)
+    assert service.stop() == 0
+
+    promoted = [e for e in service.log_events() if e.get("event") == "model_promoted"]
+    assert [(e["model"], e["replaced"]) for e in promoted] == [("tuned", "default")], promoted
+    shown = checkpoint_show(tmp_path / "checkpoints")
+    assert (shown["serving_model"], shown["promotions"]) == ("tuned", 1)
+    assert {m["examples_trained"] for m in shown["models"].values()} == {total}, shown["models"]
+    predictions = await read_predictions(kafka_broker.bootstrap_servers, topics.predictions, expected=total, timeout=30)
+    served = [predictions[event_id][0]["model"] for event_id in stream.batch(0, total).ids]
+    assert set(served[:100]) == {"default"} and set(served[-300:]) == {"tuned"}

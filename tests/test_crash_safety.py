@@ -74,8 +74,13 @@ async def wait_until_joined(service: ServiceProcess, labels: int, timeout: float
     raise AssertionError(f"labels_joined did not reach {labels}:\n{service.log_tail()}")
 
 
+CHALLENGERS = {"challengers": "learning_rates", "promotion_window": 300, "promotion_margin": 0.02}
+"""Two challengers, judged over short windows so that promotions happen within these streams."""
+
+
+@pytest.mark.parametrize("models", [{}, CHALLENGERS], ids=["one-model", "challengers"])
 async def test_kill_9_at_random_moments_and_checkpoint_steps_trains_every_label_once(
-    kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
+    kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path, models: dict[str, object]
 ) -> None:
     total, checkpoints = 6000, tmp_path / "checkpoints"
     producer = PacedStream(kafka_broker.bootstrap_servers, topics, total, rate=500, label_lag=150)
@@ -83,7 +88,7 @@ async def test_kill_9_at_random_moments_and_checkpoint_steps_trains_every_label_
     rng = random.Random(2)
     duplicate_bound, kills = 0, 0
     for crash in [*CHECKPOINT_STEPS, "random", "random"]:
-        service = start_service(**FAST, **({} if crash == "random" else {"crash_at": crash}))
+        service = start_service(**FAST, **models, **({} if crash == "random" else {"crash_at": crash}))
         await asyncio.to_thread(service.wait_for_log, "partitions_assigned", 60)
         if crash == "random":
             await asyncio.sleep(rng.uniform(0.2, 2.0))
@@ -95,11 +100,14 @@ async def test_kill_9_at_random_moments_and_checkpoint_steps_trains_every_label_
         duplicate_bound += producer.events_sent - events_in_latest_checkpoint(checkpoints, topics.events)
     await producing
 
-    service = start_service(**FAST)
+    service = start_service(**FAST, **models)
     await wait_until_joined(service, total)
     assert service.stop() == 0
     shown = checkpoint_show(checkpoints)
     assert shown["labels_joined"] == shown["examples_trained"] == total, shown
+    if models:
+        assert {m["examples_trained"] for m in shown["models"].values()} == {total}, shown["models"]
+        assert {m["scored"] for m in shown["models"].values()} == {total}, "each model scored every example once"
     assert shown["events_predicted"] == total and shown["pending_events"] == 0 and shown["dead_lettered"] == 0
 
     predictions = await read_predictions(kafka_broker.bootstrap_servers, topics.predictions, expected=total * 2, timeout=15)
@@ -126,10 +134,12 @@ async def prefill(bootstrap: str, topics: TestTopics, total: int, label_lag: int
         await producer.stop()
 
 
-async def run_to_end(start_service: StartService, directory: Path, group: str, total: int, crashes: list[str]) -> dict:
+async def run_to_end(
+    start_service: StartService, directory: Path, group: str, total: int, crashes: list[str], models: dict[str, object]
+) -> dict:
     # Small fetches and frequent checkpoints, so that each crash lands mid-stream: the second
     # checkpoint must come before the stream is done (at 0.2 s a fast machine finished first).
-    slow = {**FAST, "log_level": "debug", "checkpoint_interval_s": 0.05, "fetch_max_records": 100, "checkpoint_dir": directory, "group_id": group}
+    slow = {**FAST, **models, "log_level": "debug", "checkpoint_interval_s": 0.05, "fetch_max_records": 100, "checkpoint_dir": directory, "group_id": group}
     for crash in crashes:
         service = start_service(**slow, crash_at=crash)
         await wait_for_exit(service, timeout=60)
@@ -141,16 +151,26 @@ async def run_to_end(start_service: StartService, directory: Path, group: str, t
     return loaded.state
 
 
+@pytest.mark.parametrize("models", [{}, CHALLENGERS], ids=["one-model", "challengers"])
 async def test_replay_with_crashes_equals_an_uninterrupted_run(
-    kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
+    kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path, models: dict[str, object]
 ) -> None:
     total = 8000
     await prefill(kafka_broker.bootstrap_servers, topics, total, label_lag=500)
-    calm = await run_to_end(start_service, tmp_path / "calm", "calm", total, crashes=[])
-    crashed = await run_to_end(start_service, tmp_path / "crashed", "crashed", total, crashes=["written:2", "committed:2", "written_temp:2", "drained:2"])
+    calm = await run_to_end(start_service, tmp_path / "calm", "calm", total, [], models)
+    crashes = ["written:2", "committed:2", "written_temp:2", "drained:2"]
+    crashed = await run_to_end(start_service, tmp_path / "crashed", "crashed", total, crashes, models)
 
     for key in ("events_predicted", "labels_joined", "examples_trained", "model_version", "pending_events"):
         assert crashed["summary"][key] == calm["summary"][key], key
     assert calm["summary"]["examples_trained"] == total
-    for name, weight in calm["trainer"]["model"].items():
-        assert torch.allclose(crashed["trainer"]["model"][name], weight, atol=1e-5), name
+    trainers = [(calm["trainer"], crashed["trainer"])]
+    if models:
+        assert calm["summary"]["promotions"] >= 1, "the stream is meant to promote a challenger"
+        for key in ("serving_model", "promotions", "models"):
+            assert crashed["summary"][key] == calm["summary"][key], key
+        challengers = calm["trainer"]["challengers"]
+        trainers += [(challengers[name], crashed["trainer"]["challengers"][name]) for name in challengers]
+    for calm_trainer, crashed_trainer in trainers:
+        for name, weight in calm_trainer["model"].items():
+            assert torch.allclose(crashed_trainer["model"][name], weight, atol=1e-5), name

@@ -116,6 +116,12 @@ class FakeStatus:
             "device": "cpu", "prequential_examples": 69, **{f"prequential_{k}": v for k, v in prequential.items()},
             "model_generation": 2, "model_age_s": 0.75, "model_stale": 0,
             "model_versions": {"loaded": 5, "rejected": 1, "ignored": 2},
+            "serving_model": "fast", "promotions": 1,
+            "models": {
+                "default": {"error": 0.25, "scored": 69, "examples_trained": 64, "optimizer_steps": 11, "serving": False},
+                "fast": {"error": 0.125, "scored": 69, "examples_trained": 64, "optimizer_steps": 10, "serving": True},
+                "new": {"error": None, "scored": 5, "examples_trained": 4, "optimizer_steps": 1, "serving": False},
+            },
         }  # fmt: skip
         self.health_figures: dict[str, Any] = {
             "ready": True, "broker_reachable": False, "partitions_assigned": True, "model_loaded": True,
@@ -165,6 +171,16 @@ def test_the_bulk_histogram_counts_like_prometheus_clients_histogram() -> None:
     for suffix in ("_count", "_sum"):
         assert value(samples, "bulk_seconds" + suffix) == pytest.approx(value(samples, "single_seconds" + suffix))
     assert with_name(samples, "bulk_seconds_bucket") == with_name(samples, "single_seconds_bucket")
+
+
+def test_each_model_has_its_error_steps_and_serving_flag_and_the_promotions_count(tmp_path: Path) -> None:
+    samples, types = parse(_scrape(fake_telemetry(tmp_path).registry))
+    by_model = {frozenset({("model", name)}): figure for name, figure in (("default", 0.25), ("fast", 0.125))}
+    assert with_name(samples, "stream_learner_model_error") == by_model, "no sample before a model's window is full"
+    serving = with_name(samples, "stream_learner_model_serving")
+    assert serving == {frozenset({("model", n)}): int(n == "fast") for n in ("default", "fast", "new")}
+    assert with_name(samples, "stream_learner_model_optimizer_steps_total")[frozenset({("model", "fast")})] == 10
+    assert value(samples, "stream_learner_promotions_total") == 1 and types["stream_learner_promotions"] == "counter"
 
 
 def _scrape(registry: CollectorRegistry) -> str:
