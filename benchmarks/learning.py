@@ -23,7 +23,10 @@ import torch
 from stream_learner.config import Settings
 from stream_learner.learning.examples import Examples
 from stream_learner.learning.model import build_model
+from stream_learner.learning.model_set import ModelSet
 from stream_learner.learning.trainer import Trainer
+
+from .common import quiet_logs
 
 LAG, EVERY = 5, 4
 Rows = list[tuple[dict[str, Any], Any]]
@@ -41,7 +44,8 @@ def service_scores(rows: Rows, task: str, **settings: Any) -> np.ndarray:
     x, y = arrays(rows)
     classes = int(y.max()) + 1 if task == "classification" else 2
     s = Settings(input_dim=x.shape[1], task=task, num_classes=max(classes, 2), **settings)  # type: ignore[arg-type]
-    trainer, trained = Trainer(build_model(s), s, torch.device("cpu")), 0
+    trainer = ModelSet(s, torch.device("cpu")) if s.challengers else Trainer(build_model(s), s, torch.device("cpu"))
+    trained = 0
     predicted = np.zeros(len(y))
     for i in range(len(y)):
         scores = trainer.predict_many(x[i : i + 1])[0]
@@ -82,15 +86,33 @@ def streams() -> Iterable[tuple[str, str, Rows, Callable[[], Any]]]:
     yield "Bananas", "classification", [(x, int(y)) for x, y in datasets.Bananas()], scaled(linear_model.LogisticRegression)
 
 
+SETTINGS: tuple[dict[str, Any], ...] = (
+    {},
+    {"optimizer": "sgd"},
+    {"model": "mlp"},
+    {"challengers": "learning_rates"},
+    {"challengers": "learning_rates", "selection": "average"},
+    {"challengers": "learning_rates", "model": "mlp"},
+)
+PROMOTION = "PROMOTION_WINDOW={} and PROMOTION_MARGIN={} (the defaults)".format(
+    Settings.model_fields["promotion_window"].default, Settings.model_fields["promotion_margin"].default
+)
+
+
 def main() -> None:
     argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    quiet_logs()
     print(f"Prequential, labels {LAG} events late, a step every {EVERY} events. Regression: MAE (lower is better); "
           "classification: accuracy % (higher is better).\n")
-    print("| stream | task | events | River (StandardScaler + linear) | service linear, adam | linear, sgd | mlp, adam |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(f"Challengers: CHALLENGERS=learning_rates (the model at 1/5 and 5x its learning rate), {PROMOTION}.\n")
+    print(
+        "| stream | task | events | River (StandardScaler + linear) | service linear, adam | linear, sgd | mlp, adam "
+        "| linear + challengers | linear, average of 3 | mlp + challengers |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, task, rows, river_model in streams():
         figures = [score(task, river_scores(rows, river_model()), rows)]
-        for settings in ({}, {"optimizer": "sgd"}, {"model": "mlp"}):
+        for settings in SETTINGS:
             figures.append(score(task, service_scores(rows, task, **settings), rows))
         print(f"| {name} | {task} | {len(rows):,} | " + " | ".join(f"{f:.3f}" if task == "regression" else f"{f:.1f}" for f in figures) + " |")
 

@@ -328,11 +328,14 @@ class FirstRead:
         service.batcher.add = probed_add  # type: ignore[method-assign]
 
 
-async def learner_catch_up(bootstrap: str, role: str, events: str, labels: str, n: int, model: str, tmp: Path) -> Run:
-    """``Service`` (``role`` all or trainer) in-process over the pre-filled topics until every label is stepped."""
+async def learner_catch_up(
+    bootstrap: str, role: str, events: str, labels: str, n: int, model: str, tmp: Path, **extra: Any
+) -> Run:
+    """``Service`` (``role`` all or trainer) in-process over the pre-filled topics until every label is stepped;
+    ``extra`` sets other settings."""
     outputs, models = unique_name("predictions"), unique_name("models")
     await ensure_topics(bootstrap, {outputs: PARTITIONS, models: 1})
-    settings = bench_settings(bootstrap, events, labels, outputs, model, BATCH, tmp / uuid.uuid4().hex, TRAIN_BATCH, role=role, models_topic=models)
+    settings = bench_settings(bootstrap, events, labels, outputs, model, BATCH, tmp / uuid.uuid4().hex, TRAIN_BATCH, role=role, models_topic=models, **extra)
     service = Service(settings)
     probe, first = TrainingProbe(service), FirstRead(service)
     freeze_startup_heap()
