@@ -90,8 +90,8 @@ class ModelSet:
     def learn_many(self, examples: Examples) -> float:
         """Each member scores, then steps on, ``examples``; the lead's loss (NaN when its step was skipped)."""
         lead, loss = self.lead, float("nan")
-        for name, trainer in self.members.items():
-            self.contest.score(name, trainer.predict_many(examples.features), examples.labels)
+        self.contest.score([t.predict_many(examples.features) for t in self.members.values()], examples.labels)
+        for trainer in self.members.values():
             member_loss = trainer.learn_many(examples)
             loss = member_loss if trainer is lead else loss
         promotion = None if self.average else self.contest.after_step(len(examples))
@@ -140,11 +140,11 @@ class ModelSet:
         models = {
             name: {
                 "error": errors[name],
-                "scored": self.contest.scores[name].count,
+                "scored": int(self.contest.scored[i]),
                 "examples_trained": t.counters.examples_trained,
                 "optimizer_steps": t.counters.optimizer_steps,
                 "serving": self.average or name == self.contest.champion,
             }
-            for name, t in self.members.items()
+            for i, (name, t) in enumerate(self.members.items())
         }
         return {"serving_model": self.serving, "promotions": self.contest.promotions, "models": models}

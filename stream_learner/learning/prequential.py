@@ -54,13 +54,6 @@ class PrequentialMetrics:
             "recent_rmse": _value(math.sqrt(recent[1])),
         }
 
-    def recent_error(self) -> float | None:
-        """Over a full window: 1 - accuracy (classification) or the MAE (regression); None before it is full."""
-        if self._recent_n < self.window:
-            return None
-        mean = float(self._recent[:, 0].mean())
-        return 1.0 - mean if self.task == "classification" else mean
-
     def _per_example(self, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
         if self.task == "classification":
             classes = labels.astype(np.int64)

@@ -10,7 +10,7 @@ Guarantees:
   promote at the same step in a replay.
 - The scores, the champion and the counts are in :meth:`state_dict`; a restored model that is no longer
   a member is forgotten, a new member starts with no scores, and a champion that is no longer a member
-  gives way to the first model.
+  gives way to the first model. Under another ``window`` the restored models' windows start afresh.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from stream_learner.learning.prequential import PrequentialMetrics
+import torch
 
 
 @dataclass(frozen=True)
@@ -40,16 +39,32 @@ class Contest:
     def __init__(self, names: Sequence[str], task: str, window: int, margin: float) -> None:
         self.names = list(names)
         self.window, self.margin = window, margin
-        self.scores = {name: PrequentialMetrics(task, window) for name in self.names}
+        self.classification = task == "classification"
         self.champion = self.names[0]
         self.promotions = 0
+        self.scored = np.zeros(len(self.names), np.int64)
+        """Examples each model scored, in all."""
+        self._recent = np.zeros((len(self.names), window), np.float64)
+        """Each model's per-example errors, a ring of ``window`` slots, the next one at ``_next``."""
+        self._next = np.zeros(len(self.names), np.int64)
+        self._filled = np.zeros(len(self.names), np.int64)
         self._since_promotion = 0
         self._unchecked = 0
         self._check_every = max(1, window // 20)
 
-    def score(self, name: str, scores: np.ndarray, labels: np.ndarray) -> None:
-        """Score ``name``'s predictions of examples it has not trained on."""
-        self.scores[name].update(scores, labels)
+    def score(self, scores: Sequence[np.ndarray], labels: np.ndarray) -> None:
+        """Score each model's predictions (``scores[i]`` of ``names[i]``) of examples none has trained on."""
+        stacked = np.stack(scores)
+        if self.classification:
+            errors = (stacked.argmax(axis=2) != labels.astype(np.int64)).astype(np.float64)
+        else:
+            errors = np.abs(stacked[:, :, 0].astype(np.float64) - labels)
+        errors = errors[:, -self.window :]
+        slots = (self._next[:, None] + np.arange(errors.shape[1])) % self.window
+        self._recent[np.arange(len(self.names))[:, None], slots] = errors
+        self._next = (self._next + errors.shape[1]) % self.window
+        self._filled = np.minimum(self._filled + errors.shape[1], self.window)
+        self.scored += len(labels)
 
     def after_step(self, examples: int) -> Promotion | None:
         """Count a step's ``examples``; the promotion the rule makes now, if any (the champion changed)."""
@@ -70,23 +85,38 @@ class Contest:
 
     def errors(self) -> dict[str, float | None]:
         """Each model's error over its window (None until the window is full)."""
-        return {name: metrics.recent_error() for name, metrics in self.scores.items()}
+        means = self._recent.mean(axis=1)
+        return {n: float(means[i]) if self._filled[i] == self.window else None for i, n in enumerate(self.names)}
 
     def state_dict(self) -> dict[str, Any]:
+        scores = {
+            name: {
+                "scored": int(self.scored[i]),
+                "next": int(self._next[i]),
+                "filled": int(self._filled[i]),
+                "recent": torch.from_numpy(self._recent[i].copy()),
+            }
+            for i, name in enumerate(self.names)
+        }
         return {
             "champion": self.champion,
             "promotions": self.promotions,
             "since_promotion": self._since_promotion,
             "unchecked": self._unchecked,
-            "scores": {name: metrics.state_dict() for name, metrics in self.scores.items()},
+            "scores": scores,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` onto these members (see the module's guarantees)."""
-        for name, saved in state["scores"].items():
-            if name in self.scores:
-                self.scores[name].load_state_dict(saved)
-        self.champion = state["champion"] if state["champion"] in self.scores else self.names[0]
+        for i, name in enumerate(self.names):
+            saved = state["scores"].get(name)
+            if saved is None:
+                continue
+            self.scored[i] = int(saved["scored"])
+            recent = saved["recent"].numpy()
+            if len(recent) == self.window:
+                self._recent[i], self._next[i], self._filled[i] = recent, int(saved["next"]), int(saved["filled"])
+        self.champion = state["champion"] if state["champion"] in self.names else self.names[0]
         self.promotions = int(state["promotions"])
         self._since_promotion = int(state["since_promotion"])
         self._unchecked = int(state["unchecked"])
