@@ -146,3 +146,40 @@ async def test_restarts_with_a_new_learning_rate_weight_decay_and_optimizer_keep
     predictions = Counter(orjson.loads(r.value)["id"] for r in await read_to_end(bootstrap, topics.predictions))
     assert len(predictions) == len(RUNS) * BATCH and set(predictions.values()) == {1}, "every event predicted once"
     assert set(predictions) == set(STREAM.batch(0, len(RUNS) * BATCH).ids)
+
+
+CHALLENGER_RUNS: list[tuple[str, dict[str, int], list[tuple[str, str]]]] = [
+    # CHALLENGERS, then examples each model has trained after the run, then the warnings of the restore
+    ("", {"default": BATCH}, []),
+    ('[{"name": "a", "learning_rate": 0.01}]', {"default": 2 * BATCH, "a": BATCH}, [("challenger_added", "a")]),
+    ('[{"name": "b", "model": "mlp"}, {"name": "a", "learning_rate": 0.01}]', {"default": 3 * BATCH, "b": BATCH, "a": 2 * BATCH}, [("challenger_added", "b")]),
+    ('[{"name": "b", "model": "mlp"}]', {"default": 4 * BATCH, "b": 2 * BATCH}, [("challenger_dropped", "a")]),
+    ("", {"default": 5 * BATCH}, [("challengers_dropped", "['b']")]),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("clean_settings_sources")
+async def test_restarts_that_add_and_drop_challengers_keep_the_models_still_named(
+    kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
+) -> None:
+    bootstrap, checkpoints = kafka_broker.bootstrap_servers, tmp_path / "checkpoints"
+    for run, (challengers, trained, expected_warnings) in enumerate(CHALLENGER_RUNS):
+        total = (run + 1) * BATCH
+        await produce(bootstrap, topics, run * BATCH, BATCH)
+        service = start_service(**FAST, challengers=challengers)
+        await wait_for_progress(
+            service,
+            lambda p: p["events_predicted"] == total and p["labels_joined"] == total and p["queued_examples"] == 0,
+            f"run {run}: every event predicted and every label trained",
+        )
+        assert service.stop() == 0, service.log_tail()
+        warnings = [e for e in service.log_events() if e.get("event", "").startswith("challenger")]
+        assert [(e["event"], str(e.get("model", e.get("models")))) for e in warnings] == expected_warnings, warnings
+
+        shown = checkpoint_show(checkpoints)
+        assert shown["labels_joined"] == shown["examples_trained"] == total, shown
+        state = CheckpointStore(checkpoints, keep=1).load_latest().state["trainer"]  # type: ignore[union-attr]
+        by_model = {"default": state["counters"]["examples_trained"]}
+        by_model.update({n: s["counters"]["examples_trained"] for n, s in state.get("challengers", {}).items()})
+        assert by_model == trained
