@@ -48,6 +48,9 @@ METRICS = {  # the names the service exports (stream_learner/observability/)
     "stream_learner_model_age_seconds": "gauge",
     "stream_learner_model_stale": "gauge",
     "stream_learner_model_versions_total": "counter",
+    "stream_learner_model_error": "gauge",
+    "stream_learner_model_serving": "gauge",
+    "stream_learner_promotions_total": "counter",
 }
 
 
