@@ -113,6 +113,16 @@ class EventBatch:
         """Epoch seconds of each event: its ``ts`` where given, else when the service read it."""
         return np.where(np.isnan(self.ts), self.received_at, self.ts)
 
+    def take(self, rows: np.ndarray) -> EventBatch:
+        """Rows ``rows`` (int indices), in that order, as a batch of their own."""
+        return EventBatch(
+            [self.ids[i] for i in rows.tolist()],
+            self.features[rows],
+            self.ts[rows],
+            self.received_at[rows] if len(self.received_at) else self.received_at,
+            None if self.partitions is None else self.partitions[rows],
+        )
+
     def slice(self, start: int, stop: int) -> EventBatch:
         """Rows ``start:stop`` as a batch of their own."""
         return EventBatch(
