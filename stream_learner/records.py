@@ -159,8 +159,9 @@ class Predictions:
     """The events predicted."""
     scores: np.ndarray
     """float32 ``[n, output_dim]``: class probabilities, or the regression output."""
-    model_version: int
-    """Optimizer steps applied to the weights that made these predictions."""
+    model_version: int | np.ndarray
+    """Optimizer steps applied to the weights that made these predictions: one for all, or int64 ``[n]``
+    one per event (catching up, a micro-batch's events are predicted by successive weights)."""
     model_generation: int | None = None
     """The trainer generation of a predictor's model version (None in ROLE=all: one process, one lineage)."""
 

@@ -78,9 +78,9 @@ class FakeWriter:
         self.versions: list[int] = []
         self.dead: list[Rejected] = []
 
-    async def send_predictions(self, events: EventBatch, scores: np.ndarray, model_version: int) -> None:
+    async def send_predictions(self, events: EventBatch, scores: np.ndarray, model_version: int | np.ndarray) -> None:
         self.predicted += events.ids
-        self.versions.append(model_version)
+        self.versions += np.broadcast_to(model_version, len(events)).tolist()
 
     async def send_dead_letters(self, rejected: list[Rejected]) -> None:
         self.dead += rejected

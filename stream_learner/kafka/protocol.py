@@ -66,7 +66,11 @@ class Writer(Protocol):
     """The producer of predictions and dead letters; every send is awaited by :meth:`flush`."""
 
     async def send_predictions(
-        self, events: EventBatch, scores: np.ndarray, model_version: int, model_generation: int | None = None
+        self,
+        events: EventBatch,
+        scores: np.ndarray,
+        model_version: int | np.ndarray,
+        model_generation: int | None = None,
     ) -> None:
         """Encode and produce one prediction per event, co-partitioned with the events where possible."""
         ...

@@ -50,7 +50,11 @@ class KafkaWriter:
         self._deliveries: list[asyncio.Future[Any]] = []
 
     async def send_predictions(
-        self, events: EventBatch, scores: np.ndarray, model_version: int, model_generation: int | None = None
+        self,
+        events: EventBatch,
+        scores: np.ndarray,
+        model_version: int | np.ndarray,
+        model_generation: int | None = None,
     ) -> None:
         if self._settings.role == "trainer":
             return  # a trainer scores events for its prequential metrics; the predictors publish
