@@ -33,7 +33,7 @@ from stream_learner.kafka.connection import KafkaConnection
 from stream_learner.kafka.progress import ReadingProgress
 from stream_learner.kafka.protocol import Fetched, Reader, Writer
 from stream_learner.kafka.rebalance import RebalanceHooks
-from stream_learner.learning.backfill import Predicted, next_backfill
+from stream_learner.learning.backfill import HELD_FETCHES, Predicted, next_backfill
 from stream_learner.learning.learner import Learner
 from stream_learner.model_versions.election import Election
 from stream_learner.model_versions.publisher import ModelPublisher
@@ -160,11 +160,12 @@ class Service:
     async def _predict_backfill(self) -> bool:
         """Catching up: :func:`next_backfill`'s order, a step's worth at a time, trained in between;
         published a micro-batch at a time (:class:`Predicted`). True if events wait for their labels."""
-        join, most, predicted = self.learner.join, self.settings.fetch_max_records, Predicted()
+        join, most, predicted = self.learner.join, HELD_FETCHES * self.settings.fetch_max_records, Predicted()
         label_read = lambda p, event_id: join.any_early([event_id]) or self._progress.labels_read(p)  # noqa: E731
         held = False
         while len(self.batcher) and not held:
-            events = next_backfill(self.batcher, self.learner.schedule, label_read, most)
+            in_turn = not self._reader.paused()
+            events = next_backfill(self.batcher, self.learner.schedule, label_read, most, in_turn=in_turn)
             if events is None:
                 held = True
                 continue

@@ -8,7 +8,9 @@ trains what is due in between, choosing the events by the training schedule's tu
 
 - the events partition whose labels partition has the turn comes first (events and labels keyed
   alike, so labels partition ``p`` holds the labels of events partition ``p``); then the others in
-  turn order, each while it has less than a step queued (at most one step predicted ahead);
+  turn order, each while it has less than a step queued (at most one step predicted ahead), or
+  at any rate while the labels are paused (``in_turn=False``: too many labels wait for their
+  events, and the labels the turn waits for are not read until those events are predicted);
 - a partition's events wait for their labels: they are taken once the label of the first of them
   is read, or its labels partition is read to its end (the label is not in the backlog);
 - events of a partition that is not a labels partition are taken in arrival order;
@@ -33,19 +35,23 @@ from stream_learner.intake.batcher import MicroBatcher
 from stream_learner.learning.schedule import TrainingSchedule
 from stream_learner.records import EventBatch
 
+HELD_FETCHES = 1
+"""Events waiting for their labels, in ``FETCH_MAX_RECORDS``: a fetch can bring a few thousand
+events and no label, and the next one too (read in turn, the labels partitions come later)."""
+
 LabelRead = Callable[[int, str], bool]
 """``(labels partition, event id)``: the event's label is read, or cannot be in what is left to read."""
 
 
 def next_backfill(
-    batcher: MicroBatcher, schedule: TrainingSchedule, label_read: LabelRead, max_held: int
+    batcher: MicroBatcher, schedule: TrainingSchedule, label_read: LabelRead, max_held: int, *, in_turn: bool = True
 ) -> EventBatch | None:
     """The next step's worth of events to predict, or None while they wait for their labels."""
     size = schedule.batch_size
     heads = batcher.heads()
     turns = schedule.in_turn_order()
     for i, p in enumerate(turns):
-        ahead = i > 0 and schedule.queued(p) >= size
+        ahead = in_turn and i > 0 and schedule.queued(p) >= size
         if p in heads and not ahead and label_read(p, heads[p]):
             return batcher.take_partition(p, size)
     others = [p for p in heads if p not in set(turns)]
