@@ -24,7 +24,7 @@ from stream_learner.tools.synthetic import DriftingStream
 
 from .conftest import BrokerInfo, TestTopics
 
-DIM, EVENTS, LABEL_LAG, RATE = 8, 1500, 5, 500.0
+DIM, EVENTS, LABEL_LAG, RATE = 8, 2000, 5, 500.0
 
 
 def settings(broker: BrokerInfo, topics: TestTopics, group: str, directory: Path) -> Settings:
