@@ -113,6 +113,16 @@ class EventBatch:
         """Epoch seconds of each event: its ``ts`` where given, else when the service read it."""
         return np.where(np.isnan(self.ts), self.received_at, self.ts)
 
+    def take(self, rows: np.ndarray) -> EventBatch:
+        """Rows ``rows`` (int indices), in that order, as a batch of their own."""
+        return EventBatch(
+            [self.ids[i] for i in rows.tolist()],
+            self.features[rows],
+            self.ts[rows],
+            self.received_at[rows] if len(self.received_at) else self.received_at,
+            None if self.partitions is None else self.partitions[rows],
+        )
+
     def slice(self, start: int, stop: int) -> EventBatch:
         """Rows ``start:stop`` as a batch of their own."""
         return EventBatch(
@@ -149,8 +159,9 @@ class Predictions:
     """The events predicted."""
     scores: np.ndarray
     """float32 ``[n, output_dim]``: class probabilities, or the regression output."""
-    model_version: int
-    """Optimizer steps applied to the weights that made these predictions."""
+    model_version: int | np.ndarray
+    """Optimizer steps applied to the weights that made these predictions: one for all, or int64 ``[n]``
+    one per event (catching up, a micro-batch's events are predicted by successive weights)."""
     model_generation: int | None = None
     """The trainer generation of a predictor's model version (None in ROLE=all: one process, one lineage)."""
     model: str | None = None

@@ -33,6 +33,7 @@ from stream_learner.kafka.connection import KafkaConnection
 from stream_learner.kafka.progress import ReadingProgress
 from stream_learner.kafka.protocol import Fetched, Reader, Writer
 from stream_learner.kafka.rebalance import RebalanceHooks
+from stream_learner.learning.backfill import HELD_FETCHES, Predicted, next_backfill
 from stream_learner.learning.learner import Learner
 from stream_learner.model_versions.election import Election
 from stream_learner.model_versions.publisher import ModelPublisher
@@ -67,7 +68,7 @@ class Service:
         store = CheckpointStore(s.checkpoint_dir, s.keep_checkpoints)
         exactly_once = s.delivery == "exactly_once"
         self.checkpoint = Checkpoint(store, s.checkpoint_interval_s, steps, self.telemetry, background=not exactly_once)
-        self._serving = self._failed = False
+        self._serving = self._failed = self._held = False
         progress = lambda: self._progress if self._serving else None  # noqa: E731
         self.status = ServiceReport(
             self.totals, self.learner, self.checkpoint, self.kafka, progress, lambda: self._failed
@@ -124,11 +125,16 @@ class Service:
         log.info("service_started", bootstrap_servers=self.settings.bootstrap_servers, device=device)
 
     async def _turn(self) -> None:
-        timeout = min(self.batcher.seconds_until_due(time.monotonic()), 0.05)
+        # Events held for their labels (catching up) are not due: the turn waits for records.
+        timeout = 0.05 if self._held else min(self.batcher.seconds_until_due(time.monotonic()), 0.05)
         fetched, unreadable = await self._reader.fetch(timeout, self.checkpoint.offsets)
         async with self.checkpoint.lock:
             await self._ingest(fetched, unreadable)
-            await self._predict(self.batcher.take_due(time.monotonic()))
+            self._held = False
+            if self._progress.backfilling():
+                self._held = await self._predict_backfill()
+            else:
+                await self._predict(self.batcher.take_due(time.monotonic()))
             expired = self.learner.expire()
             if await self.learner.train_due(self._progress) or expired:
                 self.checkpoint.touch()
@@ -150,6 +156,35 @@ class Service:
         self._progress.track_positions(fetched)
         if fetched:
             self.checkpoint.touch()
+
+    async def _predict_backfill(self) -> bool:
+        """Catching up: :func:`next_backfill`'s order, a step's worth at a time, trained in between;
+        published a micro-batch at a time (:class:`Predicted`). True if events wait for their labels."""
+        join, most, predicted = self.learner.join, HELD_FETCHES * self.settings.fetch_max_records, Predicted()
+        label_read = lambda p, event_id: join.any_early([event_id]) or self._progress.labels_read(p)  # noqa: E731
+        held = False
+        while len(self.batcher) and not held:
+            in_turn = not self._reader.paused()
+            events = next_backfill(self.batcher, self.learner.schedule, label_read, most, in_turn=in_turn)
+            if events is None:
+                held = True
+                continue
+            served = await self.learner.predict(events, catching_up=True)
+            self.learner.add_predicted(events, served.scores)
+            if await self.learner.train_due(self._progress):
+                self.checkpoint.touch()
+            if len(predicted) and served.model != predicted.model:
+                await self._publish(predicted)
+            predicted.add(events, served.scores, served.version, served.model)
+            if len(predicted) >= self.batcher.max_batch_size:
+                await self._publish(predicted)
+        if len(predicted):
+            await self._publish(predicted)
+        return held
+
+    async def _publish(self, predicted: Predicted) -> None:
+        model = predicted.model
+        await self._writer.send_predictions(*predicted.take(), model=model)
 
     async def _predict(self, batches: list[EventBatch]) -> None:
         for events in batches:

@@ -102,3 +102,17 @@ def test_take_all_drains_in_batches_of_at_most_max_size() -> None:
     assert [i for b in drained for i in b.ids] == [f"e-{i}" for i in range(10)]
     assert len(batcher) == 0
     assert batcher.take_all() == []
+
+
+def test_one_partitions_events_leave_in_arrival_order_and_the_rest_keep_theirs() -> None:
+    batcher = MicroBatcher(max_batch_size=4, max_delay_s=10.0)
+    first, second = events(0, 6), events(6, 3)
+    batcher.add(EventBatch(first.ids, first.features, first.ts, first.received_at, np.array([1, 0, 1, 0, 1, 1])), 0.0)
+    batcher.add(EventBatch(second.ids, second.features, second.ts, second.received_at, np.array([0, 1, 1])), 1.0)
+    assert batcher.heads() == {0: "e-1", 1: "e-0"}
+    taken = batcher.take_partition(1, 5)
+    assert taken is not None and taken.ids == ["e-0", "e-2", "e-4", "e-5", "e-7"]
+    assert taken.features[:, 0].tolist() == [0, 2, 4, 5, 7] and len(batcher) == 4
+    assert batcher.take_partition(2, 5) is None
+    assert batcher.take_first(3).ids == ["e-1", "e-3", "e-6"]
+    assert ids(batcher.take_all()) == [["e-8"]] and len(batcher) == 0

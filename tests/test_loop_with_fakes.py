@@ -79,10 +79,10 @@ class FakeWriter:
         self.dead: list[Rejected] = []
 
     async def send_predictions(
-        self, events: EventBatch, scores: np.ndarray, model_version: int, model_generation: int | None = None, model: str | None = None
+        self, events: EventBatch, scores: np.ndarray, model_version: int | np.ndarray, model_generation: int | None = None, model: str | None = None
     ) -> None:
         self.predicted += events.ids
-        self.versions.append(model_version)
+        self.versions += np.broadcast_to(model_version, len(events)).tolist()
 
     async def send_dead_letters(self, rejected: list[Rejected]) -> None:
         self.dead += rejected

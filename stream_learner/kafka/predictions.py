@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import orjson
 
@@ -13,6 +15,7 @@ def encode_predictions(predictions: Predictions, task: str) -> list[bytes]:
     (from a predictor), model (with challengers), ts."""
     events = predictions.events
     version = predictions.model_version
+    versions = version.tolist() if isinstance(version, np.ndarray) else itertools.repeat(version)
     generation = predictions.model_generation
     has_ts = ~np.isnan(events.ts)
     ts = events.ts.tolist()
@@ -20,12 +23,15 @@ def encode_predictions(predictions: Predictions, task: str) -> list[bytes]:
         classes = predictions.scores.argmax(axis=1).tolist()
         scores = np.round(predictions.scores.astype(np.float64), 6).tolist()
         out = [
-            {"id": i, "prediction": c, "scores": s, "model_version": version}
-            for i, c, s in zip(events.ids, classes, scores, strict=False)
+            {"id": i, "prediction": c, "scores": s, "model_version": v}
+            for i, c, s, v in zip(events.ids, classes, scores, versions, strict=False)
         ]
     else:
         values = predictions.scores[:, 0].astype(np.float64).tolist()
-        out = [{"id": i, "prediction": v, "model_version": version} for i, v in zip(events.ids, values, strict=False)]
+        out = [
+            {"id": i, "prediction": p, "model_version": v}
+            for i, p, v in zip(events.ids, values, versions, strict=False)
+        ]
     if generation is not None:
         for row in out:
             row["model_generation"] = generation

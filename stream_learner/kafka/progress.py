@@ -39,6 +39,7 @@ class ReadingProgress:
         self._settings = settings
         self._batched = batched
         self._early_high = max(1, min(EARLY_LABELS_HIGH, settings.max_pending // 2))
+        self._backfill = True
 
     def track_positions(self, fetched: Fetched) -> None:
         """Store each assigned partition's next offset once ``fetched`` is ingested.
@@ -102,6 +103,18 @@ class ReadingProgress:
         if any(tp not in lags or tp not in offsets for tp in events):
             return True  # no position or high watermark yet: nothing says the backlog is small
         return self._batched() + sum(lags[tp] for tp in events) > self._settings.fetch_max_records
+
+    def backfilling(self) -> bool:
+        """From the start, and from each time it is :meth:`catching_up`, until :meth:`everything_read`.
+
+        What was produced before the start is a backlog, however small: its labels are in before
+        the events are predicted (a backlog smaller than one fetch is not :meth:`catching_up`).
+        """
+        if self.catching_up():
+            self._backfill = True
+        elif self._backfill and self.everything_read():
+            self._backfill = False
+        return self._backfill
 
     def pace_labels(self, early_labels: int, early_label_bytes: int) -> None:
         """Pause the labels partitions while labels wait for events that are still to be read.

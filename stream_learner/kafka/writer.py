@@ -53,7 +53,7 @@ class KafkaWriter:
         self,
         events: EventBatch,
         scores: np.ndarray,
-        model_version: int,
+        model_version: int | np.ndarray,
         model_generation: int | None = None,
         model: str | None = None,
     ) -> None:

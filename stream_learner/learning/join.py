@@ -100,6 +100,11 @@ class JoinBuffer:
         """Memory of the waiting labels' ids (:func:`id_bytes`), at most ``max_early_label_bytes``."""
         return self._early.bytes
 
+    def any_early(self, ids: list[str]) -> bool:
+        """Whether a label of one of ``ids`` is waiting for its event."""
+        early = self._early
+        return bool(early) and any(event_id in early for event_id in ids)
+
     @property
     def _features(self) -> np.ndarray:
         """The float32 rows the pending events' features are stored in."""

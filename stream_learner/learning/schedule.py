@@ -46,6 +46,17 @@ class TrainingSchedule:
     def __len__(self) -> int:
         return sum(len(q) for q in self._queues.values())
 
+    def queued(self, partition: int) -> int:
+        """Examples of labels partition ``partition`` queued for a step."""
+        queue = self._queues.get(partition)
+        return 0 if queue is None else len(queue)
+
+    def in_turn_order(self) -> list[int]:
+        """The labels partitions, the one whose turn it is first."""
+        order = sorted(self._queues)
+        start = order.index(self._turn) if self._turn in order else 0
+        return order[start:] + order[:start]
+
     def set_partitions(self, partitions: Iterable[int]) -> None:
         """The labels partitions that take turns (the assigned ones); queued examples are kept."""
         for p in partitions:
