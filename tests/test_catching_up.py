@@ -108,6 +108,22 @@ def test_an_events_partition_with_no_position_yet_counts_as_catching_up(settings
     assert progress(settings, FakeReader({EV0: None}), {}).catching_up()
 
 
+def test_a_backfill_ends_where_the_partitions_ended_when_it_began_though_the_stream_moves_on(settings: Settings) -> None:
+    reader = FakeReader({EV0: None, LB0: None})
+    reading = progress(settings, reader, {})
+    assert reading.backfilling(), "from the start, before any end is known"
+    reader.high = {EV0: 60, LB0: 60}  # a small backlog: not catching up, but backfilled
+    reading._checkpoint.offsets.update({EV0: 0, LB0: 0})  # type: ignore[attr-defined]
+    assert not reading.catching_up() and reading.backfilling()
+    for read in range(10, 70, 10):  # live records keep arriving 5 ahead of the reading
+        reader.high = {EV0: 60 + read + 5, LB0: 60 + read + 5}
+        reading._checkpoint.offsets.update({EV0: read, LB0: read})  # type: ignore[attr-defined]
+        assert reading.backfilling() == (read < 60), read
+        assert not reading.everything_read()
+    reader.high = {EV0: 300, LB0: 300}  # fallen behind by more than a fetch: a backfill again
+    assert reading.backfilling()
+
+
 def test_positions_move_on_past_markers_and_never_back(settings: Settings) -> None:
     reader = FakeReader({EV0: 20, LB0: 5}, positions={EV0: 12, LB0: 3})
     reading = progress(settings, reader, {})

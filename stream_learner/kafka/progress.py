@@ -39,7 +39,9 @@ class ReadingProgress:
         self._settings = settings
         self._batched = batched
         self._early_high = max(1, min(EARLY_LABELS_HIGH, settings.max_pending // 2))
-        self._backfill = True
+        self._backfilling = True
+        self._backfill_ends: dict[TopicPartition, int] | None = None
+        """Where the partitions ended when the backfill began (None until each end is known)."""
 
     def track_positions(self, fetched: Fetched) -> None:
         """Store each assigned partition's next offset once ``fetched`` is ingested.
@@ -105,16 +107,33 @@ class ReadingProgress:
         return self._batched() + sum(lags[tp] for tp in events) > self._settings.fetch_max_records
 
     def backfilling(self) -> bool:
-        """From the start, and from each time it is :meth:`catching_up`, until :meth:`everything_read`.
+        """From the start, and from each time it is :meth:`catching_up`, until every partition assigned then is
+        read up to where it ended then and every read event is predicted; what came after is read live.
 
         What was produced before the start is a backlog, however small: its labels are in before
-        the events are predicted (a backlog smaller than one fetch is not :meth:`catching_up`).
+        the events are predicted (a backlog smaller than one fetch is not :meth:`catching_up`). The
+        end is fixed when the backfill begins: live, the consumer is a few records behind the moving
+        high watermark most of the time, and "read to the end" alone would hold a live stream in it.
         """
-        if self.catching_up():
-            self._backfill = True
-        elif self._backfill and self.everything_read():
-            self._backfill = False
-        return self._backfill
+        if not self._backfilling and self.catching_up():
+            self._backfilling, self._backfill_ends = True, None
+        if self._backfilling and self._backfill_ends is None:
+            self._backfill_ends = self._readable_ends()
+        ends = self._backfill_ends
+        if self._backfilling and ends is not None and not self._batched() and self._read_up_to(ends):
+            self._backfilling = False
+        return self._backfilling
+
+    def _readable_ends(self) -> dict[TopicPartition, int] | None:
+        """Each assigned partition's readable end; None while one is unknown (or none is assigned)."""
+        ends = {tp: self._reader.readable_end(tp) for tp in self._reader.assignment()}
+        if not ends or any(end is None for end in ends.values()):
+            return None
+        return {tp: int(end) for tp, end in ends.items() if end is not None}
+
+    def _read_up_to(self, ends: dict[TopicPartition, int]) -> bool:
+        offsets, assigned = self._checkpoint.offsets, self._reader.assignment()
+        return all(offsets.get(tp, -1) >= end for tp, end in ends.items() if tp in assigned)
 
     def pace_labels(self, early_labels: int, early_label_bytes: int) -> None:
         """Pause the labels partitions while labels wait for events that are still to be read.
