@@ -161,7 +161,7 @@ class Service:
         """Catching up: :func:`next_backfill`'s order, a step's worth at a time, trained in between;
         published a micro-batch at a time (:class:`Predicted`). True if events wait for their labels."""
         join, most, predicted = self.learner.join, HELD_FETCHES * self.settings.fetch_max_records, Predicted()
-        label_read = lambda p, event_id: join.any_early([event_id]) or self._progress.labels_read(p)  # noqa: E731
+        label_read = lambda p, event_id: join.any_early([event_id]) or self._progress.labels_backfilled(p)  # noqa: E731
         held = False
         while len(self.batcher) and not held:
             in_turn = not self._reader.paused()

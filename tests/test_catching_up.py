@@ -121,7 +121,10 @@ def test_a_backfill_ends_where_the_partitions_ended_when_it_began_though_the_str
         assert reading.backfilling() == (read < 60), read
         assert not reading.everything_read()
     reader.high = {EV0: 300, LB0: 300}  # fallen behind by more than a fetch: a backfill again
-    assert reading.backfilling()
+    assert reading.backfilling() and not reading.labels_backfilled(0)
+    reader.high = {EV0: 320, LB0: 330}  # labels written since are live: no event waits for them
+    reading._checkpoint.offsets.update({LB0: 300})  # type: ignore[attr-defined]
+    assert reading.labels_backfilled(0) and not reading.labels_read(0)
 
 
 def test_positions_move_on_past_markers_and_never_back(settings: Settings) -> None:

@@ -124,6 +124,15 @@ class ReadingProgress:
             self._backfilling = False
         return self._backfilling
 
+    def labels_backfilled(self, partition: int) -> bool:
+        """Labels partition ``partition`` is read up to where it ended when the backfill began: a label
+        not read yet was not in the backlog (live, it is yet to come), so no event waits for it."""
+        tp = TopicPartition(self._settings.labels_topic, partition)
+        ends = self._backfill_ends
+        if ends is None or tp not in ends:
+            return self.read_to_end(tp)
+        return self._read_up_to({tp: ends[tp]})
+
     def _readable_ends(self) -> dict[TopicPartition, int] | None:
         """Each assigned partition's readable end; None while one is unknown (or none is assigned)."""
         ends = {tp: self._reader.readable_end(tp) for tp in self._reader.assignment()}

@@ -12,7 +12,8 @@ trains what is due in between, choosing the events by the training schedule's tu
   at any rate while the labels are paused (``in_turn=False``: too many labels wait for their
   events, and the labels the turn waits for are not read until those events are predicted);
 - a partition's events wait for their labels: they are taken once the label of the first of them
-  is read, or its labels partition is read to its end (the label is not in the backlog);
+  is read, or its labels partition is read up to where it ended when the backfill began (the label
+  is not in the backlog: live, it is yet to come);
 - events of a partition that is not a labels partition are taken in arrival order;
 - nothing is taken while every partition waits, unless more than ``max_held`` events are read
   and not predicted: then the first read are taken, a micro-batch of them (their labels are not
