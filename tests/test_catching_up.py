@@ -120,11 +120,17 @@ def test_a_backfill_ends_where_the_partitions_ended_when_it_began_though_the_str
         reading._checkpoint.offsets.update({EV0: read, LB0: read})  # type: ignore[attr-defined]
         assert reading.backfilling() == (read < 60), read
         assert not reading.everything_read()
-    reader.high = {EV0: 300, LB0: 300}  # fallen behind by more than a fetch: a backfill again
+    reader.high = {EV0: 300, LB0: 300}  # a live stream fallen behind by more than a fetch: caught up live
+    assert reading.catching_up() and not reading.backfilling()
+
+
+def test_in_a_backfill_no_event_waits_for_a_label_written_after_it_began(settings: Settings) -> None:
+    reader = FakeReader({EV0: 500, LB0: 300})
+    reading = progress(settings, reader, {EV0: 0, LB0: 0})
     assert reading.backfilling() and not reading.labels_backfilled(0)
-    reader.high = {EV0: 320, LB0: 330}  # labels written since are live: no event waits for them
+    reader.high = {EV0: 520, LB0: 330}  # labels written since are live, yet to come
     reading._checkpoint.offsets.update({LB0: 300})  # type: ignore[attr-defined]
-    assert reading.labels_backfilled(0) and not reading.labels_read(0)
+    assert reading.backfilling() and reading.labels_backfilled(0) and not reading.labels_read(0)
 
 
 def test_positions_move_on_past_markers_and_never_back(settings: Settings) -> None:

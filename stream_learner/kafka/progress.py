@@ -107,16 +107,15 @@ class ReadingProgress:
         return self._batched() + sum(lags[tp] for tp in events) > self._settings.fetch_max_records
 
     def backfilling(self) -> bool:
-        """From the start, and from each time it is :meth:`catching_up`, until every partition assigned then is
-        read up to where it ended then and every read event is predicted; what came after is read live.
+        """From the start until every partition assigned then is read up to where it ended then, and every
+        read event is predicted: the backlog found at the start (a restart after an outage, or history to
+        bootstrap from), however small. What arrives meanwhile is read live.
 
-        What was produced before the start is a backlog, however small: its labels are in before
-        the events are predicted (a backlog smaller than one fetch is not :meth:`catching_up`). The
-        end is fixed when the backfill begins: live, the consumer is a few records behind the moving
-        high watermark most of the time, and "read to the end" alone would hold a live stream in it.
+        The end is fixed when the backfill begins: live, the consumer is a few records behind the moving
+        high watermark most of the time, and "read to the end" alone would hold a live stream in it. A
+        live stream that falls behind later is :meth:`catching_up`, not backfilled: a backfill predicts a
+        step's worth at a time and costs throughput, which a stream that fell behind needs most.
         """
-        if not self._backfilling and self.catching_up():
-            self._backfilling, self._backfill_ends = True, None
         if self._backfilling and self._backfill_ends is None:
             self._backfill_ends = self._readable_ends()
         ends = self._backfill_ends
