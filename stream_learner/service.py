@@ -163,26 +163,26 @@ class Service:
         join, most, predicted = self.learner.join, HELD_FETCHES * self.settings.fetch_max_records, Predicted()
         label_read = lambda p, event_id: join.any_early([event_id]) or self._progress.labels_backfilled(p)  # noqa: E731
         held = False
-        while len(self.batcher) and not held:
+        while len(self.batcher):
             in_turn = not self._reader.paused()
             events = next_backfill(self.batcher, self.learner.schedule, label_read, most, in_turn=in_turn)
             if events is None:
                 held = True
-                continue
+                break
             served = await self.learner.predict(events, catching_up=True)
             self.learner.add_predicted(events, served.scores)
             if await self.learner.train_due(self._progress):
                 self.checkpoint.touch()
             if len(predicted) and served.model != predicted.model:
-                await self._publish(predicted)
+                await self._send_predicted(predicted)
             predicted.add(events, served.scores, served.version, served.model)
             if len(predicted) >= self.batcher.max_batch_size:
-                await self._publish(predicted)
+                await self._send_predicted(predicted)
         if len(predicted):
-            await self._publish(predicted)
+            await self._send_predicted(predicted)
         return held
 
-    async def _publish(self, predicted: Predicted) -> None:
+    async def _send_predicted(self, predicted: Predicted) -> None:
         model = predicted.model
         await self._writer.send_predictions(*predicted.take(), model=model)
 
