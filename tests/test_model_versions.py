@@ -213,3 +213,11 @@ async def test_the_feed_serves_newer_versions_and_skips_older_corrupt_and_misfit
     assert served[-1] == (2, 10) and set(served) <= {(1, 50), (2, 10)}, "newer versions only, the newest last"
     assert feed.counts == {"loaded": 2, "ignored": 1, "rejected": 2}
     assert feed.newest is not None and feed.newest.order == (2, 10)
+
+
+async def test_a_deposed_trainers_late_version_in_the_same_poll_does_not_hide_its_successors() -> None:
+    # the successor's first version, then the zombie's last (sent after its confirm, before its pause)
+    one_poll = as_records(records(2, 10) + records(1, 60))
+    feed, served = await feed_through(assemble(records(1, 50)), [one_poll])
+    assert served[-1] == (2, 10)
+    assert feed.newest is not None and feed.newest.order == (2, 10)

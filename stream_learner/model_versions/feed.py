@@ -73,8 +73,9 @@ class ModelFeed:
                     continue
                 if version is not None:
                     if newest is not None:
-                        self.counts["ignored"] += 1  # a newer one came in the same poll
-                    newest = version
+                        self.counts["ignored"] += 1  # another came in the same poll; the greater one is offered
+                    if newest is None or version.info.order > newest.info.order:
+                        newest = version
             if newest is not None:
                 await self._offer(newest)
 

@@ -75,11 +75,11 @@ class ModelPublisher:
             await self._send(weights, step, offsets, durable)
 
     async def _send(self, weights: dict[str, torch.Tensor], step: int, offsets: Offsets, durable: bool) -> None:
-        await self._election.confirm()
         generation = self._election.generation
         records = await asyncio.to_thread(
             encode_version, weights, generation, step, trained_through=offsets, spec=self._spec, durable=durable
         )
+        await self._election.confirm()  # after encoding: the window between the fence and the send stays small
         deliveries = [
             await self._producer.send(self._topic, value, key=key, headers=headers, partition=0)
             for key, value, headers in records
