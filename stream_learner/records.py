@@ -6,10 +6,12 @@ Python object per record; only a rejected record becomes an object of its own.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -56,6 +58,87 @@ class RawRecord:
             headers=tuple(record.headers or ()),
             timestamp_ms=record.timestamp,
         )
+
+
+class ReadRecords(Protocol):
+    """Records one fetch read, in the order read, as columns: a client hands them over this way, so
+    the decoders make no Python object per record (only a rejected one becomes a :class:`RawRecord`)."""
+
+    def __len__(self) -> int: ...
+    def values(self) -> list[bytes | None]: ...
+    def partitions(self) -> np.ndarray:
+        """int64: the partition each record was read from."""
+        ...
+
+    def offsets(self) -> np.ndarray:
+        """int64: each record's offset in its partition."""
+        ...
+
+    def raw(self, i: int) -> RawRecord:
+        """Record ``i`` as an object of its own."""
+        ...
+
+    def next_offset(self) -> int:
+        """The offset after the last record's (of one partition's records)."""
+        ...
+
+
+class RecordList:
+    """:class:`ReadRecords` over records with :class:`RawRecord`'s attribute names (aiokafka's
+    ``ConsumerRecord``, or ``RawRecord`` itself)."""
+
+    def __init__(self, records: Sequence[Any]) -> None:
+        self._records = records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def values(self) -> list[bytes | None]:
+        return [r.value for r in self._records]
+
+    def partitions(self) -> np.ndarray:
+        return np.fromiter((r.partition for r in self._records), np.int64, len(self._records))
+
+    def offsets(self) -> np.ndarray:
+        return np.fromiter((r.offset for r in self._records), np.int64, len(self._records))
+
+    def raw(self, i: int) -> RawRecord:
+        return RawRecord.of(self._records[i])
+
+    def next_offset(self) -> int:
+        return int(self._records[-1].offset) + 1
+
+
+class RecordColumns:
+    """Several :class:`ReadRecords` (say, one per partition) read as one, in order."""
+
+    def __init__(self, parts: Sequence[ReadRecords]) -> None:
+        self._parts = parts
+        self._starts = list(itertools.accumulate((len(p) for p in parts), initial=0))
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def values(self) -> list[bytes | None]:
+        return list(itertools.chain.from_iterable(p.values() for p in self._parts))
+
+    def partitions(self) -> np.ndarray:
+        return np.concatenate([p.partitions() for p in self._parts]) if self._parts else np.zeros(0, np.int64)
+
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([p.offsets() for p in self._parts]) if self._parts else np.zeros(0, np.int64)
+
+    def raw(self, i: int) -> RawRecord:
+        part = bisect.bisect_right(self._starts, i) - 1
+        return self._parts[part].raw(i - self._starts[part])
+
+    def next_offset(self) -> int:
+        return self._parts[-1].next_offset()
+
+
+def as_read_records(records: ReadRecords | Sequence[Any]) -> ReadRecords:
+    """``records`` as :class:`ReadRecords` (a sequence of records is wrapped in a :class:`RecordList`)."""
+    return RecordList(records) if isinstance(records, Sequence) else records
 
 
 @dataclass(frozen=True, slots=True)

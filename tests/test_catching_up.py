@@ -20,7 +20,7 @@ from stream_learner.errors import CheckpointError
 from stream_learner.kafka.progress import ReadingProgress
 from stream_learner.kafka.protocol import Fetched, Reader
 from stream_learner.observability.telemetry import Telemetry
-from stream_learner.records import RawRecord, Rejected
+from stream_learner.records import RawRecord, RecordList, Rejected
 
 EV0, EV1, LB0 = TopicPartition("ev", 0), TopicPartition("ev", 1), TopicPartition("lb", 0)
 
@@ -137,11 +137,11 @@ def test_positions_move_on_past_markers_and_never_back(settings: Settings) -> No
     reader = FakeReader({EV0: 20, LB0: 5}, positions={EV0: 12, LB0: 3})
     reading = progress(settings, reader, {})
     record = RawRecord("ev", 0, 9, None, b"{}")
-    reading.track_positions({EV0: [record]})
+    reading.track_positions({EV0: RecordList([record])})
     # The consumer's position (past a transaction marker at 10 and 11) beats "last record + 1".
     assert reading._checkpoint.offsets == {EV0: 12, LB0: 3}
     reader.positions[EV0] = 8  # a seek back in a rebalance between the fetch and now
-    reading.track_positions({EV0: [RawRecord("ev", 0, 12, None, b"{}")]})
+    reading.track_positions({EV0: RecordList([RawRecord("ev", 0, 12, None, b"{}")])})
     assert reading._checkpoint.offsets[EV0] == 13
     with pytest.raises(CheckpointError, match="go back"):
         reading._checkpoint.store_offset(EV0, 5)

@@ -18,7 +18,7 @@ from aiokafka import TopicPartition
 from stream_learner.checkpointing.store import CheckpointStore
 from stream_learner.config import Settings
 from stream_learner.kafka.protocol import Fetched, Reader, Writer
-from stream_learner.records import EventBatch, RawRecord, Rejected
+from stream_learner.records import EventBatch, RawRecord, RecordList, Rejected
 from stream_learner.service import Service
 
 EVENTS, LABELS = TopicPartition("ev", 0), TopicPartition("lb", 0)
@@ -37,7 +37,7 @@ class FakeReader:
         for tp, records in self.records.items():
             batch = records[self.positions[tp] : self.positions[tp] + 50]
             if batch:
-                fetched[tp] = list(batch)
+                fetched[tp] = RecordList(batch)
                 self.positions[tp] += len(batch)
         return fetched, []
 

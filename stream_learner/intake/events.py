@@ -27,26 +27,30 @@ from stream_learner.intake.checks import (
     load_json,
 )
 from stream_learner.intake.features import feature_matrix
-from stream_learner.records import EventBatch, RawRecord, Rejected
+from stream_learner.records import EventBatch, RawRecord, ReadRecords, Rejected, as_read_records
 
 _TS_TYPES = {type(None), int, float}
 _ids, _features = itemgetter("id"), itemgetter("features")
 
 
 @collector_paused()
-def decode_events(records: Sequence[RawRecord], input_dim: int, now: float) -> tuple[EventBatch, list[Rejected]]:
+def decode_events(
+    records: ReadRecords | Sequence[RawRecord], input_dim: int, now: float
+) -> tuple[EventBatch, list[Rejected]]:
     """Decode event records (of any partitions) into one batch; bad ones are rejected with a reason, never raised.
 
-    ``records`` may be aiokafka ``ConsumerRecord`` objects as well (anything with the
-    attributes of :class:`RawRecord`); a rejected one is copied into a ``RawRecord``. Good
-    records keep their order; ``now`` is every event's ``received_at``.
+    ``records``: columns a client read (:class:`ReadRecords`), or records with the attributes of
+    :class:`RawRecord` (aiokafka ``ConsumerRecord`` objects as well). A rejected one is copied
+    into a ``RawRecord``. Good records keep their order; ``now`` is every event's ``received_at``.
     """
-    objects = load_all([r.value for r in records])
+    read = as_read_records(records)
+    values = read.values()
+    objects = load_all(values)
     plain = None if objects is None else _plain_fields(objects, input_dim)
     if plain is None:
-        return _decode_one_by_one(records, objects, input_dim, now)
+        return _decode_one_by_one(read, values, objects, input_dim, now)
     ids, rows, ts = plain
-    return _assemble(records, ids, rows, ts, [], input_dim, now)
+    return _assemble(read, None, ids, rows, ts, [], input_dim, now)
 
 
 def _plain_fields(objects: list[Any], input_dim: int) -> tuple[list[str], list[list[Any]], np.ndarray] | None:
@@ -71,25 +75,26 @@ def _plain_fields(objects: list[Any], input_dim: int) -> tuple[list[str], list[l
 
 
 def _decode_one_by_one(
-    records: Sequence[RawRecord], objects: list[Any] | None, input_dim: int, now: float
+    read: ReadRecords, values: list[bytes | None], objects: list[Any] | None, input_dim: int, now: float
 ) -> tuple[EventBatch, list[Rejected]]:
     """Each record checked on its own (``objects``: the values read already, if every one is JSON)."""
-    keep: list[RawRecord] = []
+    keep: list[int] = []
     ids: list[str] = []
     rows: list[list[Any]] = []
     ts: list[Any] = []
     rejected: list[Rejected] = []
-    for i, record in enumerate(records):
-        obj, problem = (objects[i], None) if objects is not None else load_json(record.value)
+    for i, value in enumerate(values):
+        obj, problem = (objects[i], None) if objects is not None else load_json(value)
         problem = problem or _check_event(obj, input_dim)
         if problem is not None:
-            rejected.append(Rejected(RawRecord.of(record), *problem))
+            rejected.append(Rejected(read.raw(i), *problem))
             continue
-        keep.append(record)
+        keep.append(i)
         ids.append(obj["id"])
         rows.append(obj["features"])
         ts.append(obj.get("ts"))
-    return _assemble(keep, ids, rows, np.array(ts, dtype=np.float64), rejected, input_dim, now)
+    kept = np.array(keep, np.int64)
+    return _assemble(read, kept, ids, rows, np.array(ts, dtype=np.float64), rejected, input_dim, now)
 
 
 def _check_event(obj: Any, input_dim: int) -> Problem | None:
@@ -110,7 +115,8 @@ def _check_event(obj: Any, input_dim: int) -> Problem | None:
 
 
 def _assemble(
-    records: Sequence[RawRecord],
+    read: ReadRecords,
+    kept: np.ndarray | None,
     ids: list[str],
     rows: list[list[Any]],
     ts: np.ndarray,
@@ -118,11 +124,13 @@ def _assemble(
     input_dim: int,
     now: float,
 ) -> tuple[EventBatch, list[Rejected]]:
-    """The batch of the records that passed the object checks; rows with bad features are rejected too."""
+    """The batch of the records that passed the object checks (rows ``kept`` of ``read``, None: all);
+    rows with bad features are rejected too."""
     features, bad_rows = feature_matrix(rows, input_dim)
-    partitions = np.fromiter((r.partition for r in records), np.int64, len(records))
+    partitions = read.partitions() if kept is None else read.partitions()[kept]
     if bad_rows:
-        rejected.extend(Rejected(RawRecord.of(records[i]), *problem) for i, problem in bad_rows.items())
+        rows_read = np.arange(len(ids)) if kept is None else kept
+        rejected.extend(Rejected(read.raw(int(rows_read[i])), *problem) for i, problem in bad_rows.items())
         good = np.ones(len(ids), bool)
         good[list(bad_rows)] = False
         ids = [ids[i] for i in np.flatnonzero(good).tolist()]

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiokafka import TopicPartition
 
 from stream_learner.config import Settings
 from stream_learner.intake.events import decode_events
 from stream_learner.intake.labels import decode_labels
-from stream_learner.records import EventBatch, LabelBatch, Rejected
+from stream_learner.records import EventBatch, LabelBatch, ReadRecords, RecordColumns, Rejected
 
 
 @dataclass
@@ -27,18 +27,18 @@ class Decoded:
     """Label records read, bad ones included."""
 
 
-def decode_fetched(fetched: dict[TopicPartition, list[Any]], settings: Settings) -> Decoded:
+def decode_fetched(fetched: Mapping[TopicPartition, ReadRecords], settings: Settings) -> Decoded:
     """Decode ``fetched`` (records per partition of the events and labels topics), one call per topic:
     a turn of a live stream holds a few records of each partition, and a decoder's cost per call
     outweighs its cost per record."""
     s, decoded = settings, Decoded()
-    events = [r for tp, records in fetched.items() if tp.topic == s.events_topic for r in records]
-    labels = [r for tp, records in fetched.items() if tp.topic != s.events_topic for r in records]
-    if events:
+    events = RecordColumns([records for tp, records in fetched.items() if tp.topic == s.events_topic])
+    labels = RecordColumns([records for tp, records in fetched.items() if tp.topic != s.events_topic])
+    if len(events):
         decoded.events, rejected = decode_events(events, s.input_dim, time.time())
         decoded.rejected += rejected
         decoded.events_read = len(events)
-    if labels:
+    if len(labels):
         decoded.labels, rejected = decode_labels(labels, s.task, s.num_classes)
         decoded.rejected += rejected
         decoded.labels_read = len(labels)

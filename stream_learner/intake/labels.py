@@ -26,25 +26,29 @@ from stream_learner.intake.checks import (
     load_all,
     load_json,
 )
-from stream_learner.records import LabelBatch, RawRecord, Rejected
+from stream_learner.records import LabelBatch, RawRecord, ReadRecords, Rejected, as_read_records
 
 _ids, _labels = itemgetter("id"), itemgetter("label")
 
 
 @collector_paused()
-def decode_labels(records: Sequence[RawRecord], task: str, num_classes: int) -> tuple[LabelBatch, list[Rejected]]:
+def decode_labels(
+    records: ReadRecords | Sequence[RawRecord], task: str, num_classes: int
+) -> tuple[LabelBatch, list[Rejected]]:
     """Decode label records; ids and values are checked against the task (``records`` as for ``decode_events``).
 
     A class label is an integer in ``[0, num_classes)``; a regression label a number that is a
     finite float32, the type the model trains in (``bad_label`` otherwise). Good records keep
     their order.
     """
-    objects = load_all([r.value for r in records])
+    read = as_read_records(records)
+    values = read.values()
+    objects = load_all(values)
     plain = None if objects is None else _plain_fields(objects, task, num_classes)
     if plain is None:
-        return _decode_one_by_one(records, objects, task, num_classes)
+        return _decode_one_by_one(read, values, objects, task, num_classes)
     ids, labels = plain
-    return _assemble(records, ids, labels), []
+    return _assemble(read, None, ids, labels), []
 
 
 def _plain_fields(objects: list[Any], task: str, num_classes: int) -> tuple[list[str], list[Any]] | None:
@@ -63,23 +67,23 @@ def _plain_fields(objects: list[Any], task: str, num_classes: int) -> tuple[list
 
 
 def _decode_one_by_one(
-    records: Sequence[RawRecord], objects: list[Any] | None, task: str, num_classes: int
+    read: ReadRecords, values: list[bytes | None], objects: list[Any] | None, task: str, num_classes: int
 ) -> tuple[LabelBatch, list[Rejected]]:
     """Each record checked on its own (``objects``: the values read already, if every one is JSON)."""
-    keep: list[RawRecord] = []
+    keep: list[int] = []
     ids: list[str] = []
     labels: list[Any] = []
     rejected: list[Rejected] = []
-    for i, record in enumerate(records):
-        obj, problem = (objects[i], None) if objects is not None else load_json(record.value)
+    for i, value in enumerate(values):
+        obj, problem = (objects[i], None) if objects is not None else load_json(value)
         problem = problem or check_object(obj) or check_id(obj) or _check_label(obj, task, num_classes)
         if problem is not None:
-            rejected.append(Rejected(RawRecord.of(record), *problem))
+            rejected.append(Rejected(read.raw(i), *problem))
             continue
-        keep.append(record)
+        keep.append(i)
         ids.append(obj["id"])
         labels.append(obj["label"])
-    return _assemble(keep, ids, labels), rejected
+    return _assemble(read, np.array(keep, np.int64), ids, labels), rejected
 
 
 def _check_label(obj: dict[str, Any], task: str, num_classes: int) -> Problem | None:
@@ -99,10 +103,9 @@ def _check_label(obj: dict[str, Any], task: str, num_classes: int) -> Problem | 
     return None
 
 
-def _assemble(records: Sequence[RawRecord], ids: list[str], labels: list[Any]) -> LabelBatch:
-    return LabelBatch(
-        ids,
-        np.array(labels, dtype=np.float64),
-        np.fromiter((r.offset for r in records), np.int64, len(records)),
-        np.fromiter((r.partition for r in records), np.int64, len(records)),
-    )
+def _assemble(read: ReadRecords, kept: np.ndarray | None, ids: list[str], labels: list[Any]) -> LabelBatch:
+    """The labels of rows ``kept`` of ``read`` (None: all)."""
+    offsets, partitions = read.offsets(), read.partitions()
+    if kept is not None:
+        offsets, partitions = offsets[kept], partitions[kept]
+    return LabelBatch(ids, np.array(labels, dtype=np.float64), offsets, partitions)

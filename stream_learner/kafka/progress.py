@@ -52,7 +52,7 @@ class ReadingProgress:
         offsets = self._checkpoint.offsets
         for tp in self._reader.assignment():
             records = fetched.get(tp)
-            read = records[-1].offset + 1 if records else offsets.get(tp)
+            read = records.next_offset() if records else offsets.get(tp)
             position = self._reader.position(tp)
             if position is not None and (read is None or position > read):
                 self._checkpoint.store_offset(tp, position)

@@ -7,15 +7,15 @@ are the aiokafka implementations; the loop's logic is tested with plain fakes of
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from aiokafka import TopicPartition
 
-from stream_learner.records import EventBatch, Rejected
+from stream_learner.records import EventBatch, ReadRecords, Rejected
 
-Fetched = dict[TopicPartition, list[Any]]
-"""Records handed out by one fetch, per partition (aiokafka ``ConsumerRecord``s or ``RawRecord``s)."""
+Fetched = dict[TopicPartition, ReadRecords]
+"""Records handed out by one fetch, per partition (never empty), as columns."""
 
 
 class Reader(Protocol):

@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from stream_learner.kafka.fetching import Fetcher
 from stream_learner.kafka.positions import known_position
 from stream_learner.kafka.protocol import Fetched
-from stream_learner.records import Rejected
+from stream_learner.records import RecordList, Rejected
 
 
 class KafkaReader:
@@ -23,7 +23,7 @@ class KafkaReader:
     async def fetch(self, timeout_s: float, offsets: Mapping[TopicPartition, int]) -> tuple[Fetched, list[Rejected]]:
         fetched, unreadable = await self._fetcher.fetch(timeout_s, offsets)
         assigned = self.consumer.assignment()
-        return {tp: records for tp, records in fetched.items() if tp in assigned and records}, unreadable
+        return {tp: RecordList(records) for tp, records in fetched.items() if tp in assigned and records}, unreadable
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.consumer.assignment())
