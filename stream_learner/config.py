@@ -20,11 +20,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from stream_learner import config_types as checks
 from stream_learner.config_types import (
     DEFAULT_LEARNING_RATE,
-    FLOAT32_LIMIT,
     ChallengerSpec,
     CpuKernels,
     Delivery,
     GuardrailAction,
+    KafkaClient,
     MissingLabelPolicy,
     OptimizerName,
     Role,
@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     """Client certificate for mutual TLS."""
     ssl_keyfile: Path | None = None
     """Client private key for mutual TLS."""
+    kafka_client: KafkaClient = "aiokafka"
+    """The Kafka client of the events, labels, predictions and dead-letter topics: aiokafka, or librdkafka
+    (confluent-kafka, ``pip install 'stream-learner[librdkafka]'``)."""
     delivery: Delivery = "at_least_once"
     """at_least_once: predictions may repeat after a crash. exactly_once: predictions, dead letters and
     offsets go out in one Kafka transaction per checkpoint, so a read_committed consumer sees each
@@ -243,12 +246,7 @@ class Settings(BaseSettings):
     @field_validator("default_label")
     @classmethod
     def _check_default_label(cls, value: float, info: ValidationInfo) -> float:
-        task, classes = info.data.get("task"), info.data.get("num_classes")
-        if task == "classification" and classes is not None and not (value == int(value) and 0 <= value < classes):
-            raise ValueError(f"must be a class index in [0, {classes}) (num_classes) for classification, got {value!r}")
-        if task == "regression" and not abs(value) < FLOAT32_LIMIT:
-            raise ValueError(f"must be a finite float32 for regression, got {value!r}")
-        return value
+        return checks.check_default_label(value, info.data.get("task"), info.data.get("num_classes"))
 
     @model_validator(mode="after")
     def _check_topics_distinct(self) -> Settings:
@@ -268,9 +266,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_delivery(self) -> Settings:
         if self.delivery == "exactly_once" and self.keep_checkpoints < 2:
-            raise ValueError(
-                "delivery=exactly_once needs keep_checkpoints >= 2: after a crash between writing a "
-                "checkpoint and committing its transaction, the service resumes from the one before"
+            raise ValueError(  # see docs/architecture.md, exactly-once
+                "delivery=exactly_once needs keep_checkpoints >= 2: a crash before a checkpoint's transaction "
+                "commits resumes from the one before"
             )
         if self.delivery == "exactly_once" and self.role != "all":
             raise ValueError("delivery=exactly_once needs role=all (predictors publish at least once)")

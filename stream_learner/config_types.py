@@ -19,6 +19,7 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 GuardrailAction = Literal["skip", "rollback"]
 Delivery = Literal["at_least_once", "exactly_once"]
+KafkaClient = Literal["aiokafka", "librdkafka"]
 MissingLabelPolicy = Literal["drop", "default"]
 CpuKernels = Literal["auto", "off"]
 Role = Literal["all", "predictor", "trainer"]
@@ -147,3 +148,12 @@ def check_distinct_labels(challengers: list[ChallengerSpec]) -> list[ChallengerS
     if repeated:
         raise ValueError(f"challenger names must be distinct; repeated: {repeated} (give each a 'name')")
     return challengers
+
+
+def check_default_label(value: float, task: str | None, classes: int | None) -> float:
+    """A class index for classification, a finite float32 for regression."""
+    if task == "classification" and classes is not None and not (value == int(value) and 0 <= value < classes):
+        raise ValueError(f"must be a class index in [0, {classes}) (num_classes) for classification, got {value!r}")
+    if task == "regression" and not abs(value) < FLOAT32_LIMIT:
+        raise ValueError(f"must be a finite float32 for regression, got {value!r}")
+    return value

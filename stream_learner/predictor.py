@@ -17,17 +17,15 @@ import asyncio
 import time
 
 import structlog
-from aiokafka import AIOKafkaConsumer
 
 from stream_learner.checkpointing.cut import model_spec
 from stream_learner.config import Settings
 from stream_learner.intake.batcher import MicroBatcher
 from stream_learner.intake.fetched import decode_fetched
 from stream_learner.kafka.commit_window import CommitWindow
-from stream_learner.kafka.connection import KafkaConnection
 from stream_learner.kafka.progress import ReadingProgress
-from stream_learner.kafka.protocol import Reader, Writer
-from stream_learner.kafka.rebalance import RebalanceHooks
+from stream_learner.kafka.protocol import Reader, Rebalancing, Writer
+from stream_learner.kafka.transport import make_connection
 from stream_learner.learning.learner import Learner
 from stream_learner.model_versions.feed import ModelFeed
 from stream_learner.model_versions.models_topic import ModelsTopic
@@ -54,7 +52,7 @@ class Predictor:
         self.batcher = MicroBatcher(s.max_batch_size, s.max_batch_delay_ms / 1000)
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
-        self.kafka = KafkaConnection(s, self._stop, self.totals, self.telemetry)
+        self.kafka = make_connection(s, self._stop, self.totals, self.telemetry)
         self.window = CommitWindow(s.commit_interval_s, self._drain, self.kafka.commit_offsets)
         self.feed = ModelFeed(ModelsTopic(s), self.learner.trainer.weights(), model_spec(s))
         self.generation: int | None = None
@@ -72,7 +70,7 @@ class Predictor:
         """Serve until :meth:`stop`; raises if the predictor fails."""
         feed = asyncio.create_task(self._follow_models())
         try:
-            if not await self._first_model(feed) or not await self.kafka.connect(self._rebalance_hooks, _no_fencing):
+            if not await self._first_model(feed) or not await self.kafka.connect(self._rebalancing(), _no_fencing):
                 return
             self._start_serving()
             probe = asyncio.create_task(self.kafka.probe())
@@ -146,8 +144,8 @@ class Predictor:
         await self._predict(self.batcher.take_all())
         await self._writer.flush()
 
-    def _rebalance_hooks(self, consumer: AIOKafkaConsumer) -> RebalanceHooks:
-        return RebalanceHooks(consumer, self.window.offsets, self._before_revoke, lambda tps: None)
+    def _rebalancing(self) -> Rebalancing:
+        return Rebalancing(self.window.offsets, self._before_revoke, lambda tps: None)
 
     async def _before_revoke(self) -> None:
         if not self._serving:
@@ -172,5 +170,5 @@ class Predictor:
             log.info("predictor_stopped", failed=self._failed, **self.status.stats())
 
 
-async def _no_fencing(transactions: object) -> None:
+async def _no_fencing() -> None:
     """Predictors publish at least once: there is no transactional producer to fence with."""

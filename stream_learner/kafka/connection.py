@@ -21,6 +21,7 @@ from stream_learner.errors import BrokerRefusedError
 from stream_learner.kafka.clients import make_consumer, make_producer, refusal
 from stream_learner.kafka.fetching import Fetcher
 from stream_learner.kafka.offset_resets import watch_offset_resets
+from stream_learner.kafka.protocol import Rebalancing
 from stream_learner.kafka.reader import KafkaReader
 from stream_learner.kafka.rebalance import RebalanceHooks
 from stream_learner.kafka.writer import KafkaWriter
@@ -34,8 +35,7 @@ RETRY_MIN_S, RETRY_MAX_S = 0.5, 5.0
 CLIENT_STOP_S = 3.0
 PROBE_EVERY_S = 2.0
 
-Fenced = Callable[[Transactions], Awaitable[None]]
-Rebalance = Callable[[AIOKafkaConsumer], RebalanceHooks]
+Fenced = Callable[[], Awaitable[None]]
 
 
 class KafkaConnection:
@@ -53,17 +53,16 @@ class KafkaConnection:
         self.writer: KafkaWriter | None = None
         self.broker_reachable = False
 
-    async def connect(self, rebalance: Rebalance, fenced: Fenced) -> bool:
+    async def connect(self, rebalancing: Rebalancing, fenced: Fenced) -> bool:
         """Start the clients, retrying while the broker cannot be reached; False when stopped first.
 
-        ``rebalance`` builds the consumer's rebalance hooks; with exactly_once, ``fenced`` runs once the
-        transactional producer has fenced earlier instances, before the consumer joins the group (the
-        committed checkpoint is restored there).
+        With exactly_once, ``fenced`` runs once the transactional producer has fenced earlier
+        instances, before the consumer joins the group (the committed checkpoint is restored there).
         """
         delay = RETRY_MIN_S
         while not self._stop.is_set():
             try:
-                await self._start(rebalance, fenced)
+                await self._start(rebalancing, fenced)
             except KafkaError as exc:
                 if not exc.retriable:
                     raise
@@ -83,24 +82,28 @@ class KafkaConnection:
                 return True
         return False
 
-    async def _start(self, rebalance: Rebalance, fenced: Fenced) -> None:
+    async def _start(self, rebalancing: Rebalancing, fenced: Fenced) -> None:
         """Producer first (with exactly_once its start fences earlier instances), then the group consumer."""
         s = self.settings
         self.producer, self.consumer = make_producer(s), make_consumer(s)
         if s.delivery == "exactly_once":
             self.transactions = Transactions(self.producer, s.group_id)
             await self.transactions.start()
-            await fenced(self.transactions)
+            await fenced()
         else:
             await self.producer.start()
         topics = [s.events_topic] if s.role == "predictor" else [s.events_topic, s.labels_topic]
-        self.consumer.subscribe(topics, listener=rebalance(self.consumer))
+        self.consumer.subscribe(topics, listener=RebalanceHooks(self.consumer, rebalancing))
         await self.consumer.start()
         fetcher = Fetcher(self.consumer, self.producer.client, s.fetch_max_records, read_committed=True)
         reader = self.reader = KafkaReader(self.consumer, fetcher)
         source_partitions = lambda: reader.partition_count(s.events_topic)  # noqa: E731
         self.writer = KafkaWriter(self.producer, s, self._totals, self._telemetry, source_partitions, self.transactions)
         watch_offset_resets(self._offset_reset)
+
+    @property
+    def models_producer(self) -> AIOKafkaProducer | None:
+        return self.producer
 
     def _offset_reset(self, tp: TopicPartition, offset: int) -> None:
         """The consumer's position on ``tp`` was out of range: records from ``offset`` on were deleted (retention)."""

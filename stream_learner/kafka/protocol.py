@@ -1,16 +1,19 @@
-"""What the run loop needs of Kafka, as two small Protocols: a reader and a writer.
+"""What the run loop needs of Kafka, as small Protocols: a connection holding a reader and a writer.
 
-:class:`~stream_learner.kafka.reader.KafkaReader` and :class:`~stream_learner.kafka.writer.KafkaWriter`
-are the aiokafka implementations; the loop's logic is tested with plain fakes of these.
+Two clients implement them: aiokafka (:class:`~stream_learner.kafka.connection.KafkaConnection`,
+:class:`~stream_learner.kafka.reader.KafkaReader`, :class:`~stream_learner.kafka.writer.KafkaWriter`) and
+librdkafka (:mod:`stream_learner.kafka.librdkafka`); ``KAFKA_CLIENT`` picks one
+(:func:`~stream_learner.kafka.transport.make_connection`). The loop's logic is tested with plain fakes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from stream_learner.records import EventBatch, ReadRecords, Rejected
 
@@ -86,4 +89,53 @@ class Writer(Protocol):
 
     async def flush(self) -> None:
         """Wait for every send's acknowledgement; raise :class:`~stream_learner.errors.DeliveryError` if any failed."""
+        ...
+
+
+@dataclass(frozen=True)
+class Rebalancing:
+    """What the service does when its partitions move, whichever client's callbacks call it."""
+
+    offsets: Mapping[TopicPartition, int]
+    """Where reading resumes on an assigned partition that this maps (the checkpoint's offsets); any
+    other partition resumes at the group's committed offset, else the earliest."""
+    before_revoke: Callable[[], Awaitable[None]]
+    """Runs before partitions are revoked (a checkpoint), on the event loop; the rebalance waits for it."""
+    assigned: Callable[[list[TopicPartition]], None]
+    """Told the partitions assigned, on the event loop, before any of their records is handed out."""
+
+
+class Connection(Protocol):
+    """The clients of one run; ``reader`` and ``writer`` are set once :meth:`connect` returned True."""
+
+    @property
+    def reader(self) -> Reader | None: ...
+    @property
+    def writer(self) -> Writer | None: ...
+    @property
+    def broker_reachable(self) -> bool: ...
+    @property
+    def models_producer(self) -> AIOKafkaProducer | None:
+        """A trainer's producer of model versions (aiokafka whichever the client: see docs/architecture.md)."""
+        ...
+
+    async def connect(self, rebalancing: Rebalancing, fenced: Callable[[], Awaitable[None]]) -> bool:
+        """Start the clients, waiting for the broker; False when stopped first. With exactly_once, ``fenced``
+        runs once earlier instances are fenced, before the group is joined."""
+        ...
+
+    async def probe(self) -> None:
+        """Keep ``broker_reachable`` current (until cancelled)."""
+        ...
+
+    async def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit the offsets of the partitions held (with exactly_once, in the open transaction, which commits)."""
+        ...
+
+    async def abort_transaction(self) -> None:
+        """Best effort: end an open transaction now."""
+        ...
+
+    async def close(self) -> None:
+        """Stop the clients within a bound."""
         ...

@@ -7,35 +7,31 @@ offset, else the earliest.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
+from stream_learner.kafka.protocol import Rebalancing
+
 log = structlog.get_logger(__name__)
 
 
 class RebalanceHooks(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka has no type information
-    """aiokafka's rebalance callbacks: ``before_revoke`` takes the checkpoint; ``offsets`` says where to seek."""
+    """aiokafka's rebalance callbacks, doing what ``rebalancing`` says."""
 
-    def __init__(
-        self,
-        consumer: AIOKafkaConsumer,
-        offsets: Mapping[TopicPartition, int],
-        before_revoke: Callable[[], Awaitable[None]],
-        assigned: Callable[[list[TopicPartition]], None],
-    ) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, rebalancing: Rebalancing) -> None:
         self._consumer = consumer
-        self._offsets = offsets
-        self._before_revoke = before_revoke
-        self._assigned = assigned
+        self._offsets = rebalancing.offsets
+        self._before_revoke = rebalancing.before_revoke
+        self._assigned = rebalancing.assigned
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         revoked = list(revoked)
         if revoked:
             await self._before_revoke()
-            log.info("partitions_revoked", partitions=_named(revoked))
+            log.info("partitions_revoked", partitions=named(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         assigned = list(assigned)
@@ -43,8 +39,8 @@ class RebalanceHooks(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokaf
             if tp in self._offsets:
                 self._consumer.seek(tp, self._offsets[tp])
         self._assigned(assigned)
-        log.info("partitions_assigned", partitions=_named(assigned))
+        log.info("partitions_assigned", partitions=named(assigned))
 
 
-def _named(partitions: list[TopicPartition]) -> list[str]:
+def named(partitions: Iterable[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)

@@ -10,8 +10,8 @@ import torch
 from aiokafka import TopicPartition
 
 from stream_learner.checkpointing.checkpoint import Checkpoint
-from stream_learner.kafka.connection import KafkaConnection
 from stream_learner.kafka.progress import ReadingProgress
+from stream_learner.kafka.protocol import Connection
 from stream_learner.learning.learner import Learner
 from stream_learner.records import Totals
 
@@ -46,7 +46,7 @@ class ServiceReport:
         totals: Totals,
         learner: Learner,
         checkpoint: Checkpoint | None,
-        kafka: KafkaConnection,
+        kafka: Connection,
         progress: Callable[[], ReadingProgress | None],
         failed: Callable[[], bool],
     ) -> None:

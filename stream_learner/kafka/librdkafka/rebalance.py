@@ -1,0 +1,68 @@
+"""Rebalances on librdkafka: its callbacks, called in the consuming thread, run the service's on the loop.
+
+librdkafka calls ``on_assign``/``on_revoke`` inside ``consume()``; each runs what
+:class:`~stream_learner.kafka.protocol.Rebalancing` says on the event loop and waits for it there, as
+aiokafka's listener does inside ``getmany()``. So a checkpoint is taken before partitions go, and
+an assigned partition the checkpoint knows is read on from the checkpoint's offset (any other from
+the group's committed offset, else the earliest), before any of its records is handed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import structlog
+from aiokafka import TopicPartition
+from confluent_kafka import Consumer
+from confluent_kafka import TopicPartition as RdTopicPartition
+
+from stream_learner.kafka.protocol import Rebalancing
+from stream_learner.kafka.rebalance import named
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+class RebalanceBridge:
+    """``on_assign`` and ``on_revoke`` for ``Consumer.subscribe``; ``assigned`` also tells the reader."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        rebalancing: Rebalancing,
+        assigned: Callable[[list[TopicPartition]], None],
+    ) -> None:
+        self._loop = loop
+        self._rebalancing = rebalancing
+        self._reader_assigned = assigned
+        self.closing = False
+        """Set before the consumer closes: leaving the group takes no checkpoint (the final one is written)."""
+
+    def on_assign(self, consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
+        assigned = [TopicPartition(p.topic, p.partition) for p in partitions]
+        offsets = self._on_loop(self._assigned(assigned))
+        for p, tp in zip(partitions, assigned, strict=True):
+            if tp in offsets:
+                p.offset = offsets[tp]
+        consumer.assign(partitions)
+        log.info("partitions_assigned", partitions=named(assigned))
+
+    async def _assigned(self, assigned: list[TopicPartition]) -> dict[TopicPartition, int]:
+        self._reader_assigned(assigned)
+        self._rebalancing.assigned(assigned)
+        known = self._rebalancing.offsets
+        return {tp: known[tp] for tp in assigned if tp in known}
+
+    def on_revoke(self, consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
+        if not partitions or self.closing:
+            return
+        self._on_loop(self._before_revoke())
+        log.info("partitions_revoked", partitions=named(TopicPartition(p.topic, p.partition) for p in partitions))
+
+    async def _before_revoke(self) -> None:
+        await self._rebalancing.before_revoke()
+
+    def _on_loop(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
