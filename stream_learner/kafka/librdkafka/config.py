@@ -54,13 +54,16 @@ def common_properties(settings: Settings) -> dict[str, Any]:
 
 def consumer_properties(settings: Settings) -> dict[str, Any]:
     """A group consumer with manual offsets (the checkpoint decides), from the earliest record it has no
-    offset for, reading committed records only (upstream producers may be transactional)."""
+    offset for, reading committed records only (upstream producers may be transactional). Its assignor
+    is aiokafka's default (roundrobin), so members on either client form one group: KAFKA_CLIENT can be
+    switched one instance at a time."""
     return {
         **common_properties(settings),
         "group.id": settings.reading_group,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "roundrobin",
         "isolation.level": "read_committed",
         "session.timeout.ms": settings.session_timeout_ms,
         "heartbeat.interval.ms": max(settings.session_timeout_ms // 3, 100),

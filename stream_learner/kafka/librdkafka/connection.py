@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
@@ -22,8 +21,9 @@ from stream_learner.errors import BrokerRefusedError, ConfigError
 from stream_learner.kafka.clients import make_producer, unused_security_settings
 from stream_learner.kafka.connection import CLIENT_STOP_S, PROBE_EVERY_S, RETRY_MAX_S, RETRY_MIN_S
 from stream_learner.kafka.librdkafka.config import consumer_properties, producer_properties
-from stream_learner.kafka.librdkafka.reader import LibrdkafkaReader
+from stream_learner.kafka.librdkafka.reader import LibrdkafkaReader, commit_reported
 from stream_learner.kafka.librdkafka.rebalance import RebalanceBridge
+from stream_learner.kafka.librdkafka.threads import DaemonThread
 from stream_learner.kafka.librdkafka.writer import DeliveryReports, LibrdkafkaWriter
 from stream_learner.kafka.protocol import Rebalancing
 from stream_learner.observability.telemetry import Telemetry
@@ -50,7 +50,9 @@ class LibrdkafkaConnection:
         self.broker_reachable = False
         self._models_producer: AIOKafkaProducer | None = None
         self._bridge: RebalanceBridge | None = None
-        self._consuming = ThreadPoolExecutor(1, thread_name_prefix="librdkafka-consume")
+        self._consuming = DaemonThread("librdkafka-consume")
+        self._flushing = DaemonThread("librdkafka-flush")
+        self._probing = DaemonThread("librdkafka-metadata")
         self._refused: KafkaError | None = None
 
     @property
@@ -100,15 +102,15 @@ class LibrdkafkaConnection:
     async def _start(self, rebalancing: Rebalancing) -> None:
         s, loop = self.settings, asyncio.get_running_loop()
         assert self.producer is not None
-        self.consumer = Consumer(self._with_callbacks(consumer_properties(s)))
+        self.consumer = Consumer({**self._with_callbacks(consumer_properties(s)), "on_commit": commit_reported})
         reader = self.reader = LibrdkafkaReader(self.consumer, self._consuming, s.fetch_max_records, self._totals)
         await self._read_partition_counts()
-        self._bridge = RebalanceBridge(loop, rebalancing, reader.assigned)
+        self._bridge = RebalanceBridge(loop, rebalancing, reader)
         topics = [s.events_topic] if s.role == "predictor" else [s.events_topic, s.labels_topic]
         bridge = self._bridge
-        self.consumer.subscribe(topics, on_assign=bridge.on_assign, on_revoke=bridge.on_revoke)
+        self.consumer.subscribe(topics, on_assign=bridge.on_assign, on_revoke=bridge.on_revoke, on_lost=bridge.on_lost)
         self.writer = LibrdkafkaWriter(
-            self.producer, self._reports, s, self._totals, self._telemetry, reader.partition_count
+            self.producer, self._reports, self._flushing, s, self._totals, self._telemetry, reader.partition_count
         )
         if s.role == "trainer":
             self._models_producer = make_producer(s)  # see Connection.models_producer
@@ -117,7 +119,7 @@ class LibrdkafkaConnection:
     async def _metadata(self, client: Producer | Consumer, timeout_s: float = METADATA_TIMEOUT_S) -> Any | None:
         """The cluster's metadata, or None when no broker answered within ``timeout_s``."""
         try:
-            return await asyncio.to_thread(client.list_topics, None, timeout_s)
+            return await asyncio.get_running_loop().run_in_executor(self._probing, client.list_topics, None, timeout_s)
         except KafkaException:
             return None
 
@@ -174,21 +176,20 @@ class LibrdkafkaConnection:
         """Leave the group and stop the clients, each within ``CLIENT_STOP_S``."""
         if self._bridge is not None:
             self._bridge.closing = True
+        stops: list[tuple[str, Awaitable[Any]]] = []
         if self.reader is not None:
-            self.reader.closed = True
-        stops: list[tuple[str, Callable[[], Any]]] = []
-        if self.consumer is not None:
-            stops.append(("Consumer", self.consumer.close))
+            stops.append(("Consumer", self.reader.close()))
         if self.producer is not None:
-            producer = self.producer
-            stops.append(("Producer", lambda: producer.flush(CLIENT_STOP_S)))
+            flushed = asyncio.get_running_loop().run_in_executor(self._flushing, self.producer.flush, CLIENT_STOP_S)
+            stops.append(("Producer", flushed))
+        if self._models_producer is not None:
+            stops.append(("AIOKafkaProducer", self._models_producer.stop()))
         for name, stop in stops:
             try:
-                await asyncio.wait_for(asyncio.to_thread(stop), CLIENT_STOP_S)
+                await asyncio.wait_for(stop, CLIENT_STOP_S)
             except Exception as exc:  # noqa: BLE001 - stopping is best effort; the process is leaving
                 log.warning("client_stop_failed", client=name, error=f"{type(exc).__name__}: {exc}")
-        if self._models_producer is not None:
-            await asyncio.wait_for(self._models_producer.stop(), CLIENT_STOP_S)
-        self._consuming.shutdown(wait=False)
+        for thread in (self._consuming, self._flushing, self._probing):
+            thread.shutdown(wait=False)
         self.consumer = self.producer = self._models_producer = None
         self.reader = self.writer = None

@@ -1,9 +1,12 @@
 """The group consumer on librdkafka: :class:`~stream_learner.kafka.protocol.Reader`.
 
-``consume()`` runs in one thread of its own (``consuming``), so the event loop never waits on
-librdkafka, and rebalance callbacks (which librdkafka calls inside ``consume()``) run in that
-thread too, bridged to the loop by :mod:`.rebalance`. Other calls (positions, watermarks, pause,
-commit) go to librdkafka directly: its handle is thread-safe, and all but the commit return at once.
+Every call on the consumer runs in one thread of its own (``consuming``): confluent-kafka's
+``Consumer`` takes one call at a time, so a ``position()`` from the event loop would wait out a
+``consume()`` in flight, and one made while a rebalance callback waits for the loop would never
+return. A fetch runs there, as one job: the pauses, resumes and commits asked for since the last
+one, then ``consume()``, then the positions and high watermarks of the assigned partitions, which
+the loop reads as of that fetch. Rebalance callbacks, which librdkafka calls inside ``consume()``,
+are bridged to the loop by :mod:`.rebalance`.
 
 librdkafka decompresses every codec Kafka defines itself. A message it cannot read (a corrupt
 batch, a codec it was built without) comes back as an error naming its partition and offset; it
@@ -13,8 +16,8 @@ becomes a :class:`~stream_learner.records.Rejected` for the dead-letter topic, a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 
 import structlog
 from aiokafka import TopicPartition
@@ -22,6 +25,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as RdTopicPartition
 
 from stream_learner.kafka.librdkafka.records import MessageColumns, raw_record
+from stream_learner.kafka.librdkafka.threads import DaemonThread
 from stream_learner.kafka.protocol import Fetched
 from stream_learner.records import Rejected, Totals
 
@@ -31,22 +35,25 @@ UNREADABLE = {KafkaError._BAD_MSG: "corrupt_batch", KafkaError._BAD_COMPRESSION:
 
 
 class LibrdkafkaReader:
-    """Reads through a subscribed :class:`confluent_kafka.Consumer`; ``consuming`` runs its ``consume()``."""
+    """Reads through a subscribed :class:`confluent_kafka.Consumer` that only ``consuming`` calls."""
 
-    def __init__(self, consumer: Consumer, consuming: ThreadPoolExecutor, max_records: int, totals: Totals) -> None:
+    def __init__(self, consumer: Consumer, consuming: DaemonThread, max_records: int, totals: Totals) -> None:
         self.consumer = consumer
         self._consuming = consuming
         self._max = max_records
         self._totals = totals
+        self._ops: deque[Callable[[], None]] = deque()
+        """Calls on the consumer asked for on the loop, made in the consuming thread (:meth:`run_ops`)."""
         self._paused: set[TopicPartition] = set()
+        self._assignment: set[TopicPartition] = set()
+        self._positions: dict[TopicPartition, int] = {}
+        self._highwater: dict[TopicPartition, int] = {}
         self.partition_counts: dict[str, int] = {}
         """Partitions per topic, as the connection last read them from the metadata."""
-        self.closed = False
-        """Set when the consumer closes: it holds no partition any more (librdkafka raises on a closed one)."""
 
     async def fetch(self, timeout_s: float, offsets: Mapping[TopicPartition, int]) -> tuple[Fetched, list[Rejected]]:
         loop = asyncio.get_running_loop()
-        messages = await loop.run_in_executor(self._consuming, self._consume, timeout_s)
+        messages, self._positions, self._highwater = await loop.run_in_executor(self._consuming, self._turn, timeout_s)
         by_partition: dict[tuple[str, int], list[Message]] = {}
         rejected: list[Rejected] = []
         for message in messages:
@@ -61,6 +68,18 @@ class LibrdkafkaReader:
         fetched: Fetched = {TopicPartition(t, p): MessageColumns(t, p, ms) for (t, p), ms in by_partition.items()}
         return fetched, rejected
 
+    def _turn(self, timeout_s: float) -> tuple[list[Message], dict[TopicPartition, int], dict[TopicPartition, int]]:
+        """In the consuming thread: the calls asked for, the messages, then where each partition stands."""
+        self.run_ops()
+        messages = self._consume(timeout_s)
+        held = rd_partitions(self._assignment)
+        positions = {TopicPartition(p.topic, p.partition): p.offset for p in self.consumer.position(held)}
+        highwater = {}
+        for p in held:
+            _, high = self.consumer.get_watermark_offsets(p, cached=True)
+            highwater[TopicPartition(p.topic, p.partition)] = high
+        return messages, positions, highwater
+
     def _consume(self, timeout_s: float) -> list[Message]:
         """What is there now, else the first message within ``timeout_s`` and whatever came with it
         (``consume(n, timeout)`` alone would wait for ``n`` messages or the whole timeout)."""
@@ -70,6 +89,15 @@ class LibrdkafkaReader:
             if messages and self._max > 1:
                 messages += self.consumer.consume(self._max - 1, 0)
         return messages
+
+    def run_ops(self) -> None:
+        """Make the calls asked for (in the consuming thread, or in a rebalance callback there)."""
+        while self._ops:
+            op = self._ops.popleft()
+            try:
+                op()
+            except KafkaException as exc:  # a partition revoked in between: nothing to pause or commit
+                log.debug("consumer_call_failed", error=str(exc))
 
     def _failed(self, message: Message) -> list[Rejected]:
         error = message.error()
@@ -90,51 +118,65 @@ class LibrdkafkaReader:
         return []
 
     def assignment(self) -> set[TopicPartition]:
-        if self.closed:
-            return set()
-        return {TopicPartition(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        """As the rebalance callbacks last said."""
+        return set(self._assignment)
 
     def position(self, tp: TopicPartition) -> int | None:
-        if self.closed:
-            return None
-        (found,) = self.consumer.position([RdTopicPartition(tp.topic, tp.partition)])
-        return None if found.offset < 0 else int(found.offset)
+        """As of the last fetch."""
+        position = self._positions.get(tp, -1)
+        return None if position < 0 or tp not in self._assignment else position
 
     def readable_end(self, tp: TopicPartition) -> int | None:
         """The end librdkafka last fetched: with read_committed, the last stable offset."""
         return self.highwater(tp)
 
     def highwater(self, tp: TopicPartition) -> int | None:
-        if self.closed:
-            return None
-        _, high = self.consumer.get_watermark_offsets(RdTopicPartition(tp.topic, tp.partition), cached=True)
-        return None if high < 0 else int(high)
+        """As of the last fetch."""
+        high = self._highwater.get(tp, -1)
+        return None if high < 0 or tp not in self._assignment else high
 
     def partition_count(self, topic: str) -> int | None:
         return self.partition_counts.get(topic)
 
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """From the next fetch on."""
         partitions = list(partitions)
-        self.consumer.pause(rd_partitions(partitions))
         self._paused.update(partitions)
+        self._ops.append(lambda: self.consumer.pause(rd_partitions(partitions)))
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         partitions = list(partitions)
-        self.consumer.resume(rd_partitions(partitions))
         self._paused.difference_update(partitions)
+        self._ops.append(lambda: self.consumer.resume(rd_partitions(partitions)))
 
     def paused(self) -> set[TopicPartition]:
-        return self._paused & self.assignment()
+        return self._paused & self._assignment
 
-    def assigned(self, partitions: Iterable[TopicPartition]) -> None:
-        """A partition assigned anew starts unpaused."""
+    def assigned(self, partitions: list[TopicPartition]) -> None:
+        """The rebalance assigned ``partitions`` (the whole assignment); each starts unpaused."""
+        self._assignment = set(partitions)
         self._paused.difference_update(partitions)
 
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        await asyncio.to_thread(self._commit, rd_partitions(offsets, offsets))
+    def unassigned(self) -> None:
+        """The rebalance took every partition (revoked or lost)."""
+        self._assignment = set()
 
-    def _commit(self, offsets: list[RdTopicPartition]) -> None:
-        self.consumer.commit(offsets=offsets, asynchronous=False)
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Sent at the next fetch, or before a revocation completes, without waiting (the offsets are
+        advisory; a failure is logged by :func:`commit_reported`)."""
+        partitions = rd_partitions(offsets, offsets)
+        self._ops.append(lambda: self.consumer.commit(offsets=partitions, asynchronous=True))
+
+    async def close(self) -> None:
+        """Leave the group (in the consuming thread); the reader holds nothing from then on."""
+        self._assignment = set()
+        await asyncio.get_running_loop().run_in_executor(self._consuming, self.consumer.close)
+
+
+def commit_reported(error: KafkaError | None, partitions: list[RdTopicPartition]) -> None:
+    """librdkafka's ``on_commit`` callback (run inside ``consume()``)."""
+    if error is not None:
+        log.warning("offset_commit_failed", error=error.str())
 
 
 def rd_partitions(

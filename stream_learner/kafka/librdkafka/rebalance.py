@@ -10,8 +10,8 @@ the group's committed offset, else the earliest), before any of its records is h
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from aiokafka import TopicPartition
@@ -25,18 +25,21 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
-class RebalanceBridge:
-    """``on_assign`` and ``on_revoke`` for ``Consumer.subscribe``; ``assigned`` also tells the reader."""
+class AssignmentBook(Protocol):
+    """Where the reader keeps the assignment (librdkafka's own ``assignment()`` can block)."""
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        rebalancing: Rebalancing,
-        assigned: Callable[[list[TopicPartition]], None],
-    ) -> None:
+    def assigned(self, partitions: list[TopicPartition]) -> None: ...
+    def unassigned(self) -> None: ...
+    def run_ops(self) -> None: ...
+
+
+class RebalanceBridge:
+    """``on_assign``, ``on_revoke`` and ``on_lost`` for ``Consumer.subscribe``; each also tells ``reader``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, rebalancing: Rebalancing, reader: AssignmentBook) -> None:
         self._loop = loop
         self._rebalancing = rebalancing
-        self._reader_assigned = assigned
+        self._reader = reader
         self.closing = False
         """Set before the consumer closes: leaving the group takes no checkpoint (the final one is written)."""
 
@@ -50,16 +53,27 @@ class RebalanceBridge:
         log.info("partitions_assigned", partitions=named(assigned))
 
     async def _assigned(self, assigned: list[TopicPartition]) -> dict[TopicPartition, int]:
-        self._reader_assigned(assigned)
+        self._reader.assigned(assigned)
         self._rebalancing.assigned(assigned)
         known = self._rebalancing.offsets
         return {tp: known[tp] for tp in assigned if tp in known}
 
     def on_revoke(self, consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
         if not partitions or self.closing:
+            self._reader.unassigned()
             return
         self._on_loop(self._before_revoke())
+        self._reader.run_ops()  # the checkpoint's commit, before the partitions go
+        self._reader.unassigned()
         log.info("partitions_revoked", partitions=named(TopicPartition(p.topic, p.partition) for p in partitions))
+
+    def on_lost(self, consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
+        """The group went on without this member (its session expired): the partitions may be read by
+        another already, so nothing is committed for them. The state in memory stays consistent with
+        ``offsets``, where reading resumes if they come back."""
+        self._reader.unassigned()
+        lost = named(TopicPartition(p.topic, p.partition) for p in partitions)
+        log.warning("partitions_lost", partitions=lost, detail="the session expired; the last checkpoint stands")
 
     async def _before_revoke(self) -> None:
         await self._rebalancing.before_revoke()

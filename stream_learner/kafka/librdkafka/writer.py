@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from stream_learner.config import Settings
 from stream_learner.errors import DeliveryError
 from stream_learner.kafka.dead_letters import dead_letter_headers
+from stream_learner.kafka.librdkafka.threads import DaemonThread
 from stream_learner.kafka.predictions import encode_predictions
 from stream_learner.observability.telemetry import Telemetry
 from stream_learner.records import EventBatch, Predictions, Rejected
@@ -39,12 +40,13 @@ class DeliveryReports:
 
 
 class LibrdkafkaWriter:
-    """Produces through ``producer``, whose ``on_delivery`` is ``reports``."""
+    """Produces through ``producer``, whose ``on_delivery`` is ``reports``; its blocking calls run in ``flushing``."""
 
     def __init__(
         self,
         producer: Producer,
         reports: DeliveryReports,
+        flushing: DaemonThread,
         settings: Settings,
         totals: Counter[str],
         telemetry: Telemetry,
@@ -52,6 +54,7 @@ class LibrdkafkaWriter:
     ) -> None:
         self.producer = producer
         self._reports = reports
+        self._flushing = flushing
         self._settings = settings
         self._totals = totals
         self._telemetry = telemetry
@@ -94,7 +97,7 @@ class LibrdkafkaWriter:
                         produce(topic, values[i], keys[i], partitions[i])
                         done += 1
             except BufferError:  # librdkafka's queue is full: let it deliver some first
-                await asyncio.to_thread(self.producer.poll, QUEUE_FULL_WAIT_S)
+                await self._in_thread(self.producer.poll, QUEUE_FULL_WAIT_S)
 
     async def send_dead_letters(self, rejected: list[Rejected]) -> None:
         for item in rejected:
@@ -107,7 +110,7 @@ class LibrdkafkaWriter:
                     )
                     break
                 except BufferError:
-                    await asyncio.to_thread(self.producer.poll, QUEUE_FULL_WAIT_S)
+                    await self._in_thread(self.producer.poll, QUEUE_FULL_WAIT_S)
             self._totals[f"dead_lettered.{item.reason}"] += 1
             self._totals["dead_lettered"] += 1
             self._telemetry.dead_lettered(item.reason)
@@ -117,11 +120,14 @@ class LibrdkafkaWriter:
         self._raise_reported()
 
     async def flush(self) -> None:
-        left = await asyncio.to_thread(self.producer.flush, self._settings.delivery_timeout_s)
+        left = await self._in_thread(self.producer.flush, self._settings.delivery_timeout_s)
         self._raise_reported()
         if left:
             raise DeliveryError(f"{left} produced records were not acknowledged within DELIVERY_TIMEOUT_S")
         self._totals["predictions_acknowledged"] = self._totals["events_predicted"]
+
+    async def _in_thread(self, call: Callable[[float], int], timeout_s: float) -> int:
+        return await asyncio.get_running_loop().run_in_executor(self._flushing, call, timeout_s)
 
     def _raise_reported(self) -> None:
         failed, self._reports.failed = self._reports.failed, []
