@@ -2,8 +2,9 @@
 
 N pre-filled events (dim 32, 4 partitions) and a label for each, on an embedded broker of its own.
 Alternately, ``--repeats`` times: the aiokafka pass-through (:mod:`benchmarks.passthrough`), the
-librdkafka pass-through (:mod:`benchmarks.passthrough_librdkafka`), and the service's catch-up
-(``ROLE=all``, in-process, the defaults, training every label). Each reads the events in a group
+librdkafka pass-through (:mod:`benchmarks.passthrough_librdkafka`), and the service's catch-up on
+each client (``KAFKA_CLIENT``; ``ROLE=all``, in-process, training every label) at the default
+``MAX_BATCH_SIZE`` (256) and at 1024, per model. Each reads the events in a group
 of its own and writes to a topic of its own; its rate is events over the span of its output
 records' Kafka timestamps (the service's: up to its last optimizer step too). The table gives the
 medians and the ratios of the medians.
@@ -36,25 +37,25 @@ async def librdkafka_catch_up(bootstrap: str, events: str, n: int, tmp: Path) ->
     return await output_window(bootstrap, outputs, n)
 
 
-async def measure(n: int, repeats: int, models: list[str], tmp: Path) -> dict[str, list[float]]:
-    rates: dict[str, list[float]] = {"aiokafka pass-through": [], "librdkafka pass-through": []}
-    rates.update({f"service on aiokafka, {model}": [] for model in models})
+async def measure(n: int, repeats: int, models: list[str], batches: list[int], tmp: Path) -> dict[str, list[float]]:
+    runs: dict[str, Any] = {}
     with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap_servers
         events, labels = unique_name("events"), unique_name("labels")
         await ensure_topics(bootstrap, {DLQ: 1, events: PARTITIONS, labels: PARTITIONS})
         await prefill(bootstrap, make_stream(n), events, labels)
-        for _ in range(repeats):
-            runs = {
-                "aiokafka pass-through": lambda: passthrough_catch_up(bootstrap, events, n, tmp),
-                "librdkafka pass-through": lambda: librdkafka_catch_up(bootstrap, events, n, tmp),
-                **{
-                    f"service on aiokafka, {model}": (
-                        lambda model=model: service_catch_up(bootstrap, events, labels, n, model, 256, tmp)  # type: ignore[misc]
+        runs["aiokafka pass-through"] = lambda: passthrough_catch_up(bootstrap, events, n, tmp)
+        runs["librdkafka pass-through"] = lambda: librdkafka_catch_up(bootstrap, events, n, tmp)
+        for model in models:
+            for batch in batches:
+                for client in ("aiokafka", "librdkafka"):
+                    runs[f"service on {client}, {model}, batch {batch}"] = (
+                        lambda m=model, b=batch, c=client: service_catch_up(  # type: ignore[misc]
+                            bootstrap, events, labels, n, m, b, tmp, kafka_client=c
+                        )
                     )
-                    for model in models
-                },
-            }
+        rates: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(repeats):
             for name, run in runs.items():
                 rate = (await run())["rate"]
                 rates[name].append(rate)
@@ -68,13 +69,17 @@ def render(rates: dict[str, list[float]], n: int) -> str:
     lines = [
         f"Catch-up over {n:,} pre-filled events (dim 32, {PARTITIONS} partitions); medians of {len(rates[next(iter(rates))])} runs",
         "",
-        "| what | events/s, median (runs) | / aiokafka pass-through | / librdkafka pass-through |",
-        "|---|---:|---:|---:|",
+        "| what | events/s, median (runs) | / aiokafka pass-through | / librdkafka pass-through | librdkafka / aiokafka |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, values in rates.items():
         median = statistics.median(values)
         each = ", ".join(f"{v:,.0f}" for v in values)
-        lines.append(f"| {name} | {median:,.0f} ({each}) | {median / aiokafka:.2f}× | {median / librdkafka:.2f}× |")
+        paired = rates.get(name.replace("on librdkafka", "on aiokafka")) if "on librdkafka" in name else None
+        ratio = f"{median / statistics.median(paired):.2f}×" if paired else ""
+        lines.append(
+            f"| {name} | {median:,.0f} ({each}) | {median / aiokafka:.2f}× | {median / librdkafka:.2f}× | {ratio} |"
+        )
     return "\n".join(lines)
 
 
@@ -83,11 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", default="linear,mlp")
+    parser.add_argument("--batches", default="256,1024", help="MAX_BATCH_SIZE values of the service's runs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     quiet_logs()
     with tempfile.TemporaryDirectory() as tmp:
-        rates = asyncio.run(measure(args.events, args.repeats, args.models.split(","), Path(tmp)))
+        batches = [int(b) for b in args.batches.split(",")]
+        rates = asyncio.run(measure(args.events, args.repeats, args.models.split(","), batches, Path(tmp)))
     report(render(rates, args.events), {"rates": rates}, f"# Kafka clients' ceilings ({machine()})", args.json)
     return 0
 

@@ -140,19 +140,22 @@ async def _wait_assigned(service: Service, task: asyncio.Task[None], partitions:
 
 async def service_catch_up(
     bootstrap: str, events: str, labels: str, n: int, model: str, batch: int, tmp: Path, train_batch: int = 32,
-    kernels: str = "auto",
+    kernels: str = "auto", **extra: Any,
 ) -> dict[str, Any]:
+    """``extra``: any other setting (``kafka_client``, ``delivery``...)."""
     single = tuple(k.removesuffix("-off") for k in (kernels,) if k.endswith("-off"))
     with single_off(single):
-        return await _service_catch_up(bootstrap, events, labels, n, model, batch, tmp, train_batch, kernels)
+        return await _service_catch_up(bootstrap, events, labels, n, model, batch, tmp, train_batch, kernels, extra)
 
 
 async def _service_catch_up(
-    bootstrap: str, events: str, labels: str, n: int, model: str, batch: int, tmp: Path, train_batch: int, kernels: str
+    bootstrap: str, events: str, labels: str, n: int, model: str, batch: int, tmp: Path, train_batch: int, kernels: str,
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
     outputs = _name("predictions")
     await ensure_topics(bootstrap, {outputs: PARTITIONS})
-    settings = _settings(bootstrap, events, labels, outputs, model, batch, tmp / uuid.uuid4().hex, train_batch, kernels)
+    checkpoints = tmp / uuid.uuid4().hex
+    settings = _settings(bootstrap, events, labels, outputs, model, batch, checkpoints, train_batch, kernels, **extra)
     service = Service(settings)
     probe = TrainingProbe(service)
     freeze_startup_heap()  # as `stream-learner run` does

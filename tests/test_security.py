@@ -15,6 +15,7 @@ import pytest
 from stream_learner.config import Settings
 from stream_learner.errors import ConfigError
 from stream_learner.kafka.clients import make_consumer, make_producer, security_kwargs, unused_security_settings
+from stream_learner.kafka.librdkafka.config import security_properties
 
 from .conftest import BrokerInfo, StartService
 
@@ -121,6 +122,28 @@ async def test_the_service_kafka_clients_get_the_security_settings(certificate: 
     await producer.stop()
 
 
+def test_librdkafka_gets_the_same_security_settings_one_to_one(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    s = settings(
+        security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-256", sasl_username="alice", sasl_password=PASSWORD,
+        ssl_cafile=cert, ssl_certfile=cert, ssl_keyfile=key,
+    )  # fmt: skip
+    assert security_properties(s) == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-256",
+        "sasl.username": "alice",
+        "sasl.password": PASSWORD,
+        "ssl.ca.location": str(cert),
+        "ssl.certificate.location": str(cert),
+        "ssl.key.location": str(key),
+    }
+    assert security_properties(settings()) == {"security.protocol": "PLAINTEXT"}
+    with pytest.raises(ConfigError, match="sasl_username and sasl_password"):
+        security_properties(settings(security_protocol="SASL_PLAINTEXT", sasl_username="alice"))
+    with pytest.raises(ConfigError, match="ssl_keyfile is set without ssl_certfile"):
+        security_properties(settings(security_protocol="SSL", ssl_keyfile=key))
+
+
 def test_the_password_is_not_in_repr_str_or_json_of_the_settings() -> None:
     s = settings(security_protocol="SASL_SSL", sasl_username="alice", sasl_password=PASSWORD)
     for shown in (repr(s), str(s), s.model_dump_json(), repr(s.model_dump()), repr(s.sasl_password)):
@@ -152,7 +175,8 @@ def test_the_service_start_log_holds_no_password(start_service: StartService) ->
 
 
 @pytest.mark.integration
-def test_a_sasl_start_uses_the_credentials_and_logs_no_password(kafka_broker: BrokerInfo, tmp_path: Path) -> None:
+@pytest.mark.parametrize("client", ["aiokafka", "librdkafka"])
+def test_a_sasl_start_uses_the_credentials_and_logs_no_password(kafka_broker: BrokerInfo, tmp_path: Path, client: str) -> None:
     """SASL against the test broker's PLAINTEXT listener: the handshake is attempted and fails; no output shows the password."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_LEARNER_")}
     env = {
@@ -163,6 +187,7 @@ def test_a_sasl_start_uses_the_credentials_and_logs_no_password(kafka_broker: Br
         "STREAM_LEARNER_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
         "STREAM_LEARNER_SASL_USERNAME": "alice",
         "STREAM_LEARNER_SASL_PASSWORD": PASSWORD,
+        "STREAM_LEARNER_KAFKA_CLIENT": client,
     }
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "stream_learner", "run"], env=env, capture_output=True, text=True, timeout=120)
@@ -170,5 +195,6 @@ def test_a_sasl_start_uses_the_credentials_and_logs_no_password(kafka_broker: Br
     assert result.returncode != 0, output
     assert "service_started" not in output and PASSWORD not in output
     if kafka_broker.kind == "tansu":
-        assert "UnsupportedSaslMechanism" in output, "the broker must have seen a SASL handshake"
+        said = {"aiokafka": "UnsupportedSaslMechanism", "librdkafka": "Unsupported SASL mechanism"}[client]
+        assert said in output, "the broker must have seen a SASL handshake"
     assert time.monotonic() - started < 120

@@ -71,6 +71,7 @@ class LibrdkafkaConnection:
             self.producer = Producer(self._with_callbacks(producer_properties(self.settings), DeliveryReports()))
             metadata = await self._metadata(self.producer)
             if metadata is None:
+                await asyncio.get_running_loop().run_in_executor(self._probing, self.producer.poll, 0.1)  # error_cb
                 self._raise_if_refused()
                 log.warning("broker_unreachable", bootstrap_servers=self.settings.bootstrap_servers, retry_in_s=delay)
                 await sleep_unless_stopped(self._stop, delay)
