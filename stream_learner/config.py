@@ -272,6 +272,8 @@ class Settings(BaseSettings):
             )
         if self.delivery == "exactly_once" and self.role != "all":
             raise ValueError("delivery=exactly_once needs role=all (predictors publish at least once)")
+        if self.delivery == "exactly_once" and self.kafka_client != "librdkafka":
+            raise ValueError(checks.EXACTLY_ONCE_NEEDS_LIBRDKAFKA)
         if self.challengers and self.role != "all":
             raise ValueError("challengers need role=all (a predictor serves one published model)")
         return self

@@ -20,6 +20,11 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 GuardrailAction = Literal["skip", "rollback"]
 Delivery = Literal["at_least_once", "exactly_once"]
 KafkaClient = Literal["aiokafka", "librdkafka"]
+EXACTLY_ONCE_NEEDS_LIBRDKAFKA = (
+    "delivery=exactly_once needs kafka_client=librdkafka: aiokafka's transactional producer commits offsets "
+    "without the consumer group's metadata (no KIP-447 fencing of a member the group moved past), and its "
+    "transactions fail on the embedded broker, so that path could never be tested"
+)
 MissingLabelPolicy = Literal["drop", "default"]
 CpuKernels = Literal["auto", "off"]
 Role = Literal["all", "predictor", "trainer"]

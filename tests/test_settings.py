@@ -76,6 +76,7 @@ IMPOSSIBLE: list[tuple[str, str, dict[str, str]]] = [
     *[("metrics_port", v, {}) for v in ("-1", "65536")],
     ("torch_threads", "-1", {}),
     *[(name, "nonsense", {}) for name in ("task", "optimizer", "security_protocol", "sasl_mechanism", "delivery")],
+    ("kafka_client", "kafka-python", {}),
     *[(name, "nonsense", {}) for name in ("guardrail_action", "missing_label_policy", "log_level", "cpu_kernels")],
     *[("challengers", v, {}) for v in ("nonsense", '{"model": "mlp"}', '[{"optimizer": "sgd"}, {"optimizer": "sgd"}]')],
     ("challengers", '[{"optimizer": "sgd", "name": "x"}, {"model": "mlp", "name": "x"}]', {}),
@@ -174,7 +175,7 @@ POSSIBLE: list[dict[str, str]] = [
     {"seed": str(2**64 - 1)},
     {"session_timeout_ms": str(2**31 - 1), "delivery_timeout_s": "2147", "shutdown_timeout_s": "0.5"},
     {"metrics_port": "0", "torch_threads": "0", "metrics_host": "::"},
-    {"delivery": "exactly_once", "transactional_id": "my-app.1"},
+    {"delivery": "exactly_once", "kafka_client": "librdkafka", "transactional_id": "my-app.1"},
     *[{"cpu_kernels": v} for v in ("auto", "off")],
     *[{"role": v} for v in ("all", "predictor", "trainer")],
     {

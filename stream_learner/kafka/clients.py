@@ -132,11 +132,8 @@ def make_consumer(settings: Settings) -> AIOKafkaConsumer:
 
 
 def make_producer(settings: Settings) -> AIOKafkaProducer:
-    """A producer that batches for throughput and waits for every replica's acknowledgement.
-
-    With ``delivery=exactly_once`` it is transactional (idempotent, ``effective_transactional_id``).
-    """
-    transactional = settings.delivery == "exactly_once"
+    """A producer that batches for throughput and waits for every replica's acknowledgement (at least
+    once: exactly_once runs on librdkafka)."""
     return AIOKafkaProducer(
         **security_kwargs(settings),
         bootstrap_servers=settings.bootstrap_servers,
@@ -148,8 +145,6 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         linger_ms=2,
         max_batch_size=MAX_BATCH_BYTES,
         max_request_size=MAX_REQUEST_BYTES,
-        transactional_id=settings.effective_transactional_id if transactional else None,
-        enable_idempotence=transactional,
     )
 
 

@@ -15,7 +15,6 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from stream_learner.checkpointing.transactions import Transactions
 from stream_learner.config import Settings
 from stream_learner.errors import BrokerRefusedError
 from stream_learner.kafka.clients import make_consumer, make_producer, refusal
@@ -48,7 +47,6 @@ class KafkaConnection:
         self._telemetry = telemetry
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
-        self.transactions: Transactions | None = None
         self.reader: KafkaReader | None = None
         self.writer: KafkaWriter | None = None
         self.broker_reachable = False
@@ -56,13 +54,12 @@ class KafkaConnection:
     async def connect(self, rebalancing: Rebalancing, fenced: Fenced) -> bool:
         """Start the clients, retrying while the broker cannot be reached; False when stopped first.
 
-        With exactly_once, ``fenced`` runs once the transactional producer has fenced earlier
-        instances, before the consumer joins the group (the committed checkpoint is restored there).
+        ``fenced`` is for exactly_once, which runs on librdkafka only: never called here.
         """
         delay = RETRY_MIN_S
         while not self._stop.is_set():
             try:
-                await self._start(rebalancing, fenced)
+                await self._start(rebalancing)
             except KafkaError as exc:
                 if not exc.retriable:
                     raise
@@ -82,23 +79,18 @@ class KafkaConnection:
                 return True
         return False
 
-    async def _start(self, rebalancing: Rebalancing, fenced: Fenced) -> None:
+    async def _start(self, rebalancing: Rebalancing) -> None:
         """Producer first (with exactly_once its start fences earlier instances), then the group consumer."""
         s = self.settings
         self.producer, self.consumer = make_producer(s), make_consumer(s)
-        if s.delivery == "exactly_once":
-            self.transactions = Transactions(self.producer, s.group_id)
-            await self.transactions.start()
-            await fenced()
-        else:
-            await self.producer.start()
+        await self.producer.start()  # at least once: exactly_once needs librdkafka (config.py says why)
         topics = [s.events_topic] if s.role == "predictor" else [s.events_topic, s.labels_topic]
         self.consumer.subscribe(topics, listener=RebalanceHooks(self.consumer, rebalancing))
         await self.consumer.start()
         fetcher = Fetcher(self.consumer, self.producer.client, s.fetch_max_records, read_committed=True)
         reader = self.reader = KafkaReader(self.consumer, fetcher)
         source_partitions = lambda: reader.partition_count(s.events_topic)  # noqa: E731
-        self.writer = KafkaWriter(self.producer, s, self._totals, self._telemetry, source_partitions, self.transactions)
+        self.writer = KafkaWriter(self.producer, s, self._totals, self._telemetry, source_partitions)
         watch_offset_resets(self._offset_reset)
 
     @property
@@ -158,13 +150,7 @@ class KafkaConnection:
             await asyncio.sleep(PROBE_EVERY_S)
 
     async def abort_transaction(self) -> None:
-        """Best effort: end an open transaction now rather than at the broker's transaction timeout."""
-        if self.producer is None or self.transactions is None or not self.transactions.open:
-            return
-        try:
-            await asyncio.wait_for(self.producer.abort_transaction(), 5.0)
-        except Exception as exc:  # noqa: BLE001 - the next start's fencing aborts it anyway
-            log.warning("transaction_abort_failed", error=f"{type(exc).__name__}: {exc}")
+        """No transaction is ever open here (exactly_once runs on librdkafka)."""
 
     async def close(self) -> None:
         """Stop whatever clients were made, each within ``CLIENT_STOP_S`` (a silent broker cannot hold the exit)."""
@@ -175,18 +161,16 @@ class KafkaConnection:
                 await asyncio.wait_for(client.stop(), CLIENT_STOP_S)
             except Exception as exc:  # noqa: BLE001 - stopping is best effort; the process is leaving or retrying
                 log.warning("client_stop_failed", client=type(client).__name__, error=f"{type(exc).__name__}: {exc}")
-        self.consumer = self.producer = self.transactions = None
+        self.consumer = self.producer = None
         self.reader = self.writer = None
 
     async def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit the offsets of the partitions this member holds: with exactly_once in the open transaction
-        (which commits), else to the group, where they are advisory (for lag tools) and a failure is logged."""
+        """Commit the offsets of the partitions this member holds to the group, where they are advisory
+        (for lag tools): a failure is logged."""
         reader = self.reader
         held = reader.assignment() if reader is not None else set()
         assigned = {tp: offset for tp, offset in offsets.items() if tp in held}
-        if self.transactions is not None:
-            await self.transactions.commit(assigned)
-        elif assigned and reader is not None:
+        if assigned and reader is not None:
             try:
                 await reader.commit(assigned)
             except Exception as exc:  # noqa: BLE001 - the checkpoint is durable; Kafka's offsets follow it

@@ -15,7 +15,6 @@ import numpy as np
 import structlog
 from aiokafka import AIOKafkaProducer
 
-from stream_learner.checkpointing.transactions import Transactions
 from stream_learner.config import Settings
 from stream_learner.errors import DeliveryError
 from stream_learner.kafka.dead_letters import dead_letter_headers
@@ -29,8 +28,7 @@ log = structlog.get_logger(__name__)
 
 
 class KafkaWriter:
-    """Produces through a started :class:`AIOKafkaProducer`; with ``transactions`` every send goes
-    into the open transaction (begun at the first send after a checkpoint)."""
+    """Produces through a started :class:`AIOKafkaProducer` (at least once)."""
 
     def __init__(
         self,
@@ -39,14 +37,12 @@ class KafkaWriter:
         totals: Counter[str],
         telemetry: Telemetry,
         source_partitions: Callable[[], int | None],
-        transactions: Transactions | None = None,
     ) -> None:
         self.producer = producer
         self._settings = settings
         self._totals = totals
         self._telemetry = telemetry
         self._source_partitions = source_partitions
-        self._transactions = transactions
         self._deliveries: list[asyncio.Future[Any]] = []
 
     async def send_predictions(
@@ -62,8 +58,6 @@ class KafkaWriter:
         predictions = Predictions(events, scores, model_version, model_generation, model)
         values = encode_predictions(predictions, self._settings.task)
         records = PackedRecords.of([event_id.encode() for event_id in events.ids], values)
-        if self._transactions is not None:
-            await self._transactions.begin()
         self._deliveries += await send_partitioned(
             self.producer,
             self._settings.predictions_topic,
@@ -76,8 +70,6 @@ class KafkaWriter:
         self._telemetry.predictions_published(len(events))
 
     async def send_dead_letters(self, rejected: list[Rejected]) -> None:
-        if rejected and self._transactions is not None:
-            await self._transactions.begin()
         for item in rejected:
             r = item.record
             log.warning("record_dead_lettered", where=r.where, reason=item.reason, detail=item.detail)

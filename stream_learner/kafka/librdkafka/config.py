@@ -88,4 +88,7 @@ def producer_properties(settings: Settings) -> dict[str, Any]:
     }
     if settings.delivery == "exactly_once":
         props["transactional.id"] = settings.effective_transactional_id
+        # librdkafka requires a record's delivery timeout within its transaction's; the broker aborts an
+        # open transaction after this long (a restart's fencing ends it sooner).
+        props["transaction.timeout.ms"] = max(60_000, props["delivery.timeout.ms"])
     return props

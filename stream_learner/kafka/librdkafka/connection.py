@@ -17,13 +17,14 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from stream_learner.config import Settings
-from stream_learner.errors import BrokerRefusedError, ConfigError
+from stream_learner.errors import BrokerRefusedError
 from stream_learner.kafka.clients import make_producer, unused_security_settings
 from stream_learner.kafka.connection import CLIENT_STOP_S, PROBE_EVERY_S, RETRY_MAX_S, RETRY_MIN_S
 from stream_learner.kafka.librdkafka.config import consumer_properties, producer_properties
 from stream_learner.kafka.librdkafka.reader import LibrdkafkaReader, commit_reported
 from stream_learner.kafka.librdkafka.rebalance import RebalanceBridge
 from stream_learner.kafka.librdkafka.threads import DaemonThread
+from stream_learner.kafka.librdkafka.transactions import LibrdkafkaTransactions
 from stream_learner.kafka.librdkafka.writer import DeliveryReports, LibrdkafkaWriter
 from stream_learner.kafka.protocol import Rebalancing
 from stream_learner.observability.telemetry import Telemetry
@@ -49,6 +50,7 @@ class LibrdkafkaConnection:
         self.writer: LibrdkafkaWriter | None = None
         self.broker_reachable = False
         self._models_producer: AIOKafkaProducer | None = None
+        self.transactions: LibrdkafkaTransactions | None = None
         self._bridge: RebalanceBridge | None = None
         self._consuming = DaemonThread("librdkafka-consume")
         self._flushing = DaemonThread("librdkafka-flush")
@@ -61,8 +63,6 @@ class LibrdkafkaConnection:
 
     async def connect(self, rebalancing: Rebalancing, fenced: Callable[[], Awaitable[None]]) -> bool:
         """Start the clients, retrying while the broker cannot be reached; False when stopped first."""
-        if self.settings.delivery == "exactly_once":
-            raise ConfigError("delivery=exactly_once is not available on kafka_client=librdkafka yet")
         unused = unused_security_settings(self.settings)
         if unused:
             log.warning("security_settings_unused", security_protocol=self.settings.security_protocol, settings=unused)
@@ -79,7 +79,7 @@ class LibrdkafkaConnection:
                 continue
             if not await self._await_output_topics():
                 return False
-            await self._start(rebalancing)
+            await self._start(rebalancing, fenced)
             self.broker_reachable = True
             return True
         return False
@@ -100,9 +100,16 @@ class LibrdkafkaConnection:
         if self._refused is not None:
             raise BrokerRefusedError(f"the brokers refuse this client: {self._refused.name()}: {self._refused.str()}")
 
-    async def _start(self, rebalancing: Rebalancing) -> None:
+    async def _start(self, rebalancing: Rebalancing, fenced: Callable[[], Awaitable[None]]) -> None:
+        """With exactly_once the transactional producer fences earlier instances, and ``fenced`` restores the
+        committed checkpoint, before the consumer joins the group."""
         s, loop = self.settings, asyncio.get_running_loop()
         assert self.producer is not None
+        if s.delivery == "exactly_once":
+            group_metadata = lambda: self.reader.group_metadata if self.reader is not None else None  # noqa: E731
+            self.transactions = LibrdkafkaTransactions(self.producer, self._flushing, group_metadata)
+            await self.transactions.start()
+            await fenced()
         self.consumer = Consumer({**self._with_callbacks(consumer_properties(s)), "on_commit": commit_reported})
         reader = self.reader = LibrdkafkaReader(self.consumer, self._consuming, s.fetch_max_records, self._totals)
         await self._read_partition_counts()
@@ -111,7 +118,14 @@ class LibrdkafkaConnection:
         bridge = self._bridge
         self.consumer.subscribe(topics, on_assign=bridge.on_assign, on_revoke=bridge.on_revoke, on_lost=bridge.on_lost)
         self.writer = LibrdkafkaWriter(
-            self.producer, self._reports, self._flushing, s, self._totals, self._telemetry, reader.partition_count
+            self.producer,
+            self._reports,
+            self._flushing,
+            s,
+            self._totals,
+            self._telemetry,
+            reader.partition_count,
+            self.transactions,
         )
         if s.role == "trainer":
             self._models_producer = make_producer(s)  # see Connection.models_producer
@@ -159,19 +173,24 @@ class LibrdkafkaConnection:
             await asyncio.sleep(PROBE_EVERY_S)
 
     async def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit the offsets of the partitions this member holds to the group, where they are advisory
-        (for lag tools): a failure is logged."""
+        """Commit the offsets of the partitions this member holds: with exactly_once in the open transaction,
+        which commits (a failure fails the service), else to the group, where they are advisory (for lag
+        tools) and a failure is logged."""
         reader = self.reader
         held = reader.assignment() if reader is not None else set()
         assigned = {tp: offset for tp, offset in offsets.items() if tp in held}
-        if assigned and reader is not None:
+        if self.transactions is not None:
+            await self.transactions.commit(assigned)
+        elif assigned and reader is not None:
             try:
                 await reader.commit(assigned)
             except Exception as exc:  # noqa: BLE001 - the checkpoint is durable; Kafka's offsets follow it
                 log.warning("offset_commit_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def abort_transaction(self) -> None:
-        """No transaction is open at at_least_once."""
+        """Best effort: end an open transaction now rather than at the broker's transaction timeout."""
+        if self.transactions is not None:
+            await self.transactions.abort()
 
     async def close(self) -> None:
         """Leave the group and stop the clients, each within ``CLIENT_STOP_S``."""
@@ -192,5 +211,5 @@ class LibrdkafkaConnection:
                 log.warning("client_stop_failed", client=name, error=f"{type(exc).__name__}: {exc}")
         for thread in (self._consuming, self._flushing, self._probing):
             thread.shutdown(wait=False)
-        self.consumer = self.producer = self._models_producer = None
+        self.consumer = self.producer = self._models_producer = self.transactions = None
         self.reader = self.writer = None

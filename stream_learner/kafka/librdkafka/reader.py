@@ -50,6 +50,8 @@ class LibrdkafkaReader:
         self._highwater: dict[TopicPartition, int] = {}
         self.partition_counts: dict[str, int] = {}
         """Partitions per topic, as the connection last read them from the metadata."""
+        self.group_metadata: object | None = None
+        """The consumer's group metadata as of its last assignment (for exactly-once's offsets)."""
 
     async def fetch(self, timeout_s: float, offsets: Mapping[TopicPartition, int]) -> tuple[Fetched, list[Rejected]]:
         loop = asyncio.get_running_loop()

@@ -32,6 +32,8 @@ class AssignmentBook(Protocol):
     def unassigned(self) -> None: ...
     def run_ops(self) -> None: ...
 
+    group_metadata: object | None
+
 
 class RebalanceBridge:
     """``on_assign``, ``on_revoke`` and ``on_lost`` for ``Consumer.subscribe``; each also tells ``reader``."""
@@ -50,6 +52,7 @@ class RebalanceBridge:
             if tp in offsets:
                 p.offset = offsets[tp]
         consumer.assign(partitions)
+        self._reader.group_metadata = consumer.consumer_group_metadata()  # this generation's
         log.info("partitions_assigned", partitions=named(assigned))
 
     async def _assigned(self, assigned: list[TopicPartition]) -> dict[TopicPartition, int]:

@@ -20,6 +20,7 @@ from stream_learner.config import Settings
 from stream_learner.errors import DeliveryError
 from stream_learner.kafka.dead_letters import dead_letter_headers
 from stream_learner.kafka.librdkafka.threads import DaemonThread
+from stream_learner.kafka.librdkafka.transactions import LibrdkafkaTransactions
 from stream_learner.kafka.predictions import encode_predictions
 from stream_learner.observability.telemetry import Telemetry
 from stream_learner.records import EventBatch, Predictions, Rejected
@@ -40,7 +41,8 @@ class DeliveryReports:
 
 
 class LibrdkafkaWriter:
-    """Produces through ``producer``, whose ``on_delivery`` is ``reports``; its blocking calls run in ``flushing``."""
+    """Produces through ``producer``, whose ``on_delivery`` is ``reports``; its blocking calls run in ``flushing``.
+    With ``transactions`` every send goes into the open transaction (begun at the first send after a checkpoint)."""
 
     def __init__(
         self,
@@ -51,6 +53,7 @@ class LibrdkafkaWriter:
         totals: Counter[str],
         telemetry: Telemetry,
         partition_count: Callable[[str], int | None],
+        transactions: LibrdkafkaTransactions | None = None,
     ) -> None:
         self.producer = producer
         self._reports = reports
@@ -59,6 +62,7 @@ class LibrdkafkaWriter:
         self._totals = totals
         self._telemetry = telemetry
         self._partition_count = partition_count
+        self._transactions = transactions
 
     async def send_predictions(
         self,
@@ -85,6 +89,8 @@ class LibrdkafkaWriter:
     async def _produce(
         self, topic: str, keys: Sequence[bytes], values: Sequence[bytes], partitions: list[int] | None
     ) -> None:
+        if self._transactions is not None:
+            self._transactions.begin()
         produce, done = self.producer.produce, 0
         while done < len(values):
             try:
@@ -100,6 +106,8 @@ class LibrdkafkaWriter:
                 await self._in_thread(self.producer.poll, QUEUE_FULL_WAIT_S)
 
     async def send_dead_letters(self, rejected: list[Rejected]) -> None:
+        if rejected and self._transactions is not None:
+            self._transactions.begin()
         for item in rejected:
             r = item.record
             log.warning("record_dead_lettered", where=r.where, reason=item.reason, detail=item.detail)
