@@ -1,7 +1,7 @@
 """Profile the service in catch-up: pre-fill, then run one catch-up with the sampling profiler.
 
     .venv/bin/py-spy record --threads --idle -r 250 -f raw -o /tmp/catchup.txt -- \\
-        .venv/bin/python -m benchmarks.profile --events 200000 --model linear --batch 256
+        .venv/bin/python -m benchmarks.profile --events 200000 --model linear --batch 256 [--kafka-client librdkafka]
     .venv/bin/python -m benchmarks.profile --summarize /tmp/catchup.txt
 
 The summary counts only samples taken while the service ran (stacks through
@@ -34,7 +34,10 @@ async def _main(args: argparse.Namespace) -> None:
         if args.passthrough:
             result = await passthrough_catch_up(bootstrap, events, args.events, Path(tmp))
         else:
-            result = await service_catch_up(bootstrap, events, labels, args.events, args.model, args.batch, Path(tmp), args.train_batch)
+            result = await service_catch_up(
+                bootstrap, events, labels, args.events, args.model, args.batch, Path(tmp), args.train_batch,
+                kafka_client=args.kafka_client,
+            )
         print(result, file=sys.stderr)
 
 
@@ -80,6 +83,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--passthrough", action="store_true", help="profile the pass-through instead")
+    parser.add_argument("--kafka-client", default="aiokafka", choices=["aiokafka", "librdkafka"])
     parser.add_argument("--summarize", type=Path, help="summarize a py-spy raw file instead of running")
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args()
