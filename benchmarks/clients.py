@@ -4,7 +4,8 @@ N pre-filled events (dim 32, 4 partitions) and a label for each, on an embedded 
 Alternately, ``--repeats`` times: the aiokafka pass-through (:mod:`benchmarks.passthrough`), the
 librdkafka pass-through (:mod:`benchmarks.passthrough_librdkafka`), and the service's catch-up on
 each client (``KAFKA_CLIENT``; ``ROLE=all``, in-process, training every label) at the default
-``MAX_BATCH_SIZE`` (256) and at 1024, per model. Each reads the events in a group
+``MAX_BATCH_SIZE`` (256) and at 1024, per model, and with ``DELIVERY=exactly_once`` on librdkafka
+at the default checkpoint interval and at 1 s. Each reads the events in a group
 of its own and writes to a topic of its own; its rate is events over the span of its output
 records' Kafka timestamps (the service's: up to its last optimizer step too). The table gives the
 medians and the ratios of the medians.
@@ -54,6 +55,14 @@ async def measure(n: int, repeats: int, models: list[str], batches: list[int], t
                             bootstrap, events, labels, n, m, b, tmp, kafka_client=c
                         )
                     )
+        for model in models:
+            for interval in (30.0, 1.0):  # the default CHECKPOINT_INTERVAL_S, and one transaction a second
+                runs[f"service on librdkafka, exactly_once, {model}, batch 256, checkpoint every {interval:g} s"] = (
+                    lambda m=model, i=interval: service_catch_up(  # type: ignore[misc]
+                        bootstrap, events, labels, n, m, 256, tmp, kafka_client="librdkafka",
+                        delivery="exactly_once", checkpoint_interval_s=i,
+                    )
+                )
         rates: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(repeats):
             for name, run in runs.items():
@@ -69,13 +78,15 @@ def render(rates: dict[str, list[float]], n: int) -> str:
     lines = [
         f"Catch-up over {n:,} pre-filled events (dim 32, {PARTITIONS} partitions); medians of {len(rates[next(iter(rates))])} runs",
         "",
-        "| what | events/s, median (runs) | / aiokafka pass-through | / librdkafka pass-through | librdkafka / aiokafka |",
+        "| what | events/s, median (runs) | / aiokafka pass-through | / librdkafka pass-through | librdkafka / aiokafka (exactly_once / at least once) |",
         "|---|---:|---:|---:|---:|",
     ]
     for name, values in rates.items():
         median = statistics.median(values)
         each = ", ".join(f"{v:,.0f}" for v in values)
         paired = rates.get(name.replace("on librdkafka", "on aiokafka")) if "on librdkafka" in name else None
+        if "exactly_once" in name:  # against at least once on the same client
+            paired = rates.get(name.split(", checkpoint")[0].replace(", exactly_once", ""))
         ratio = f"{median / statistics.median(paired):.2f}×" if paired else ""
         lines.append(
             f"| {name} | {median:,.0f} ({each}) | {median / aiokafka:.2f}× | {median / librdkafka:.2f}× | {ratio} |"

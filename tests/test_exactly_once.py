@@ -143,19 +143,26 @@ async def _crash_at_every_step(bootstrap: str, topics: TestTopics, start_service
     return crashed
 
 
+async def _crashed_then_run_to_the_end(
+    bootstrap: str, topics: TestTopics, start_service: StartService, total: int
+) -> tuple[list[ServiceProcess], ServiceProcess]:
+    """``total`` events and labels, :func:`_crash_at_every_step`, then a clean run: every label trained once."""
+    await _prefill(bootstrap, topics, total)
+    crashed = await _crash_at_every_step(bootstrap, topics, start_service)
+    service = start_service(**FAST)
+    await wait_until_joined(service, total)
+    assert service.stop() == 0
+    shown = checkpoint_show(Path(service.env["STREAM_LEARNER_CHECKPOINT_DIR"]))
+    assert shown["examples_trained"] == shown["labels_joined"] == total, shown
+    return crashed, service
+
+
 @pytest.mark.integration
 async def test_kill_9_at_every_checkpoint_step_trains_every_label_once_and_commits_every_prediction(
     kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
 ) -> None:
     total = 6000
-    await _prefill(kafka_broker.bootstrap_servers, topics, total)
-    crashed = await _crash_at_every_step(kafka_broker.bootstrap_servers, topics, start_service)
-    service = start_service(**FAST)
-    await wait_until_joined(service, total)
-    assert service.stop() == 0
-
-    shown = checkpoint_show(tmp_path / "checkpoints")
-    assert shown["examples_trained"] == shown["labels_joined"] == total, shown
+    crashed, service = await _crashed_then_run_to_the_end(kafka_broker.bootstrap_servers, topics, start_service, total)
     # Killed between writing a checkpoint and committing its transaction, the next start fell back a checkpoint.
     restarts = [s.log_events() for s in [*crashed[1:], service]]
     assert any(e.get("event") == "checkpoint_not_committed" for events in restarts for e in events), "no fallback seen"
@@ -173,14 +180,7 @@ async def test_read_committed_consumer_sees_each_prediction_once_across_crashes(
             "(probed with a plain confluent-kafka consumer), so no reader can tell aborted predictions from committed"
         )
     total = 6000
-    await _prefill(kafka_broker.bootstrap_servers, topics, total)
-    await _crash_at_every_step(kafka_broker.bootstrap_servers, topics, start_service)
-    service = start_service(**FAST)
-    await wait_until_joined(service, total)
-    assert service.stop() == 0
-
-    shown = checkpoint_show(tmp_path / "checkpoints")
-    assert shown["examples_trained"] == shown["labels_joined"] == total, shown
+    await _crashed_then_run_to_the_end(kafka_broker.bootstrap_servers, topics, start_service, total)
     committed = ids_read(kafka_broker.bootstrap_servers, topics.predictions, "read_committed")
     assert len(committed) == total and set(committed.values()) == {1}, "each prediction exactly once"
     everything = ids_read(kafka_broker.bootstrap_servers, topics.predictions, "read_uncommitted")

@@ -13,14 +13,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaClient, AIOKafkaProducer, TopicPartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
 from stream_learner.config import Settings
 from stream_learner.errors import BrokerRefusedError
-from stream_learner.kafka.clients import make_producer, unused_security_settings
+from stream_learner.kafka.clients import make_producer, security_kwargs, unused_security_settings
 from stream_learner.kafka.connection import CLIENT_STOP_S, PROBE_EVERY_S, RETRY_MAX_S, RETRY_MIN_S
 from stream_learner.kafka.librdkafka.config import consumer_properties, producer_properties
+from stream_learner.kafka.librdkafka.read_past import ReadingPast
 from stream_learner.kafka.librdkafka.reader import LibrdkafkaReader, commit_reported
 from stream_learner.kafka.librdkafka.rebalance import RebalanceBridge
 from stream_learner.kafka.librdkafka.threads import DaemonThread
@@ -51,6 +52,7 @@ class LibrdkafkaConnection:
         self.broker_reachable = False
         self._models_producer: AIOKafkaProducer | None = None
         self.transactions: LibrdkafkaTransactions | None = None
+        self._reading_past: ReadingPast | None = None
         self._bridge: RebalanceBridge | None = None
         self._consuming = DaemonThread("librdkafka-consume")
         self._flushing = DaemonThread("librdkafka-flush")
@@ -111,7 +113,11 @@ class LibrdkafkaConnection:
             await self.transactions.start()
             await fenced()
         self.consumer = Consumer({**self._with_callbacks(consumer_properties(s)), "on_commit": commit_reported})
-        reader = self.reader = LibrdkafkaReader(self.consumer, self._consuming, s.fetch_max_records, self._totals)
+        raw = AIOKafkaClient(**security_kwargs(s), bootstrap_servers=s.bootstrap_servers, client_id=s.client_id)
+        await raw.bootstrap()
+        reading_past = self._reading_past = ReadingPast(raw)
+        consuming, most = self._consuming, s.fetch_max_records
+        reader = self.reader = LibrdkafkaReader(self.consumer, consuming, most, self._totals, reading_past)
         await self._read_partition_counts()
         self._bridge = RebalanceBridge(loop, rebalancing, reader)
         topics = [s.events_topic] if s.role == "predictor" else [s.events_topic, s.labels_topic]
@@ -204,6 +210,8 @@ class LibrdkafkaConnection:
             stops.append(("Producer", flushed))
         if self._models_producer is not None:
             stops.append(("AIOKafkaProducer", self._models_producer.stop()))
+        if self._reading_past is not None:
+            stops.append(("AIOKafkaClient", self._reading_past.close()))
         for name, stop in stops:
             try:
                 await asyncio.wait_for(stop, CLIENT_STOP_S)

@@ -8,9 +8,9 @@ one, then ``consume()``, then the positions and high watermarks of the assigned 
 the loop reads as of that fetch. Rebalance callbacks, which librdkafka calls inside ``consume()``,
 are bridged to the loop by :mod:`.rebalance`.
 
-librdkafka decompresses every codec Kafka defines itself. A message it cannot read (a corrupt
-batch, a codec it was built without) comes back as an error naming its partition and offset; it
-becomes a :class:`~stream_learner.records.Rejected` for the dead-letter topic, and reading goes on.
+librdkafka decompresses every codec Kafka defines itself. A batch it cannot read (corrupt, a codec
+it was built without) comes back as an error naming its partition and offset, and is read past
+(:mod:`.read_past`): its records, or the whole batch for the dead-letter topic; reading goes on.
 """
 
 from __future__ import annotations
@@ -24,21 +24,25 @@ from aiokafka import TopicPartition
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as RdTopicPartition
 
-from stream_learner.kafka.librdkafka.records import MessageColumns, raw_record
+from stream_learner.kafka.librdkafka.read_past import ReadingPast
+from stream_learner.kafka.librdkafka.records import MessageColumns
 from stream_learner.kafka.librdkafka.threads import DaemonThread
 from stream_learner.kafka.protocol import Fetched
-from stream_learner.records import Rejected, Totals
+from stream_learner.records import RecordColumns, RecordList, Rejected, Totals
 
 log = structlog.get_logger(__name__)
-UNREADABLE = {KafkaError._BAD_MSG: "corrupt_batch", KafkaError._BAD_COMPRESSION: "unsupported_codec"}
-"""Message errors that name a record that cannot be read, and the dead-letter reason of each."""
+UNREADABLE = {KafkaError._BAD_MSG, KafkaError._BAD_COMPRESSION}
+"""Message errors that name a batch librdkafka cannot read."""
 
 
 class LibrdkafkaReader:
     """Reads through a subscribed :class:`confluent_kafka.Consumer` that only ``consuming`` calls."""
 
-    def __init__(self, consumer: Consumer, consuming: DaemonThread, max_records: int, totals: Totals) -> None:
+    def __init__(
+        self, consumer: Consumer, consuming: DaemonThread, max_records: int, totals: Totals, reading_past: ReadingPast
+    ) -> None:
         self.consumer = consumer
+        self._reading_past = reading_past
         self._consuming = consuming
         self._max = max_records
         self._totals = totals
@@ -50,6 +54,8 @@ class LibrdkafkaReader:
         self._highwater: dict[TopicPartition, int] = {}
         self.partition_counts: dict[str, int] = {}
         """Partitions per topic, as the connection last read them from the metadata."""
+        self.starts: dict[TopicPartition, int] = {}
+        """Where reading started on each partition of the assignment, where known (set on assignment)."""
         self.group_metadata: object | None = None
         """The consumer's group metadata as of its last assignment (for exactly-once's offsets)."""
 
@@ -57,10 +63,10 @@ class LibrdkafkaReader:
         loop = asyncio.get_running_loop()
         messages, self._positions, self._highwater = await loop.run_in_executor(self._consuming, self._turn, timeout_s)
         by_partition: dict[tuple[str, int], list[Message]] = {}
-        rejected: list[Rejected] = []
+        failed: list[Message] = []
         for message in messages:
             if message.error() is not None:
-                rejected += self._failed(message)
+                failed.append(message)
                 continue
             key = (message.topic() or "", message.partition() or 0)
             found = by_partition.get(key)
@@ -68,6 +74,9 @@ class LibrdkafkaReader:
                 found = by_partition[key] = []
             found.append(message)
         fetched: Fetched = {TopicPartition(t, p): MessageColumns(t, p, ms) for (t, p), ms in by_partition.items()}
+        rejected: list[Rejected] = []
+        for message in failed:
+            rejected += await self._failed(message, fetched)
         return fetched, rejected
 
     def _turn(self, timeout_s: float) -> tuple[list[Message], dict[TopicPartition, int], dict[TopicPartition, int]]:
@@ -78,8 +87,14 @@ class LibrdkafkaReader:
         positions = {TopicPartition(p.topic, p.partition): p.offset for p in self.consumer.position(held)}
         highwater = {}
         for p in held:
-            _, high = self.consumer.get_watermark_offsets(p, cached=True)
-            highwater[TopicPartition(p.topic, p.partition)] = high
+            low, high = self.consumer.get_watermark_offsets(p, cached=True)
+            tp = TopicPartition(p.topic, p.partition)
+            highwater[tp] = high
+            # librdkafka knows a position only once it handed out a record: before, it is where reading
+            # started, and a partition with nothing to read is at its end.
+            position = positions.get(tp, -1)
+            position = position if position >= 0 else self.starts.get(tp, -1)
+            positions[tp] = position if position >= 0 or not 0 <= low == high else high
         return messages, positions, highwater
 
     def _consume(self, timeout_s: float) -> list[Message]:
@@ -101,14 +116,22 @@ class LibrdkafkaReader:
             except KafkaException as exc:  # a partition revoked in between: nothing to pause or commit
                 log.debug("consumer_call_failed", error=str(exc))
 
-    def _failed(self, message: Message) -> list[Rejected]:
+    async def _failed(self, message: Message, fetched: Fetched) -> list[Rejected]:
+        """An error message: a batch that cannot be read is read past (its records into ``fetched``)."""
         error = message.error()
         assert error is not None
-        where = f"{message.topic()}[{message.partition()}]@{message.offset()}"
+        tp = TopicPartition(message.topic() or "", message.partition() or 0)
+        offset = message.offset() or 0
+        where = f"{tp.topic}[{tp.partition}]@{offset}"
         if error.code() in UNREADABLE:
-            log.error("batch_unreadable", where=where, reason=UNREADABLE[error.code()], detail=error.str())
-            detail = f"{where} cannot be read: {error.str()}"
-            return [Rejected(raw_record(message), UNREADABLE[error.code()], detail)]
+            if self._reading_past.handled(tp, offset):
+                return []
+            records, rejected, resume = await self._reading_past.read(tp, offset, error.str())
+            self._ops.append(lambda: self.consumer.seek(RdTopicPartition(tp.topic, tp.partition, resume)))
+            if records:
+                known = fetched.get(tp)
+                fetched[tp] = RecordColumns([known, RecordList(records)]) if known else RecordList(records)
+            return rejected
         if error.code() == KafkaError._AUTO_OFFSET_RESET:
             self._totals["offset_resets"] += 1
             detail = "the records were deleted before they were read (retention); reading resumes at the log start"

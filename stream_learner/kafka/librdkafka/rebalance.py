@@ -23,6 +23,7 @@ from stream_learner.kafka.rebalance import named
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+COMMITTED_TIMEOUT_S = 10.0
 
 
 class AssignmentBook(Protocol):
@@ -33,6 +34,7 @@ class AssignmentBook(Protocol):
     def run_ops(self) -> None: ...
 
     group_metadata: object | None
+    starts: dict[TopicPartition, int]
 
 
 class RebalanceBridge:
@@ -48,10 +50,15 @@ class RebalanceBridge:
     def on_assign(self, consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
         assigned = [TopicPartition(p.topic, p.partition) for p in partitions]
         offsets = self._on_loop(self._assigned(assigned))
+        unknown = [p for p, tp in zip(partitions, assigned, strict=True) if tp not in offsets]
+        if unknown:  # the group's committed offsets, so that a position is known before a record is read
+            committed = consumer.committed(unknown, timeout=COMMITTED_TIMEOUT_S)
+            offsets.update({TopicPartition(c.topic, c.partition): c.offset for c in committed if c.offset >= 0})
         for p, tp in zip(partitions, assigned, strict=True):
             if tp in offsets:
                 p.offset = offsets[tp]
         consumer.assign(partitions)
+        self._reader.starts = offsets
         self._reader.group_metadata = consumer.consumer_group_metadata()  # this generation's
         log.info("partitions_assigned", partitions=named(assigned))
 

@@ -1,0 +1,51 @@
+"""Past a batch librdkafka cannot read: the batch read from raw Fetch bytes, and the consumer moved after it.
+
+librdkafka reports a batch it cannot decompress or parse as an error at its offset, again on every
+fetch of the partition: the partition would stall. Here the batch is fetched raw
+(:func:`~stream_learner.kafka.batch_reader.read_batch_at`, the same reader the aiokafka path uses):
+its records come back where our reader can read them, or the whole batch as one
+:class:`~stream_learner.records.Rejected` naming its offset range, for the dead-letter topic; the
+consumer then seeks past it. Either way no record is lost and no partition stalls.
+"""
+
+from __future__ import annotations
+
+import structlog
+from aiokafka import AIOKafkaClient, TopicPartition
+
+from stream_learner.kafka.batch_reader import read_batch_at
+from stream_learner.records import RawRecord, Rejected
+
+log = structlog.get_logger(__name__)
+
+
+class ReadingPast:
+    """Reads unreadable batches raw through ``client``; remembers where each partition resumes, so the
+    errors librdkafka repeats until the seek takes effect are passed over."""
+
+    def __init__(self, client: AIOKafkaClient) -> None:
+        self._client = client
+        self._resumes: dict[TopicPartition, int] = {}
+
+    def handled(self, tp: TopicPartition, offset: int) -> bool:
+        """An error at ``offset`` of ``tp`` below where a batch already read past ends."""
+        return offset < self._resumes.get(tp, -1)
+
+    async def read(self, tp: TopicPartition, offset: int, error: str) -> tuple[list[RawRecord], list[Rejected], int]:
+        """The records of the batch at ``offset`` (or it as one rejected record), and the offset after it."""
+        batch = await read_batch_at(self._client, tp, offset, read_committed=True)
+        if batch is None:
+            return [], [], offset
+        self._resumes[tp] = batch.next_offset
+        where = f"{tp.topic}[{tp.partition}]@{batch.base_offset}..{batch.last_offset}"
+        if batch.problem is None:
+            log.warning("batch_read_past_librdkafka", where=where, records=len(batch.records), error=error)
+            return list(batch.records), [], batch.next_offset
+        problem = batch.problem
+        log.error("batch_unreadable", where=where, reason=problem.reason, detail=problem.detail)
+        record = RawRecord(tp.topic, tp.partition, batch.base_offset, None, problem.raw)
+        detail = f"offsets {batch.base_offset}..{batch.last_offset} of {tp.topic}[{tp.partition}] cannot be read: "
+        return [], [Rejected(record, problem.reason, detail + problem.detail)], batch.next_offset
+
+    async def close(self) -> None:
+        await self._client.close()
