@@ -31,6 +31,7 @@ BAD_LABELS = {
 }
 
 
+@pytest.mark.both_clients
 async def test_bad_records_are_dead_lettered_and_good_ones_predicted_and_trained(
     kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: object
 ) -> None:

@@ -54,6 +54,7 @@ def wait_until_joined(service: ServiceProcess, labels: int, timeout: float = 60)
     raise AssertionError(f"labels_joined did not reach {labels}:\n{service.log_tail()}")
 
 
+@pytest.mark.both_clients
 async def test_predicts_every_event_once_learns_and_resumes_from_checkpoint(
     kafka_broker: BrokerInfo, topics: TestTopics, start_service: Callable[[], ServiceProcess], tmp_path: Path
 ) -> None:

@@ -163,6 +163,7 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
 # --- 1. codecs ----------------------------------------------------------------------------------
 
 
+@pytest.mark.both_clients
 def test_records_in_all_five_codecs_from_librdkafka_are_predicted_and_trained(
     kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
 ) -> None:
@@ -188,6 +189,7 @@ def test_records_in_all_five_codecs_from_librdkafka_are_predicted_and_trained(
 # --- 2. header keys that are not UTF-8 ----------------------------------------------------------
 
 
+@pytest.mark.both_clients
 def test_events_with_a_non_utf8_header_key_are_good_events_and_so_are_those_around_them(
     kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
 ) -> None:

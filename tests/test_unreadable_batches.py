@@ -45,6 +45,7 @@ def undecompressable(rows: list[tuple[bytes, bytes, list[tuple[str, bytes]], int
     return with_crc(batch)
 
 
+@pytest.mark.both_clients
 async def test_a_batch_that_does_not_decompress_is_dead_lettered_with_its_offsets_and_the_partition_goes_on(
     kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService
 ) -> None:

@@ -47,6 +47,7 @@ class LibrdkafkaReader:
         self._max = max_records
         self._totals = totals
         self._ops: deque[Callable[[], None]] = deque()
+        self._commit: list[RdTopicPartition] | None = None
         """Calls on the consumer asked for on the loop, made in the consuming thread (:meth:`run_ops`)."""
         self._paused: set[TopicPartition] = set()
         self._assignment: set[TopicPartition] = set()
@@ -107,14 +108,25 @@ class LibrdkafkaReader:
                 messages += self.consumer.consume(self._max - 1, 0)
         return messages
 
-    def run_ops(self) -> None:
-        """Make the calls asked for (in the consuming thread, or in a rebalance callback there)."""
+    def run_ops(self, *, revoking: bool = False) -> None:
+        """Make the calls asked for (in the consuming thread, or in a rebalance callback there). Revoking,
+        a commit waits for the broker: sent without waiting, it could reach the group after the
+        rebalance and be refused, and the next owner would read from older offsets."""
         while self._ops:
             op = self._ops.popleft()
             try:
                 op()
             except KafkaException as exc:  # a partition revoked in between: nothing to pause or commit
                 log.debug("consumer_call_failed", error=str(exc))
+        commit, self._commit = self._commit, None
+        if commit:
+            try:
+                if revoking:
+                    self.consumer.commit(offsets=commit, asynchronous=False)
+                else:
+                    self.consumer.commit(offsets=commit, asynchronous=True)
+            except KafkaException as exc:
+                log.warning("offset_commit_failed", error=str(exc))
 
     async def _failed(self, message: Message, fetched: Fetched) -> list[Rejected]:
         """An error message: a batch that cannot be read is read past (its records into ``fetched``)."""
@@ -187,10 +199,9 @@ class LibrdkafkaReader:
         self._assignment = set()
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Sent at the next fetch, or before a revocation completes, without waiting (the offsets are
-        advisory; a failure is logged by :func:`commit_reported`)."""
-        partitions = rd_partitions(offsets, offsets)
-        self._ops.append(lambda: self.consumer.commit(offsets=partitions, asynchronous=True))
+        """Sent at the next fetch without waiting (the offsets are advisory; a failure is logged by
+        :func:`commit_reported`), or before a revocation completes, waiting (:meth:`run_ops`)."""
+        self._commit = rd_partitions(offsets, offsets)  # a later commit supersedes one not yet sent
 
     async def close(self) -> None:
         """Leave the group (in the consuming thread); the reader holds nothing from then on."""

@@ -31,7 +31,7 @@ class AssignmentBook(Protocol):
 
     def assigned(self, partitions: list[TopicPartition]) -> None: ...
     def unassigned(self) -> None: ...
-    def run_ops(self) -> None: ...
+    def run_ops(self, *, revoking: bool = False) -> None: ...
 
     group_metadata: object | None
     starts: dict[TopicPartition, int]
@@ -73,7 +73,7 @@ class RebalanceBridge:
             self._reader.unassigned()
             return
         self._on_loop(self._before_revoke())
-        self._reader.run_ops()  # the checkpoint's commit, before the partitions go
+        self._reader.run_ops(revoking=True)  # the checkpoint's commit, before the partitions go
         self._reader.unassigned()
         log.info("partitions_revoked", partitions=named(TopicPartition(p.topic, p.partition) for p in partitions))
 
