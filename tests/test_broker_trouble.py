@@ -66,7 +66,6 @@ async def test_a_frozen_broker_neither_crashes_the_service_nor_loses_labels(
     assert logged(service, "broker_reachable"), "and notice when it can again"
 
 
-@pytest.mark.both_clients
 async def test_a_second_member_joining_and_leaving_loses_and_repeats_no_label(
     kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
 ) -> None:
@@ -96,16 +95,14 @@ async def test_a_second_member_joining_and_leaving_loses_and_repeats_no_label(
     await finish_and_check(service, kafka_broker, topics, tmp_path, total)
 
 
-@pytest.mark.both_clients
 async def test_a_checkpoint_failing_on_revoke_fails_the_service_instead_of_being_swallowed(
-    kafka_broker: BrokerInfo, topics: TestTopics, tmp_path: Path, kafka_client: str
+    kafka_broker: BrokerInfo, topics: TestTopics, tmp_path: Path
 ) -> None:
     # aiokafka logs and swallows errors raised in rebalance listeners; the service must not go on as if nothing happened.
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, bootstrap_servers=kafka_broker.bootstrap_servers, events_topic=topics.events, labels_topic=topics.labels,
         predictions_topic=topics.predictions, dead_letter_topic=topics.dead_letter, group_id=f"group-{topics.events}",
         input_dim=INPUT_DIM, checkpoint_dir=tmp_path / "checkpoints", metrics_port=0, session_timeout_ms=6000,
-        kafka_client=kafka_client,
     )  # fmt: skip
     service = Service(settings)
     commit = service.checkpoint.commit

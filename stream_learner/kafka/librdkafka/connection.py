@@ -202,16 +202,16 @@ class LibrdkafkaConnection:
         """Leave the group and stop the clients, each within ``CLIENT_STOP_S``."""
         if self._bridge is not None:
             self._bridge.closing = True
-        stops: list[tuple[str, Awaitable[Any]]] = []
-        if self.reader is not None:
-            stops.append(("Consumer", self.reader.close()))
+        stops: list[tuple[str, Awaitable[Any]]] = []  # the quick ones first: a slow one cannot hold them
+        if self._reading_past is not None:
+            stops.append(("AIOKafkaClient", self._reading_past.close()))
+        if self._models_producer is not None:
+            stops.append(("AIOKafkaProducer", self._models_producer.stop()))
         if self.producer is not None:
             flushed = asyncio.get_running_loop().run_in_executor(self._flushing, self.producer.flush, CLIENT_STOP_S)
             stops.append(("Producer", flushed))
-        if self._models_producer is not None:
-            stops.append(("AIOKafkaProducer", self._models_producer.stop()))
-        if self._reading_past is not None:
-            stops.append(("AIOKafkaClient", self._reading_past.close()))
+        if self.reader is not None:
+            stops.append(("Consumer", self.reader.close()))
         for name, stop in stops:
             try:
                 await asyncio.wait_for(stop, CLIENT_STOP_S)
