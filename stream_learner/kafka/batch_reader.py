@@ -15,11 +15,15 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Final
 
+import structlog
 from aiokafka import AIOKafkaClient, TopicPartition
 from aiokafka.errors import CorruptRecordException, KafkaError
 
 from stream_learner.kafka.batch_format import BatchProblem, RecordBatch, bytes_needed, parse_record_batches
 from stream_learner.kafka.fetch_request import DEFAULT_FETCH_BYTES, FetchedPartition, fetch_partition
+from stream_learner.records import RawRecord, Rejected
+
+log = structlog.get_logger(__name__)
 
 __all__ = ["MAX_BATCH_BYTES", "BatchProblem", "RecordBatch", "read_batch_at"]
 
@@ -137,3 +141,15 @@ def _aborted(batches: list[RecordBatch], index: int, aborted_transactions: tuple
         if later.is_control and later.producer_id == batch.producer_id:
             return later.control_marker == "abort"
     return False
+
+
+def unreadable_batch(tp: TopicPartition, batch: RecordBatch) -> Rejected:
+    """A batch whose records cannot be read (``batch.problem`` set), as one rejected record: its raw bytes,
+    at its base offset, naming its offset range (logged as ``batch_unreadable``)."""
+    problem = batch.problem
+    assert problem is not None
+    where = f"{tp.topic}[{tp.partition}]@{batch.base_offset}..{batch.last_offset}"
+    log.error("batch_unreadable", where=where, reason=problem.reason, detail=problem.detail)
+    record = RawRecord(tp.topic, tp.partition, batch.base_offset, None, problem.raw)
+    offsets = f"offsets {batch.base_offset}..{batch.last_offset} of {tp.topic}[{tp.partition}]"
+    return Rejected(record, problem.reason, f"{offsets} cannot be read: {problem.detail}")

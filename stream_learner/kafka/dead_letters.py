@@ -5,7 +5,14 @@ The headers below are the contract with whoever reads the dead-letter topic (doc
 
 from __future__ import annotations
 
+from collections import Counter
+
+import structlog
+
+from stream_learner.observability.telemetry import Telemetry
 from stream_learner.records import Rejected
+
+log = structlog.get_logger(__name__)
 
 DLQ_REASON = "dlq.reason"
 DLQ_DETAIL = "dlq.detail"
@@ -26,3 +33,12 @@ def dead_letter_headers(rejected: Rejected) -> list[tuple[str, bytes]]:
         (DLQ_PARTITION, str(r.partition).encode()),
         (DLQ_OFFSET, str(r.offset).encode()),
     ]
+
+
+def account_dead_letter(item: Rejected, totals: Counter[str], telemetry: Telemetry) -> None:
+    """Log and count a record on its way to the dead-letter topic (either client's writer)."""
+    r = item.record
+    log.warning("record_dead_lettered", where=r.where, reason=item.reason, detail=item.detail)
+    totals[f"dead_lettered.{item.reason}"] += 1
+    totals["dead_lettered"] += 1
+    telemetry.dead_lettered(item.reason)

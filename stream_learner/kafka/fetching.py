@@ -26,7 +26,7 @@ import structlog
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 
-from stream_learner.kafka.batch_reader import read_batch_at
+from stream_learner.kafka.batch_reader import read_batch_at, unreadable_batch
 from stream_learner.kafka.positions import known_position
 from stream_learner.records import RawRecord, Rejected
 
@@ -135,12 +135,7 @@ class Fetcher:
                 error=f"{type(error).__name__}: {error}",
             )
             return list(batch.records), []
-        problem = batch.problem
-        log.error("batch_unreadable", where=where, reason=problem.reason, detail=problem.detail)
-        record = RawRecord(tp.topic, tp.partition, batch.base_offset, None, problem.raw)
-        offsets = f"offsets {batch.base_offset}..{batch.last_offset} of {tp.topic}[{tp.partition}]"
-        detail = f"{offsets} cannot be read: {problem.detail}"
-        return [], [Rejected(record, problem.reason, detail)]
+        return [], [unreadable_batch(tp, batch)]
 
     async def _rewind(self, accounted: Mapping[TopicPartition, int]) -> None:
         """Every assigned partition back to what the caller took in (the failed call lost what it drained)."""

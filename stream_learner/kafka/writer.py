@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 
 from stream_learner.config import Settings
 from stream_learner.errors import DeliveryError
-from stream_learner.kafka.dead_letters import dead_letter_headers
+from stream_learner.kafka.dead_letters import account_dead_letter, dead_letter_headers
 from stream_learner.kafka.partitioned_send import send_partitioned
 from stream_learner.kafka.predictions import encode_predictions
 from stream_learner.kernels.record_batch import PackedRecords
@@ -72,14 +72,11 @@ class KafkaWriter:
     async def send_dead_letters(self, rejected: list[Rejected]) -> None:
         for item in rejected:
             r = item.record
-            log.warning("record_dead_lettered", where=r.where, reason=item.reason, detail=item.detail)
             future = await self.producer.send(
                 self._settings.dead_letter_topic, r.value, key=r.key, headers=dead_letter_headers(item)
             )
             self._deliveries.append(future)
-            self._totals[f"dead_lettered.{item.reason}"] += 1
-            self._totals["dead_lettered"] += 1
-            self._telemetry.dead_lettered(item.reason)
+            account_dead_letter(item, self._totals, self._telemetry)
 
     def raise_failed(self) -> None:
         pending = []

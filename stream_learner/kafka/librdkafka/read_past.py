@@ -13,7 +13,7 @@ from __future__ import annotations
 import structlog
 from aiokafka import AIOKafkaClient, TopicPartition
 
-from stream_learner.kafka.batch_reader import read_batch_at
+from stream_learner.kafka.batch_reader import read_batch_at, unreadable_batch
 from stream_learner.records import RawRecord, Rejected
 
 log = structlog.get_logger(__name__)
@@ -37,15 +37,11 @@ class ReadingPast:
         if batch is None:
             return [], [], offset
         self._resumes[tp] = batch.next_offset
-        where = f"{tp.topic}[{tp.partition}]@{batch.base_offset}..{batch.last_offset}"
         if batch.problem is None:
+            where = f"{tp.topic}[{tp.partition}]@{batch.base_offset}..{batch.last_offset}"
             log.warning("batch_read_past_librdkafka", where=where, records=len(batch.records), error=error)
             return list(batch.records), [], batch.next_offset
-        problem = batch.problem
-        log.error("batch_unreadable", where=where, reason=problem.reason, detail=problem.detail)
-        record = RawRecord(tp.topic, tp.partition, batch.base_offset, None, problem.raw)
-        detail = f"offsets {batch.base_offset}..{batch.last_offset} of {tp.topic}[{tp.partition}] cannot be read: "
-        return [], [Rejected(record, problem.reason, detail + problem.detail)], batch.next_offset
+        return [], [unreadable_batch(tp, batch)], batch.next_offset
 
     async def close(self) -> None:
         await self._client.close()

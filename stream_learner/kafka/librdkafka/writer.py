@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from stream_learner.config import Settings
 from stream_learner.errors import DeliveryError
-from stream_learner.kafka.dead_letters import dead_letter_headers
+from stream_learner.kafka.dead_letters import account_dead_letter, dead_letter_headers
 from stream_learner.kafka.librdkafka.threads import DaemonThread
 from stream_learner.kafka.librdkafka.transactions import LibrdkafkaTransactions
 from stream_learner.kafka.predictions import encode_predictions
@@ -110,7 +110,6 @@ class LibrdkafkaWriter:
             self._transactions.begin()
         for item in rejected:
             r = item.record
-            log.warning("record_dead_lettered", where=r.where, reason=item.reason, detail=item.detail)
             while True:
                 try:
                     self.producer.produce(
@@ -119,9 +118,7 @@ class LibrdkafkaWriter:
                     break
                 except BufferError:
                     await self._in_thread(self.producer.poll, QUEUE_FULL_WAIT_S)
-            self._totals[f"dead_lettered.{item.reason}"] += 1
-            self._totals["dead_lettered"] += 1
-            self._telemetry.dead_lettered(item.reason)
+            account_dead_letter(item, self._totals, self._telemetry)
 
     def raise_failed(self) -> None:
         self.producer.poll(0)
