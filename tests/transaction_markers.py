@@ -61,7 +61,7 @@ async def read_partition_logs(bootstrap: str, topic: str, timeout: float = 60.0)
     client = AIOKafkaClient(bootstrap_servers=bootstrap)
     await client.bootstrap()
     try:
-        partitions = sorted(await client._wait_on_metadata(topic))  # noqa: SLF001 - no public call for it
+        partitions = sorted(await client._wait_on_metadata(topic))  # no public call for it
         deadline = time.monotonic() + timeout
         return {p: await _read_partition(client, topic, p, deadline) for p in partitions}
     finally:
