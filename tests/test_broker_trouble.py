@@ -67,6 +67,7 @@ async def test_a_frozen_broker_neither_crashes_the_service_nor_loses_labels(
     assert logged(service, "broker_reachable"), "and notice when it can again"
 
 
+@pytest.mark.both_clients
 async def test_a_second_member_joining_and_leaving_loses_and_repeats_no_label(
     kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
 ) -> None:

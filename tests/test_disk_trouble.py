@@ -94,6 +94,7 @@ def make_usable(directory: Path, away: Path) -> None:
     away.rename(directory)
 
 
+@pytest.mark.both_clients
 async def test_unusable_checkpoint_directory_keeps_predicting_commits_nothing_new_and_recovers(
     kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
 ) -> None:

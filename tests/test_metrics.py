@@ -631,6 +631,7 @@ async def test_skipped_steps_regression_metrics_and_tensorboard(
 
 
 @pytest.mark.integration
+@pytest.mark.both_clients
 def test_readyz_is_503_while_the_broker_cannot_be_reached(start_service: StartService) -> None:
     """Connecting to a broker that never answers: alive, not ready; a frozen broker: not ready until it is back."""
     with socket.socket() as silent:  # accepts connections (the kernel does), never answers

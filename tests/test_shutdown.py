@@ -48,6 +48,7 @@ async def flood(bootstrap: str, topics: TestTopics, sent: list[int], stop: async
         await producer.stop()
 
 
+@pytest.mark.both_clients
 async def test_sigterm_under_full_load_exits_promptly_with_a_final_checkpoint_and_resumes_from_it(
     kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path
 ) -> None:
