@@ -368,6 +368,16 @@ def _batch_headers(partition: int, data: bytes) -> list[BatchHeader]:
     return out
 
 
+async def fetch_raw(client: AIOKafkaClient, topic: str, partition: int, offset: int) -> tuple[int, bytes]:
+    """One read_uncommitted Fetch of ``topic[partition]`` from ``offset``: the high watermark and the raw record batches."""
+    leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+    request = FetchRequest(100, 1, 64 << 20, 0, [(topic, [(partition, offset, 16 << 20)])])
+    response = await client.send(leader, request)
+    (_, ((_, error, high, *_, records),)), = response.topics  # fmt: skip
+    assert error == 0, f"fetch {topic}[{partition}] @ {offset}: error {error}"
+    return high, bytes(records or b"")
+
+
 def batch_headers(bootstrap: str, topic: str, timeout: float = 30.0) -> list[BatchHeader]:
     """Every record batch of ``topic`` as stored, header only (not decompressed).
 
@@ -383,14 +393,11 @@ def batch_headers(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Bat
             found: list[BatchHeader] = []
             deadline = time.monotonic() + timeout
             for p in partitions:
-                leader, offset = client.cluster.leader_for_partition(TopicPartition(topic, p)), 0
+                offset = 0
                 while True:
                     assert time.monotonic() < deadline, f"{topic}[{p}] not read within {timeout}s"
-                    request = FetchRequest(100, 1, 64 << 20, 0, [(topic, [(p, offset, 16 << 20)])])
-                    response = await client.send(leader, request)
-                    (_, ((_, error, high, *_, records),)), = response.topics  # fmt: skip
-                    assert error == 0, f"fetch {topic}[{p}] @ {offset}: error {error}"
-                    headers = _batch_headers(p, bytes(records or b""))
+                    high, records = await fetch_raw(client, topic, p, offset)
+                    headers = _batch_headers(p, records)
                     found += [h for h in headers if h.base_offset >= offset]
                     if not headers or headers[-1].next_offset >= high:
                         break

@@ -20,11 +20,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient
-from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.record.memory_records import MemoryRecords
+
+from .librdkafka_io import fetch_raw
 
 ABORT, COMMIT = 0, 1
 """The control record key's type field (key = int16 version, int16 type)."""
@@ -70,14 +70,10 @@ async def read_partition_logs(bootstrap: str, topic: str, timeout: float = 60.0)
 
 async def _read_partition(client: AIOKafkaClient, topic: str, partition: int, deadline: float) -> PartitionLog:
     log, offset = PartitionLog(), 0
-    leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
     while True:
         assert time.monotonic() < deadline, f"{topic}[{partition}] not read to its end in time"
-        request = FetchRequest(100, 1, 64 << 20, 0, [(topic, [(partition, offset, 16 << 20)])])
-        response = await client.send(leader, request)
-        (_, ((_, error, high, *_, data),)), = response.topics  # fmt: skip
-        assert error == 0, f"fetch {topic}[{partition}] @ {offset}: error {error}"
-        batches = MemoryRecords(bytes(data or b""))
+        high, data = await fetch_raw(client, topic, partition, offset)
+        batches = MemoryRecords(data)
         while (batch := batches.next_batch()) is not None:
             if batch.next_offset > offset:  # a fetch may start with the batch holding ``offset``
                 log.take(batch)
