@@ -80,9 +80,10 @@ CHALLENGERS = {"challengers": "learning_rates", "promotion_window": 300, "promot
 
 
 @pytest.mark.parametrize(
-    ("models", "crashes"),
-    [({}, [*CHECKPOINT_STEPS, "random", "random"]), (CHALLENGERS, ["written:1", "random", "random"])],
-    ids=["one-model", "challengers"],
+    ("models", "crashes", "kafka_client"),
+    [({}, [*CHECKPOINT_STEPS, "random", "random"], "aiokafka"), (CHALLENGERS, ["written:1", "random", "random"], "librdkafka")],
+    ids=["one-model-aiokafka", "challengers-librdkafka"],
+    indirect=["kafka_client"],
 )
 async def test_kill_9_at_random_moments_and_checkpoint_steps_trains_every_label_once(
     kafka_broker: BrokerInfo,
@@ -92,7 +93,8 @@ async def test_kill_9_at_random_moments_and_checkpoint_steps_trains_every_label_
     models: dict[str, object],
     crashes: list[str],
 ) -> None:
-    """Challengers crash at fewer steps here: the replay test below crashes them at four steps of the cut."""
+    """Challengers crash at fewer steps here (the replay test below crashes them at four steps of the
+    cut). The two variants run on the two Kafka clients: what they test of each other is independent."""
     total, checkpoints = 6000, tmp_path / "checkpoints"
     producer = PacedStream(kafka_broker.bootstrap_servers, topics, total, rate=500, label_lag=150)
     producing = asyncio.create_task(producer.run())
@@ -162,7 +164,12 @@ async def run_to_end(
     return loaded.state
 
 
-@pytest.mark.parametrize("models", [{}, CHALLENGERS], ids=["one-model", "challengers"])
+@pytest.mark.parametrize(
+    ("models", "kafka_client"),
+    [({}, "aiokafka"), (CHALLENGERS, "librdkafka")],
+    ids=["one-model-aiokafka", "challengers-librdkafka"],
+    indirect=["kafka_client"],
+)
 async def test_replay_with_crashes_equals_an_uninterrupted_run(
     kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path, models: dict[str, object]
 ) -> None:

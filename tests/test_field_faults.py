@@ -44,6 +44,7 @@ from .librdkafka_io import (
     wait_for_predictions,
 )
 from .service_process import ServiceProcess, checkpoint_show
+from .stream_io import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -210,6 +211,28 @@ def test_events_with_a_non_utf8_header_key_are_good_events_and_so_are_those_arou
     produce(bootstrap, {topics.labels: label_records(batch.ids, batch.labels.tolist())})
     assert_served_every_record(service, bootstrap, topics, tmp_path / "checkpoints", set(batch.ids), len(batch.ids))
     assert not logged(service, "record_dead_lettered") and checkpoint_show(tmp_path / "checkpoints")["dead_lettered"] == 0
+
+
+@pytest.mark.both_clients
+def test_bad_events_keep_header_keys_that_are_not_utf8_or_hold_a_nul_in_their_dead_letters(
+    kafka_broker: BrokerInfo, topics: TestTopics, start_service: StartService, tmp_path: Path, kafka_client: str
+) -> None:
+    """Kafka header keys are any string, NUL included, and a foreign client may write bytes that are no UTF-8.
+    Escaped where a client cannot carry them: bytes as ``\\xff`` (both clients), a NUL as ``\\x00``
+    (librdkafka ends a key at a NUL); never lost, never a crash."""
+    bootstrap, batch = kafka_broker.bootstrap_servers, STREAM.batch(0, 40)
+    records = event_records(batch)
+    service = start_service(**QUICK)
+    odd = [(b"\xff\xfe", b"not utf-8"), (b"a\x00b", b"nul"), (b"trace", b"1")]
+    raw = [(key, value, []) for key, value in records[:20]] + [(b"bad", b"{not json", odd)]
+    asyncio.run(send_raw_batches(bootstrap, topics.events, {0: raw_record_batch(raw)}))
+    produce(bootstrap, {topics.events: records[20:]})
+    produce(bootstrap, {topics.labels: label_records(batch.ids, batch.labels.tolist())})
+    assert_served_every_record(service, bootstrap, topics, tmp_path / "checkpoints", set(batch.ids), len(batch.ids))
+    (dead,) = asyncio.run(read_topic(bootstrap, topics.dead_letter, until_count=1, timeout=30))
+    nul = "a\x00b" if kafka_client == "aiokafka" else "a\\x00b"
+    assert dead.value == b"{not json" and dict(dead.headers)["dlq.reason"] == b"invalid_json"
+    assert list(dead.headers)[:3] == [("\\xff\\xfe", b"not utf-8"), (nul, b"nul"), ("trace", b"1")], dead.headers
 
 
 # --- 3. transactional upstream producers --------------------------------------------------------

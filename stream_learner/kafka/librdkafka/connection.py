@@ -132,6 +132,7 @@ class LibrdkafkaConnection:
             self._telemetry,
             reader.partition_count,
             self.transactions,
+            reading_past.exact_headers,
         )
         if s.role == "trainer":
             self._models_producer = make_producer(s)  # see Connection.models_producer

@@ -10,10 +10,14 @@ consumer then seeks past it. Either way no record is lost and no partition stall
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import structlog
 from aiokafka import AIOKafkaClient, TopicPartition
 
+from stream_learner.kafka.batch_format import RecordBatch
 from stream_learner.kafka.batch_reader import read_batch_at, unreadable_batch
+from stream_learner.kafka.librdkafka.records import MessageRecord
 from stream_learner.records import RawRecord, Rejected
 
 log = structlog.get_logger(__name__)
@@ -42,6 +46,37 @@ class ReadingPast:
             log.warning("batch_read_past_librdkafka", where=where, records=len(batch.records), error=error)
             return list(batch.records), [], batch.next_offset
         return [], [unreadable_batch(tp, batch)], batch.next_offset
+
+    async def exact_headers(self, rejected: list[Rejected]) -> list[Rejected]:
+        """``rejected``, each record whose headers librdkafka may have changed given those of the log.
+
+        Read from the raw batch, as the aiokafka path reads them: a key that is not UTF-8 comes
+        back with its bytes escaped (``"\\xff"``), one holding a NUL whole. Where the batch cannot
+        be read, the record keeps what librdkafka read.
+        """
+        batches: dict[TopicPartition, list[RecordBatch]] = {}
+        exact = []
+        for item in rejected:
+            r = item.record
+            if isinstance(r, MessageRecord) and r.headers_to_reread:
+                found = await self._record_at(TopicPartition(r.topic, r.partition), r.offset, batches)
+                if found is not None:
+                    item = replace(item, record=replace(r, headers=found.headers, headers_to_reread=False))
+            exact.append(item)
+        return exact
+
+    async def _record_at(
+        self, tp: TopicPartition, offset: int, batches: dict[TopicPartition, list[RecordBatch]]
+    ) -> RawRecord | None:
+        """The record at ``offset`` from the batches read so far in this call, else from its batch, read raw."""
+        read = batches.setdefault(tp, [])
+        batch = next((b for b in read if b.base_offset <= offset <= b.last_offset), None)
+        if batch is None:
+            batch = await read_batch_at(self._client, tp, offset, read_committed=True)
+            if batch is None:
+                return None
+            read.append(batch)
+        return next((r for r in batch.records if r.offset == offset), None)
 
     async def close(self) -> None:
         await self._client.close()

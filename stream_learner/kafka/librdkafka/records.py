@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from confluent_kafka import Message
 
 from stream_learner.records import RawRecord
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord(RawRecord):
+    """A record as librdkafka handed it out, whose headers may not be the ones produced.
+
+    librdkafka ends a header key at its first NUL character, and confluent-kafka cannot read a
+    key that is not UTF-8 at all (``headers()`` raises): such a record's headers are read again
+    from the raw batch before it goes to the dead-letter topic (``read_past.exact_headers``).
+    """
+
+    headers_to_reread: bool = False
+    """It has headers (or unreadable ones): what librdkafka made of them may differ from the log."""
 
 
 class MessageColumns:
@@ -33,10 +48,14 @@ class MessageColumns:
         return int(self._messages[-1].offset() or 0) + 1
 
 
-def raw_record(message: Message) -> RawRecord:
-    """``message`` as a :class:`RawRecord` (headers as read; a header without a value reads as empty)."""
-    headers = tuple((key, _as_bytes(value) or b"") for key, value in _header_list(message))
-    return RawRecord(
+def raw_record(message: Message) -> MessageRecord:
+    """``message`` as a :class:`MessageRecord` (headers as read; a header without a value reads as empty)."""
+    try:
+        headers = tuple((key, _as_bytes(value) or b"") for key, value in _header_list(message))
+        reread = bool(headers)
+    except (SystemError, UnicodeDecodeError):  # a header key that is not UTF-8
+        headers, reread = (), True
+    return MessageRecord(
         topic=message.topic() or "",
         partition=int(message.partition() or 0),
         offset=int(message.offset() or 0),
@@ -44,6 +63,7 @@ def raw_record(message: Message) -> RawRecord:
         value=_as_bytes(message.value()),
         headers=headers,
         timestamp_ms=message.timestamp()[1],
+        headers_to_reread=reread,
     )
 
 

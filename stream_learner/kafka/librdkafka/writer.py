@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 import structlog
@@ -54,6 +54,7 @@ class LibrdkafkaWriter:
         telemetry: Telemetry,
         partition_count: Callable[[str], int | None],
         transactions: LibrdkafkaTransactions | None = None,
+        exact_headers: Callable[[list[Rejected]], Awaitable[list[Rejected]]] | None = None,
     ) -> None:
         self.producer = producer
         self._reports = reports
@@ -63,6 +64,7 @@ class LibrdkafkaWriter:
         self._telemetry = telemetry
         self._partition_count = partition_count
         self._transactions = transactions
+        self._exact_headers = exact_headers
 
     async def send_predictions(
         self,
@@ -106,15 +108,20 @@ class LibrdkafkaWriter:
                 await self._in_thread(self.producer.poll, QUEUE_FULL_WAIT_S)
 
     async def send_dead_letters(self, rejected: list[Rejected]) -> None:
+        """Each record with its headers as in the log (see ``MessageRecord``); librdkafka would end a key
+        at a NUL, so a NUL in a key is written escaped (``"\\x00"``), as a key that is not UTF-8 is."""
+        if rejected and self._exact_headers is not None:
+            rejected = await self._exact_headers(rejected)
         if rejected and self._transactions is not None:
             self._transactions.begin()
         for item in rejected:
             r = item.record
+            headers: list[tuple[str, str | bytes | None]] = [
+                (key.replace("\x00", "\\x00"), value) for key, value in dead_letter_headers(item)
+            ]
             while True:
                 try:
-                    self.producer.produce(
-                        self._settings.dead_letter_topic, r.value, r.key, headers=list(dead_letter_headers(item))
-                    )
+                    self.producer.produce(self._settings.dead_letter_topic, r.value, r.key, headers=headers)
                     break
                 except BufferError:
                     await self._in_thread(self.producer.poll, QUEUE_FULL_WAIT_S)
