@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import structlog
 from aiokafka import AIOKafkaClient, TopicPartition
+from aiokafka.errors import KafkaError
 
 from stream_learner.kafka.batch_format import RecordBatch
 from stream_learner.kafka.batch_reader import read_batch_at, unreadable_batch
@@ -52,14 +53,19 @@ class ReadingPast:
 
         Read from the raw batch, as the aiokafka path reads them: a key that is not UTF-8 comes
         back with its bytes escaped (``"\\xff"``), one holding a NUL whole. Where the batch cannot
-        be read, the record keeps what librdkafka read.
+        be read (or the broker does not answer), the record keeps what librdkafka read, and that
+        is logged: a dead letter is not held back for its headers.
         """
         batches: dict[TopicPartition, list[RecordBatch]] = {}
         exact = []
         for item in rejected:
             r = item.record
             if isinstance(r, MessageRecord) and r.headers_to_reread:
-                found = await self._record_at(TopicPartition(r.topic, r.partition), r.offset, batches)
+                try:
+                    found = await self._record_at(TopicPartition(r.topic, r.partition), r.offset, batches)
+                except KafkaError as exc:
+                    log.warning("dead_letter_headers_not_reread", where=r.where, error=repr(exc))
+                    found = None
                 if found is not None:
                     item = replace(item, record=replace(r, headers=found.headers, headers_to_reread=False))
             exact.append(item)
