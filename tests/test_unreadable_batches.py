@@ -9,9 +9,12 @@ import struct
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
+from stream_learner.kafka.librdkafka.read_past import ReadingPast
+from stream_learner.kafka.librdkafka.records import MessageRecord
 from stream_learner.kernels.record_batch import ClosedBatch
+from stream_learner.records import RawRecord, Rejected
 from stream_learner.tools.synthetic import DriftingStream
 
 from .conftest import INPUT_DIM, BrokerInfo, StartService, TestTopics
@@ -87,3 +90,34 @@ async def test_a_batch_that_does_not_decompress_is_dead_lettered_with_its_offset
     assert dead[0].value is not None and dead[0].value[ATTRIBUTES_AT:] == bytes(unreadable[ATTRIBUTES_AT:])  # the batch as stored
     logged = [e for e in service.log_events() if e.get("event") == "batch_unreadable"]
     assert [e["where"] for e in logged] == [f"{topics.events}[0]@20..29"]
+
+
+# --- librdkafka: a dead letter's headers read again from the raw batch ------------------------------
+
+
+class _SilentBroker:
+    """An AIOKafkaClient stand-in whose broker never answers a Fetch."""
+
+    def __init__(self) -> None:
+        self.cluster = self
+        self.fetches = 0
+
+    def leader_for_partition(self, tp: object) -> int:
+        return 0
+
+    async def send(self, node: int, request: object) -> object:
+        self.fetches += 1
+        raise KafkaConnectionError("the broker does not answer")
+
+
+async def test_a_dead_letter_keeps_librdkafkas_headers_when_the_raw_batch_cannot_be_read() -> None:
+    def rejected(record: RawRecord) -> Rejected:
+        return Rejected(record, "invalid_json", "value is not JSON")
+
+    with_headers = MessageRecord("events", 0, 7, b"k", b"{", (("a", b"1"),), headers_to_reread=True)
+    plain = MessageRecord("events", 0, 8, b"k", b"{")
+    read_by_aiokafka = RawRecord("events", 1, 9, b"k", b"{", (("b", b"2"),))
+    broker = _SilentBroker()
+    items = [rejected(with_headers), rejected(plain), rejected(read_by_aiokafka)]
+    out = await ReadingPast(broker).exact_headers(items)  # type: ignore[arg-type]
+    assert out == items and broker.fetches == 1, "only the record with headers read by librdkafka is fetched again"
