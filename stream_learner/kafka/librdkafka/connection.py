@@ -131,8 +131,8 @@ class LibrdkafkaConnection:
             self._totals,
             self._telemetry,
             reader.partition_count,
-            self.transactions,
             reading_past.exact_headers,
+            self.transactions,
         )
         if s.role == "trainer":
             self._models_producer = make_producer(s)  # see Connection.models_producer

@@ -76,13 +76,11 @@ class ReadingPast:
     ) -> RawRecord | None:
         """The record at ``offset`` from the batches read so far in this call, else from its batch, read raw."""
         read = batches.setdefault(tp, [])
-        batch = next((b for b in read if b.base_offset <= offset <= b.last_offset), None)
-        if batch is None:
-            batch = await read_batch_at(self._client, tp, offset, read_committed=True)
-            if batch is None:
-                return None
+        found = next((r for b in read for r in b.records if r.offset == offset), None)
+        if found is None and (batch := await read_batch_at(self._client, tp, offset, read_committed=True)):
             read.append(batch)
-        return next((r for r in batch.records if r.offset == offset), None)
+            found = next((r for r in batch.records if r.offset == offset), None)
+        return found
 
     async def close(self) -> None:
         await self._client.close()

@@ -47,8 +47,9 @@ class LibrdkafkaReader:
         self._max = max_records
         self._totals = totals
         self._ops: deque[Callable[[], None]] = deque()
-        self._commit: list[RdTopicPartition] | None = None
         """Calls on the consumer asked for on the loop, made in the consuming thread (:meth:`run_ops`)."""
+        self._commit: list[RdTopicPartition] | None = None
+        """The offsets to commit at the next :meth:`run_ops`: the latest asked for."""
         self._paused: set[TopicPartition] = set()
         self._assignment: set[TopicPartition] = set()
         self._positions: dict[TopicPartition, int] = {}
@@ -121,7 +122,7 @@ class LibrdkafkaReader:
         commit, self._commit = self._commit, None
         if commit:
             try:
-                if revoking:
+                if revoking:  # two calls: the stubs type each value of ``asynchronous`` on its own
                     self.consumer.commit(offsets=commit, asynchronous=False)
                 else:
                     self.consumer.commit(offsets=commit, asynchronous=True)

@@ -53,8 +53,8 @@ class LibrdkafkaWriter:
         totals: Counter[str],
         telemetry: Telemetry,
         partition_count: Callable[[str], int | None],
+        exact_headers: Callable[[list[Rejected]], Awaitable[list[Rejected]]],
         transactions: LibrdkafkaTransactions | None = None,
-        exact_headers: Callable[[list[Rejected]], Awaitable[list[Rejected]]] | None = None,
     ) -> None:
         self.producer = producer
         self._reports = reports
@@ -110,7 +110,7 @@ class LibrdkafkaWriter:
     async def send_dead_letters(self, rejected: list[Rejected]) -> None:
         """Each record with its headers as in the log (see ``MessageRecord``); librdkafka would end a key
         at a NUL, so a NUL in a key is written escaped (``"\\x00"``), as a key that is not UTF-8 is."""
-        if rejected and self._exact_headers is not None:
+        if rejected:
             rejected = await self._exact_headers(rejected)
         if rejected and self._transactions is not None:
             self._transactions.begin()
